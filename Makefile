@@ -1,0 +1,35 @@
+# yfpo: every target installs into .venv first when needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-v1
+ARGS   ?=
+
+.PHONY: help install test test-slow demo train neurons clean-cache
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv with yfpo, its dev extras and lxt (torch pinned by constraints.txt)
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q --no-deps "lxt==2.1"
+	touch $(STAMP)
+
+test: install  ## the test suite (CPU, a few minutes)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install  ## the heavier checks marked slow
+	$(BIN)/python -m pytest -q -m slow
+
+demo: install  ## the whole pipeline on the embedded tiny model: SFT -> neurons -> DPO/YFPO/FDT -> table
+	$(BIN)/python -m yfpo.demo $(ARGS)
+
+train: install  ## python -m yfpo.train $(ARGS), e.g. make train ARGS="method=yfpo lambda=0.2"
+	$(BIN)/python -m yfpo.train $(ARGS)
+
+neurons: install  ## python -m yfpo.neurons $(ARGS), e.g. make neurons ARGS="neurons.top_k=32"
+	$(BIN)/python -m yfpo.neurons $(ARGS)
+
+clean-cache:  ## delete the offline cache (tiny model, synthetic data, neuron files)
+	rm -rf .cache

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny random Qwen2 model with an offline tokenizer, and config composition."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from yfpo import synthetic, tiny
+from yfpo.config import compose_config
+from yfpo.data import format_prompt
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = str(ROOT / "conf")
+SMALL_ARCH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=48, max_position_embeddings=256)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate(out, num_sft=200, num_preference=64, num_test=20, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(synth_dir):
+    rows = [json.loads(l) for l in (synth_dir / "sft.jsonl").read_text().splitlines()]
+    return tiny.build_tokenizer([format_prompt("alpaca", r["question"], None) + r["answer"] for r in rows], 300)
+
+
+def make_model(tokenizer, tied: bool = True, seed: int = 0):
+    model = tiny.build_model(tokenizer, seed=seed, **SMALL_ARCH)
+    if not tied:
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    return model
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """An empty yfpo cache for this test (YFPO_CACHE)."""
+    monkeypatch.setenv("YFPO_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def compose_cfg(*overrides: str):
+    return compose_config(list(overrides))
+
+
+# A real training run in seconds on 2 CPU cores (conf/experiment/smoke.yaml).
+FAST = ["+experiment=smoke"]

@@ -1,0 +1,104 @@
+"""Data: the synthetic generator, prompt templates, truncation, validation, batching."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import compose_cfg
+from yfpo import synthetic
+from yfpo.data import ALPACA, LEAD, DataError, Encoder, collate, format_prompt, load_rows, subset, truncate
+from yfpo.grading import gold_answer
+
+EQ = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)")
+
+
+def _arith_ok(step: str) -> bool:
+    a, op, b, c = EQ.search(step).groups()
+    return (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c)
+
+
+def test_generator_layouts_and_one_wrong_step(synth_dir):
+    pref = [json.loads(l) for l in (synth_dir / "preference.jsonl").read_text().splitlines()]
+    assert set(pref[0]) == {"dataset", "prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen",
+                            "full_rejected", "answer"}
+    for row in pref:
+        assert _arith_ok(row["chosen"]) and not _arith_ok(row["rejected"])
+        assert row["initial_reason_steps"].startswith(LEAD)
+        assert all(_arith_ok(s) for s in row["initial_reason_steps"].splitlines()[1:])
+        assert row["full_chosen"].startswith(row["chosen"]) and row["full_rejected"].startswith(row["rejected"])
+        assert gold_answer("gsm8k", row["full_chosen"]) == row["answer"] != gold_answer("gsm8k", row["full_rejected"])
+    sft = [json.loads(l) for l in (synth_dir / "sft.jsonl").read_text().splitlines()]
+    test = [json.loads(l) for l in (synth_dir / "test.jsonl").read_text().splitlines()]
+    assert set(sft[0]) == set(test[0]) == {"question", "answer"}
+    assert all(s.endswith(f"#### {gold_answer('gsm8k', s)}") for s in (r["answer"] for r in sft))
+    train_q = {r["question"] for r in sft} | {r["prompt"] for r in pref}
+    assert not train_q & {r["question"] for r in test}
+
+
+def test_generator_is_deterministic(tmp_path):
+    a = synthetic.generate(tmp_path / "a", num_sft=20, num_preference=10, num_test=5, seed=3)
+    b = synthetic.generate(tmp_path / "b", num_sft=20, num_preference=10, num_test=5, seed=3)
+    assert all(a[k].read_text() == b[k].read_text() for k in a)
+
+
+def test_alpaca_template_follows_step_dpo(tokenizer):
+    assert format_prompt("alpaca", "Q?", "") == ALPACA.format(instruction="Q?")
+    assert format_prompt("alpaca", "Q?", "Step 1.\n") == ALPACA.format(instruction="Q?") + "\nStep 1.\n"
+    chat = format_prompt("chat", "Q?", "Step 1.\n", tokenizer)
+    assert chat.startswith("<|im_start|>user\nQ?\nPlease reason step by step") and chat.endswith("assistant\nStep 1.\n")
+    with pytest.raises(DataError, match="data.template"):
+        format_prompt("vicuna", "Q?", "")
+
+
+def test_truncation_never_lets_the_prompt_eat_the_response():
+    prompt, responses = list(range(100)), [list(range(50)), list(range(10))]
+    p, (c, r) = truncate(prompt, responses, max_length=64, max_prompt_length=40)
+    assert p == prompt[-40:] and c == responses[0][:24] and r == responses[1]
+    p, (c, r) = truncate(list(range(5)), responses, max_length=64, max_prompt_length=40)
+    assert len(p) == 5 and len(c) == 50  # nothing cut when it fits
+
+
+def test_encoder_rejects_inconsistent_lengths(tokenizer):
+    cfg = compose_cfg("data.max_prompt_length=200", "data.max_length=100")
+    with pytest.raises(DataError, match="max_prompt_length=200 must be below"):
+        Encoder(cfg.data, tokenizer)
+
+
+def test_malformed_row_is_reported_with_its_index(tmp_path, synth_dir, tokenizer):
+    rows = [json.loads(l) for l in (synth_dir / "preference.jsonl").read_text().splitlines()[:5]]
+    rows[3]["rejected"] = None
+    with pytest.raises(DataError, match=r"row 3 field 'rejected' must be a string"):
+        Encoder(compose_cfg().data, tokenizer).encode_all(rows, "pairs", "bad.jsonl")
+
+
+def test_local_jsonl_and_parquet_read_alike(tmp_path, synth_dir):
+    rows = load_rows(str(synth_dir / "preference.jsonl"))
+    pd.DataFrame(rows).to_parquet(tmp_path / "p.parquet")
+    assert load_rows(str(tmp_path / "p.parquet")) == rows
+    with pytest.raises(DataError, match="does not exist"):
+        load_rows(str(tmp_path / "missing.jsonl"))
+
+
+def test_subset_is_seeded():
+    rows = [{"i": i} for i in range(100)]
+    assert subset(rows, 10, 42) == subset(rows, 10, 42) != subset(rows, 10, 43)
+    with pytest.raises(DataError, match="subset_size=200"):
+        subset(rows, 200, 0)
+
+
+@pytest.mark.parametrize("mode,eos", [("step", False), ("full", True)])
+def test_collate_pairs_share_prompt_positions(synth_dir, tokenizer, mode, eos):
+    cfg = compose_cfg(f"data.pair_mode={mode}")
+    rows = [json.loads(l) for l in (synth_dir / "preference.jsonl").read_text().splitlines()[:3]]
+    enc = Encoder(cfg.data, tokenizer).encode_all(rows, "pairs", "x")
+    b = collate(enc, tokenizer.pad_token_id)
+    assert b["input_ids"].shape[0] == 6
+    chosen, rejected = b["response_mask"].chunk(2)
+    first = lambda m: m.float().argmax(-1)
+    assert torch.equal(first(chosen), first(rejected))  # responses start at the same position
+    key = "chosen" if mode == "step" else "full_chosen"
+    assert tokenizer.decode(b["input_ids"][0][b["response_mask"][0]]) == rows[0][key] + (tokenizer.eos_token if eos else "")
+    assert (b["attention_mask"].bool() | ~b["response_mask"]).all()

@@ -1,0 +1,138 @@
+"""Configs compose; real (tiny) training runs: sweeps, checkpoints, resuming, clear errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import CONF, FAST, compose_cfg
+from yfpo import checkpoints as ck, run_dirname
+from yfpo.neurons import NeuronFileError, io
+from yfpo.neurons.select import random_neurons
+from yfpo.train import fit
+
+GROUPS = ["model", "data", "method", "neurons", "trainer", "logger"]
+
+
+@pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS for p in sorted(Path(CONF, g).glob("*.yaml"))])
+def test_every_group_option_composes(group, option, cache):
+    cfg = compose_cfg(f"{group}={option}")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+@pytest.mark.parametrize("experiment", [p.stem for p in sorted(Path(CONF, "experiment").glob("*.yaml"))])
+def test_every_experiment_composes(experiment, cache):
+    OmegaConf.to_container(compose_cfg(f"+experiment={experiment}"), resolve=True)
+
+
+def test_checkpoint_steps_are_evenly_spaced():
+    assert ck.checkpoint_steps(100, 3) == [33, 67, 100]
+    with pytest.raises(ValueError, match="checkpoints.count=3 exceeds"):
+        ck.checkpoint_steps(2, 3)
+
+
+def _run(tmp_path, *args):
+    cmd = [sys.executable, "-m", *args]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def test_lambda_sweep_runs_one_job_per_value(tmp_path, cache):
+    _run(tmp_path, "yfpo.neurons", *FAST)
+    _run(tmp_path, "yfpo.train", "-m", *FAST, "name=sweep", "method=yfpo", "lambda=0.0,0.5")
+    jobs = sorted(p for p in (tmp_path / "multirun" / "sweep").iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["lambda=0.0,method=yfpo", "lambda=0.5,method=yfpo"]
+    for job, lam in zip(jobs, (0.0, 0.5)):
+        saved = yaml.safe_load((job / "run_config.yaml").read_text())
+        assert saved["lambda"] == lam and saved["method"]["name"] == "yfpo"
+        assert (job / "DONE").is_file() and ck.is_complete(job / "checkpoints" / "ckpt-2")
+        header = (job / "logs" / "metrics.csv").read_text().splitlines()[0]
+        assert {"train/loss", "rewards/margins", "neuron/margin", "neuron/score_chosen", "train/lr"} <= set(header.split(","))
+
+
+def test_checkpoint_reloads_with_same_logits_and_run_is_skipped_when_done(tmp_path, cache):
+    cfg = compose_cfg(*FAST, "method=dpo")
+    ckpt_dir = fit(cfg, tmp_path / "run")
+    hf = AutoModelForCausalLM.from_pretrained(ckpt_dir / "ckpt-2")
+    state = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    policy = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+    again = AutoModelForCausalLM.from_pretrained(ckpt_dir / "ckpt-2")
+    again.load_state_dict(policy)
+    ids = torch.randint(0, hf.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, again(ids).logits)
+    assert not any(k.startswith("reference.") for k in state)
+    mtime = (ckpt_dir / "ckpt-2" / ck.STATE_FILE).stat().st_mtime
+    fit(cfg, tmp_path / "run")  # complete: skipped
+    assert (ckpt_dir / "ckpt-2" / ck.STATE_FILE).stat().st_mtime == mtime
+
+
+def test_crashed_run_resumes_from_last_ckpt(tmp_path, cache, monkeypatch):
+    cfg = compose_cfg(*FAST, "method=dpo")
+    starts = []
+    original_start, original_end = ck.HFCheckpoints.on_train_start, ck.HFCheckpoints.on_train_batch_end
+
+    def start(self, trainer, module):
+        starts.append(trainer.global_step)
+        original_start(self, trainer, module)
+
+    def crash(self, trainer, module, *args):
+        original_end(self, trainer, module, *args)
+        if trainer.global_step == 3:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(ck.HFCheckpoints, "on_train_start", start)
+    monkeypatch.setattr(ck.HFCheckpoints, "on_train_batch_end", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "DONE").exists()
+    monkeypatch.setattr(ck.HFCheckpoints, "on_train_batch_end", original_end)
+    fit(cfg, tmp_path / "run")
+    assert starts == [0, 2]  # the second start continued from last.ckpt at step 2
+    assert (tmp_path / "run" / "DONE").is_file() and ck.is_complete(tmp_path / "run" / "checkpoints" / "ckpt-2")
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, cache):
+    fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1"), tmp_path / "run")
+    (tmp_path / "run" / "DONE").unlink()
+    with pytest.raises(ValueError, match=r"beta: 0.1 -> 0.3"):
+        fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1", "beta=0.3"), tmp_path / "run")
+
+
+def test_yfpo_without_neuron_file_names_the_command(tmp_path, cache):
+    with pytest.raises(NeuronFileError, match=r"does not exist.*python -m yfpo.neurons .*model=tiny_base neurons=random"):
+        fit(compose_cfg(*FAST, "method=yfpo"), tmp_path / "run")
+
+
+def test_neuron_file_from_another_model_is_refused_by_training(tmp_path, cache):
+    cfg = compose_cfg(*FAST, "method=yfpo")
+    wrong = random_neurons(2, 64, cfg.neurons)
+    io.save(cfg.neurons.path, wrong, model=cfg.model.name, num_layers=2, intermediate_size=64)
+    with pytest.raises(NeuronFileError, match=r"2 layers x 64 channels, the model has 2 x 48"):
+        fit(cfg, tmp_path / "run")
+
+
+def test_wandb_logger_runs_offline_without_a_key(tmp_path, cache, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no key anywhere
+    cfg = compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1", "logger=wandb", "name=wb")
+    fit(cfg, tmp_path / "run")
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert (tmp_path / "run" / "logs" / "metrics.csv").is_file()  # CSV is always written too
+
+
+def test_run_dirnames_stay_short_unique_and_flat():
+    assert run_dirname("lambda=0.1,method=yfpo") == "lambda=0.1,method=yfpo"
+    assert run_dirname("") == "defaults"
+    assert "/" not in run_dirname("data.path=/data/x.jsonl")
+    long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
+    assert len(run_dirname(long_a)) <= 96 and run_dirname(long_a) != run_dirname(long_b)

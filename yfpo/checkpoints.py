@@ -1,0 +1,61 @@
+"""Evenly spaced Hugging Face-format checkpoints ``ckpt-1 .. ckpt-N`` of the policy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+
+STATE_FILE = "yfpo_state.json"
+
+
+def checkpoint_steps(total_steps: int, count: int) -> list[int]:
+    """Optimizer steps at which to save: ``round(total * k / count)`` for ``k = 1..count``, the last at ``total``."""
+    if count < 1:
+        return []
+    if total_steps < count:
+        raise ValueError(f"checkpoints.count={count} exceeds the {total_steps} optimizer steps of this run")
+    return [round(total_steps * k / count) for k in range(1, count + 1)]
+
+
+def is_complete(path: Path) -> bool:
+    return (path / STATE_FILE).is_file()
+
+
+def save_hf(policy, tokenizer, path: Path, state: dict) -> None:
+    """Write weights (safetensors), config, tokenizer and ``yfpo_state.json`` atomically to ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+class HFCheckpoints(L.Callback):
+    """Saves ``count`` HF checkpoints under ``dirpath`` (rank 0 only), each loadable by
+    ``AutoModelForCausalLM.from_pretrained``. Its ``yfpo_state.json`` holds the step, epoch and the
+    latest logged metrics. Checkpoints that already exist (a resumed run) are not rewritten."""
+
+    def __init__(self, dirpath: str | Path, count: int, tokenizer):
+        self.dir, self.count, self.tokenizer = Path(dirpath), count, tokenizer
+        self.steps: dict[int, int] = {}
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        total = int(trainer.estimated_stepping_batches)
+        self.steps = {s: k for k, s in enumerate(checkpoint_steps(total, self.count), start=1)}
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        k = self.steps.get(trainer.global_step)
+        if k is None or not trainer.is_global_zero:
+            return
+        path = self.dir / f"ckpt-{k}"
+        if is_complete(path):
+            return
+        metrics = {n: float(v) for n, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+        state = {"checkpoint": k, "step": trainer.global_step, "epoch": trainer.current_epoch, "metrics": metrics}
+        save_hf(module.policy, self.tokenizer, path, state)

@@ -1,0 +1,213 @@
+"""Preference and SFT data: loading, prompt templates, tokenisation, batching.
+
+Rows come from a hub id or a local JSONL/parquet file with the fields of the real datasets:
+
+- ``pairs`` (Math-Step-DPO-10K): ``prompt``, ``initial_reason_steps``, ``chosen``, ``rejected``,
+  ``full_chosen``, ``full_rejected`` (``answer``, ``dataset`` are carried along);
+- ``sft`` (GSM8K layout): ``question``, ``answer`` (a worked solution).
+
+Prompt and responses are tokenised separately and concatenated, so the response boundary is
+exact, and a batch of ``B`` pairs is one ``[2B, T]`` tensor, chosen rows first.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import partial
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+PAIR_FIELDS = ("prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen", "full_rejected")
+SFT_FIELDS = ("question", "answer")
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+# Step-DPO's prompt for base models; its evaluation prompt starts the response with LEAD.
+ALPACA = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes "
+    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
+)
+BOXED = "{instruction}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+LEAD = "Let's think step by step.\n"
+TEMPLATES = ("alpaca", "chat")
+
+
+class DataError(ValueError):
+    """A dataset file or row that cannot be used; the message names the file, row and field."""
+
+
+def format_prompt(template: str, question: str, steps: str | None, tokenizer: Any = None) -> str:
+    """The text that precedes a response.
+
+    ``steps`` are the already-given reasoning steps (``initial_reason_steps``); ``None`` means a
+    bare question (SFT or evaluation), which starts the response with Step-DPO's "Let's think
+    step by step." line so that SFT, preference pairs and evaluation share one boundary.
+    """
+    steps = LEAD if steps is None else steps
+    if template == "alpaca":
+        return ALPACA.format(instruction=question) + ("\n" + steps if steps else "")
+    if template == "chat":
+        messages = [{"role": "user", "content": BOXED.format(instruction=question)}]
+        head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return head + steps
+    raise DataError(f"data.template={template!r}: choose one of {TEMPLATES}")
+
+
+def load_rows(path: str, split: str = "train", name: str | None = None) -> list[dict]:
+    """Rows of a local ``.jsonl``/``.json``/``.parquet`` file, or of a hub dataset id."""
+    import datasets
+
+    local = Path(path)
+    if local.suffix in LOCAL_FORMATS:
+        if not local.is_file():
+            raise DataError(f"data file {path} does not exist (set data.path to a JSONL/parquet file or a hub id)")
+        ds = datasets.load_dataset(LOCAL_FORMATS[local.suffix], data_files=str(local), split="train")
+    else:
+        ds = datasets.load_dataset(path, name=name, split=split)
+    return list(ds)
+
+
+def validate_rows(rows: list[dict], fields: tuple[str, ...], source: str) -> None:
+    """Raise :class:`DataError` naming the first row (by index) with a missing or non-string field."""
+    if not rows:
+        raise DataError(f"{source}: no rows")
+    for i, row in enumerate(rows):
+        for f in fields:
+            if not isinstance(row.get(f), str):
+                got = "missing" if f not in row else f"{type(row[f]).__name__} {row[f]!r:.60}"
+                raise DataError(f"{source}: row {i} field {f!r} must be a string, got {got}")
+
+
+def subset(rows: list[dict], size: int | None, seed: int) -> list[dict]:
+    """A seeded random sample of ``size`` rows (all rows, in order, when ``size`` is None)."""
+    if size is None:
+        return rows
+    if size > len(rows):
+        raise DataError(f"data.subset_size={size} exceeds the {len(rows)} rows available")
+    idx = sorted(random.Random(seed).sample(range(len(rows)), size))
+    return [rows[i] for i in idx]
+
+
+@dataclass
+class Encoded:
+    """Token ids of one example; ``rejected`` is None for SFT."""
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int] | None = None
+
+
+def truncate(prompt: list[int], responses: list[list[int]], max_length: int, max_prompt_length: int):
+    """Fit prompt + the longest response into ``max_length`` tokens.
+
+    The prompt is cut from the left (keeping the text next to the response) down to
+    ``max_prompt_length``; then responses are cut from the right. So the prompt can never take
+    more than ``max_prompt_length`` and every response keeps at least
+    ``max_length - max_prompt_length`` tokens.
+    """
+    longest = max(len(r) for r in responses)
+    if len(prompt) + longest > max_length and len(prompt) > max_prompt_length:
+        prompt = prompt[-max_prompt_length:]
+    room = max_length - len(prompt)
+    return prompt, [r[:room] for r in responses]
+
+
+class Encoder:
+    """Turns rows into :class:`Encoded` token ids according to ``cfg.data``."""
+
+    def __init__(self, cfg: DictConfig, tokenizer):
+        if cfg.max_prompt_length >= cfg.max_length:
+            raise DataError(
+                f"data.max_prompt_length={cfg.max_prompt_length} must be below data.max_length={cfg.max_length}"
+            )
+        if cfg.pair_mode not in ("step", "full"):
+            raise DataError(f"data.pair_mode={cfg.pair_mode!r}: choose 'step' or 'full'")
+        self.cfg, self.tok = cfg, tokenizer
+        self.bos = [tokenizer.bos_token_id] if cfg.add_bos and tokenizer.bos_token_id is not None else []
+        append_eos = cfg.append_eos if cfg.append_eos is not None else cfg.pair_mode == "full"
+        self.pair_eos = [tokenizer.eos_token_id] if append_eos else []
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return self.tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    def encode_all(self, rows: list[dict], kind: str, source: str) -> list[Encoded]:
+        """Token ids of every row; raises :class:`DataError` naming the first bad row."""
+        c = self.cfg
+        validate_rows(rows, PAIR_FIELDS if kind == "pairs" else SFT_FIELDS, source)
+        if kind == "pairs":
+            prompts = [format_prompt(c.template, r["prompt"], r["initial_reason_steps"], self.tok) for r in rows]
+            keys = ("chosen", "rejected") if c.pair_mode == "step" else ("full_chosen", "full_rejected")
+            eos = self.pair_eos
+        else:
+            prompts = [format_prompt(c.template, r["question"], None, self.tok) for r in rows]
+            keys, eos = ("answer",), [self.tok.eos_token_id]  # SFT must learn to stop
+        # One batched call per field: the Rust tokenizer is far faster on lists than row by row.
+        prompt_ids = self._ids(prompts)
+        response_ids = [self._ids([r[k] for r in rows]) for k in keys]
+        out = []
+        for i in tqdm(range(len(rows)), desc=f"encoding {Path(source).name}", unit="row", mininterval=2):
+            prompt, responses = truncate(
+                self.bos + prompt_ids[i], [ids[i] + eos for ids in response_ids], c.max_length, c.max_prompt_length
+            )
+            if any(not r for r in responses):
+                raise DataError(f"{source}: row {i} has an empty response after tokenisation/truncation")
+            out.append(Encoded(prompt, *responses))
+        return out
+
+
+def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch.
+
+    Pairs: ``input_ids``, ``attention_mask``, ``response_mask`` of shape ``[2B, T]``, rows
+    ``0..B-1`` chosen and ``B..2B-1`` rejected; both halves share each prompt, so position ``t``
+    is the same response position in a chosen row and its rejected partner (FDT relies on it).
+    SFT: the same keys with ``[B, T]``. ``response_mask`` is True at response tokens.
+    """
+    seqs = [(e.prompt, e.chosen) for e in examples]
+    if examples[0].rejected is not None:
+        seqs += [(e.prompt, e.rejected) for e in examples]
+    length = max(len(p) + len(r) for p, r in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), length), dtype=torch.long)
+    resp = torch.zeros((len(seqs), length), dtype=torch.bool)
+    for i, (p, r) in enumerate(seqs):
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        attn[i, : len(p) + len(r)] = 1
+        resp[i, len(p) : len(p) + len(r)] = True
+    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Rows of ``cfg.data.path`` as pairs (``kind="pairs"``) or SFT examples (``kind="sft"``)."""
+
+    def __init__(self, cfg: DictConfig, tokenizer, kind: str, seed: int):
+        super().__init__()
+        self.cfg, self.tok, self.kind, self.seed = cfg, tokenizer, kind, seed
+        self.train_set: list[Encoded] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        c = self.cfg
+        rows = load_rows(c.path, split=c.split, name=c.get("hub_config"))
+        # Validate before sampling, so that an error names the row's index in the file.
+        validate_rows(rows, PAIR_FIELDS if self.kind == "pairs" else SFT_FIELDS, c.path)
+        rows = subset(rows, c.subset_size, c.subset_seed)
+        self.train_set = Encoder(c, self.tok).encode_all(rows, self.kind, c.path)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.seed),
+            collate_fn=partial(collate, pad_id=self.tok.pad_token_id),
+            num_workers=self.cfg.num_workers,
+            drop_last=False,
+        )

@@ -1,0 +1,99 @@
+"""Loading models and tokenizers from ``cfg.model``, and preparing the offline ones on first use."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from yfpo import synthetic, tiny
+from yfpo.data import format_prompt
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock, so parallel sweep jobs prepare a shared artefact only once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_synthetic(cfg: DictConfig) -> dict[str, Path]:
+    """Generate the synthetic SFT/preference/test files into ``cfg.synthetic.dir`` unless present."""
+    s = cfg.synthetic
+    out = Path(s.dir)
+    names = ("sft", "preference", "test")
+    if all((out / f"{n}.jsonl").is_file() for n in names):
+        return {n: out / f"{n}.jsonl" for n in names}
+    with file_lock(out.with_name(out.name + ".lock")):
+        if all((out / f"{n}.jsonl").is_file() for n in names):
+            return {n: out / f"{n}.jsonl" for n in names}
+        params = {k: v for k, v in s.items() if k != "dir"}
+        return synthetic.generate(out, **params)
+
+
+def ensure_model(cfg: DictConfig) -> Path | str:
+    """The path or hub id to load ``cfg.model`` from, preparing an offline model when missing.
+
+    ``model.prepare`` says how: ``build_tiny`` trains the tokenizer and saves random weights;
+    ``train:<experiment>`` runs ``python -m yfpo.train +experiment=<experiment>`` (resumable),
+    whose ``export_to`` is ``model.path``.
+    """
+    m = cfg.model
+    prepare = m.get("prepare")
+    if not prepare:
+        return m.path
+    path = Path(m.path)
+    if (path / "config.json").is_file():
+        return path
+    with file_lock(path.with_name(path.name + ".lock")):
+        if (path / "config.json").is_file():
+            return path
+        if prepare == "build_tiny":
+            files = ensure_synthetic(cfg)
+            rows = [json.loads(line) for line in files["sft"].read_text().splitlines()[: m.corpus_rows]]
+            corpus = [format_prompt("alpaca", r["question"], None) + r["answer"] for r in rows]
+            tiny.save_base(path, corpus, m.vocab_size, cfg.seed, dict(m.arch))
+        elif prepare.startswith("train:"):
+            experiment = prepare.split(":", 1)[1]
+            print(f"[yfpo] {path} not found: preparing it with `python -m yfpo.train +experiment={experiment}`", flush=True)
+            env = {**os.environ, "YFPO_CACHE": str(Path(cfg.cache_dir).resolve())}
+            subprocess.run([sys.executable, "-m", "yfpo.train", f"+experiment={experiment}"], check=True, env=env)
+            if not (path / "config.json").is_file():
+                raise RuntimeError(f"experiment {experiment} finished without exporting a model to {path}")
+        else:
+            raise ValueError(f"model.prepare={prepare!r}: use 'build_tiny' or 'train:<experiment>'")
+    return path
+
+
+def load_tokenizer(m: DictConfig, path: Path | str):
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=m.trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(m: DictConfig, path: Path | str):
+    if m.dtype not in DTYPES:
+        raise ValueError(f"model.dtype={m.dtype!r}: choose one of {list(DTYPES)}")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=DTYPES[m.dtype], attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code
+    )
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model

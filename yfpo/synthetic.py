@@ -1,0 +1,148 @@
+"""Synthetic GSM8K-style word problems, so the whole pipeline runs with no network.
+
+Each problem is a start amount followed by ``num_steps`` add/subtract events. Three files are
+written in the field layouts of the real datasets:
+
+- ``sft.jsonl`` and ``test.jsonl``: GSM8K layout, ``question`` and ``answer`` (a worked solution
+  ending in ``#### N``);
+- ``preference.jsonl``: Math-Step-DPO-10K layout (``dataset``, ``prompt``,
+  ``initial_reason_steps``, ``chosen``, ``rejected``, ``full_chosen``, ``full_rejected``,
+  ``answer``). The rejected step has exactly one arithmetic error; ``full_rejected`` carries the
+  error through to a wrong final answer, as a model that made it would.
+
+Problems are drawn from one seeded RNG; test questions never appear in the training files.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from yfpo.data import LEAD
+
+NAMES = ["Mia", "Tom", "Ana", "Sam", "Leo", "Zoe", "Max", "Ivy", "Ben", "Eva"]
+ITEMS = ["apples", "coins", "books", "shells", "cards", "pens", "stamps", "marbles"]
+GAIN = ["finds {n} more", "buys {n} more", "gets {n} more"]
+LOSS = ["gives away {n}", "loses {n}", "sells {n}"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    steps: tuple[str, ...]  # worked steps, without the final "#### N" line
+    values: tuple[int, ...]  # running total after each step (values[0] is the start)
+    deltas: tuple[int, ...]  # signed change of each step
+    item: str
+
+    @property
+    def answer(self) -> int:
+        return self.values[-1]
+
+    @property
+    def solution(self) -> str:
+        return "\n".join(self.steps) + f"\n#### {self.answer}"
+
+
+def _step_text(prev: int, delta: int, result: int, item: str) -> str:
+    op = "+" if delta >= 0 else "-"
+    return f"{prev} {op} {abs(delta)} = {result} {item}."
+
+
+def make_problem(rng: random.Random, num_steps: int, max_start: int, max_delta: int) -> Problem:
+    """One problem whose running total stays non-negative."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    value = rng.randint(2, max_start)
+    values, deltas, events = [value], [], []
+    for _ in range(num_steps):
+        n = rng.randint(1, max_delta)
+        if value - n >= 0 and rng.random() < 0.5:
+            delta, event = -n, rng.choice(LOSS)
+        else:
+            delta, event = n, rng.choice(GAIN)
+        events.append(event.format(n=n))
+        deltas.append(delta)
+        value += delta
+        values.append(value)
+    question = f"{name} has {values[0]} {item}. {name} " + ", then ".join(events) + f". How many {item} does {name} have now?"
+    steps = tuple(_step_text(values[k], deltas[k], values[k + 1], item) for k in range(num_steps))
+    return Problem(question, steps, tuple(values), tuple(deltas), item)
+
+
+def _wrong(rng: random.Random, right: int) -> int:
+    """A plausible arithmetic slip: off by a small amount, never equal, never negative."""
+    while True:
+        wrong = right + rng.choice([-10, -2, -1, 1, 2, 10])
+        if wrong >= 0 and wrong != right:
+            return wrong
+
+
+def preference_row(rng: random.Random, p: Problem) -> dict:
+    """A Math-Step-DPO-10K row: the first wrong step is step ``k`` of the rejected solution."""
+    k = rng.randrange(len(p.steps))
+    wrong = _wrong(rng, p.values[k + 1])
+    bad_steps = [_step_text(p.values[k], p.deltas[k], wrong, p.item)]
+    value = wrong
+    for j in range(k + 1, len(p.steps)):  # the error propagates with otherwise correct arithmetic
+        bad_steps.append(_step_text(value, p.deltas[j], value + p.deltas[j], p.item))
+        value += p.deltas[j]
+    # Like Math-Step-DPO-10K, the given steps start with the "Let's think step by step." line,
+    # which is also how SFT and evaluation prompts start the response (yfpo.data.format_prompt).
+    prefix = LEAD + "".join(s + "\n" for s in p.steps[:k])
+    return {
+        "dataset": "synthetic",
+        "prompt": p.question,
+        "initial_reason_steps": prefix,
+        "chosen": p.steps[k],
+        "rejected": bad_steps[0],
+        "full_chosen": "\n".join(p.steps[k:]) + f"\n#### {p.answer}",
+        "full_rejected": "\n".join(bad_steps) + f"\n#### {value}",
+        "answer": str(p.answer),
+    }
+
+
+def generate(
+    out_dir: str | Path,
+    num_sft: int = 20000,
+    num_preference: int = 4000,
+    num_test: int = 500,
+    num_steps: int = 2,
+    max_start: int = 20,
+    max_delta: int = 9,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write ``sft.jsonl``, ``preference.jsonl`` and ``test.jsonl`` under ``out_dir``.
+
+    Returns the three paths. Writing is atomic per file, so an interrupted run leaves no
+    half-written file behind.
+    """
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+
+    def fresh(n: int) -> list[Problem]:
+        problems = []
+        while len(problems) < n:
+            p = make_problem(rng, num_steps, max_start, max_delta)
+            if p.question not in seen:
+                seen.add(p.question)
+                problems.append(p)
+        return problems
+
+    test = fresh(num_test)  # drawn first so that training files can never contain them
+    sft, pref = fresh(num_sft), fresh(num_preference)
+    files = {
+        "test": [{"question": p.question, "answer": p.solution} for p in test],
+        "sft": [{"question": p.question, "answer": p.solution} for p in sft],
+        "preference": [preference_row(rng, p) for p in pref],
+    }
+    paths = {}
+    for name, rows in files.items():
+        path = out / f"{name}.jsonl"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(path)
+        paths[name] = path
+    return paths

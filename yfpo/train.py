@@ -1,0 +1,129 @@
+"""``python -m yfpo.train [overrides]``: one training run (or a ``-m`` sweep of them).
+
+The run directory is derived from the config (see ``hydra.run.dir`` in ``conf/config.yaml``),
+so running the same command again resumes from ``checkpoints/last.ckpt``, and a finished run
+is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from yfpo.checkpoints import HFCheckpoints, is_complete
+from yfpo.data import PreferenceDataModule
+from yfpo.loggers import make_loggers
+from yfpo.models import ensure_model, ensure_synthetic, load_model, load_tokenizer
+from yfpo.module import PreferenceModule
+from yfpo.neurons import io as neuron_io
+
+DONE = "DONE"
+RUN_CONFIG = "run_config.yaml"
+# Keys that may differ between the first start of a run and its resumption.
+RESUME_FREE = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "logger", "cache_dir")
+
+
+def load_neurons(cfg: DictConfig, policy):
+    """The neuron set of ``neurons.path``: required for ``method.loss=yfpo``, optional (tracked) otherwise."""
+    n = cfg.neurons
+    needed = cfg.method.loss == "yfpo"
+    if not needed and not (cfg.method.track_neurons and Path(n.path).is_file()):
+        return None
+    remedy = neuron_io.NEURONS_COMMAND.format(model=cfg.model.name, selector=n.selector, top_k=n.top_k)
+    try:
+        neurons = neuron_io.load(n.path)
+    except neuron_io.NeuronFileError as e:
+        raise neuron_io.NeuronFileError(f"{e}. method={cfg.method.name} needs it; create it with: {remedy}") from None
+    c = policy.config
+    neuron_io.check_fits(neurons, cfg.model.name, c.num_hidden_layers, c.intermediate_size, n.path, remedy)
+    return neurons
+
+
+def _flat(cfg: DictConfig) -> dict:
+    out = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                out[key] = v
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def check_resume(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to resume a run directory whose saved config differs from this one."""
+    saved_path = run_dir / RUN_CONFIG
+    if not saved_path.is_file():
+        OmegaConf.save(cfg, saved_path, resolve=True)
+        return
+    old, new = _flat(OmegaConf.load(saved_path)), _flat(cfg)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(RESUME_FREE))
+    if changed:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise ValueError(
+            f"{run_dir} holds a run with another config ({diff}). Resume it with the same overrides, "
+            f"or give this run another directory (name=... or hydra.run.dir=...)."
+        )
+
+
+def fit(cfg: DictConfig, run_dir: Path) -> Path:
+    """Train according to ``cfg`` in ``run_dir``; returns the directory of the HF checkpoints."""
+    ckpt_dir = run_dir / "checkpoints"
+    if (run_dir / DONE).is_file():
+        print(f"[yfpo] {run_dir} is complete; nothing to do (delete {run_dir / DONE} to train again)")
+        return ckpt_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_resume(cfg, run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    ensure_synthetic(cfg)
+    path = ensure_model(cfg)
+    tokenizer = load_tokenizer(cfg.model, path)
+    policy = load_model(cfg.model, path)
+    module = PreferenceModule(policy, cfg.method, cfg.optim, cfg.beta, cfg["lambda"], load_neurons(cfg, policy))
+    kind = "sft" if cfg.method.loss == "sft" else "pairs"
+    data = PreferenceDataModule(cfg.data, tokenizer, kind=kind, seed=cfg.seed)
+    callbacks = [
+        HFCheckpoints(ckpt_dir, cfg.checkpoints.count, tokenizer),
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoints.resume_every_n_steps),
+    ]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(TQDMProgressBar())  # plain tqdm: readable in log files and SLURM output, unlike rich
+    trainer = L.Trainer(**cfg.trainer, logger=make_loggers(cfg, run_dir), callbacks=callbacks, default_root_dir=run_dir)
+    last = ckpt_dir / "last.ckpt"
+    if last.is_file():
+        print(f"[yfpo] resuming {run_dir} from {last}")
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    if trainer.is_global_zero:
+        final = ckpt_dir / f"ckpt-{cfg.checkpoints.count}"
+        if cfg.get("export_to") and is_complete(final):
+            export = Path(cfg.export_to)
+            shutil.rmtree(export, ignore_errors=True)
+            shutil.copytree(final, export.with_name(export.name + ".tmp"), dirs_exist_ok=True)
+            export.with_name(export.name + ".tmp").rename(export)
+        if trainer.global_step >= trainer.estimated_stepping_batches:
+            (run_dir / DONE).write_text(f"{trainer.global_step}\n")
+    return ckpt_dir
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The frozen reference is in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    fit(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()
