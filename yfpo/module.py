@@ -65,7 +65,7 @@ class PreferenceModule(L.LightningModule):
         self.reference = copy.deepcopy(policy).requires_grad_(False).eval() if self.pairwise else None
         self.neurons = neurons
         self.recorder: NeuronRecorder | None = None
-        self._last_step_time: float | None = None
+        self._last_step: tuple[float, int] | None = None  # (time, non-pad tokens) of the previous batch
 
     # --- the reference stays frozen and in eval mode whatever Lightning does ---------------------
     def train(self, mode: bool = True):
@@ -121,22 +121,24 @@ class PreferenceModule(L.LightningModule):
             loss, metrics = losses.yfpo_loss(pc, pr, rc, rr, sc, sr, self.beta, lam, self.method.get("form", "margin"))
         else:
             loss, metrics = losses.dpo_loss(pc, pr, rc, rr, self.beta)
-        lc, lr = logits.chunk(2)
-        mc, mr = resp.chunk(2)
+        logits_c, logits_r = logits.chunk(2)
+        mask_c, mask_r = resp.chunk(2)
         metrics.update({
             "logps/chosen": pc.detach().mean(),
             "logps/rejected": pr.detach().mean(),
-            "logits/chosen": losses.mean_response_logits(lc, mc),
-            "logits/rejected": losses.mean_response_logits(lr, mr),
+            "logits/chosen": losses.mean_response_logits(logits_c, mask_c),
+            "logits/rejected": losses.mean_response_logits(logits_r, mask_r),
         })
         return loss, metrics
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, metrics = self.compute_loss(batch)
-        now = time.perf_counter()
-        if self._last_step_time is not None:
-            metrics["perf/tokens_per_sec"] = torch.tensor(batch["attention_mask"].sum().item() / (now - self._last_step_time))
-        self._last_step_time = now
+        # Throughput of the previous step (forward, backward, optimizer and data loading).
+        now, tokens = time.perf_counter(), batch["attention_mask"].sum().item()
+        if self._last_step is not None:
+            then, last_tokens = self._last_step
+            metrics["perf/tokens_per_sec"] = torch.tensor(last_tokens / (now - then))
+        self._last_step = (now, tokens)
         metrics["train/loss"] = loss.detach()
         metrics["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
         self.log_dict(metrics, on_step=True, prog_bar=False, sync_dist=True, batch_size=batch["input_ids"].shape[0])
