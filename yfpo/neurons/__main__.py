@@ -1,22 +1,45 @@
-"""``python -m yfpo.neurons neurons=random neurons.top_k=K``: write the neuron file ``neurons.path``.
+"""``python -m yfpo.neurons neurons=attnlrp|activation|random [overrides]``: write the neuron file.
 
 Takes the same overrides as ``python -m yfpo.train``; it composes the config without a Hydra run
-directory of its own, since its only output is the neuron file.
+directory of its own. Besides ``neurons.path`` it writes ``<path>.png`` (selected neurons per
+layer) and ``<path>.txt`` (a summary with throughput).
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
-import sys
-
+import torch
 from omegaconf import DictConfig
 from transformers import AutoConfig
 
 from yfpo.config import compose_config
-from yfpo.models import ensure_model
+from yfpo.models import ensure_model, ensure_synthetic, load_model, load_tokenizer
 from yfpo.neurons import io
-from yfpo.neurons.select import SELECTORS
+from yfpo.neurons.select import SELECTORS, math_samples, random_neurons, scores_for
+
+
+def device_for(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def plot_counts(neurons: io.NeuronSet, num_layers: int, title: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = torch.bincount(neurons.layers, minlength=num_layers).tolist()
+    fig, ax = plt.subplots(figsize=(max(4, num_layers * 0.3), 3))
+    ax.bar(range(num_layers), counts)
+    ax.set(xlabel="layer", ylabel="selected neurons", title=title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
 
 
 def select(cfg: DictConfig) -> Path:
@@ -27,16 +50,34 @@ def select(cfg: DictConfig) -> Path:
         print(f"[yfpo] neuron file {out} exists; keeping it (neurons.overwrite=true recomputes it)")
         return out
     if n.selector not in SELECTORS:
-        raise ValueError(f"neurons.selector={n.selector!r} is not available here; choose one of {sorted(SELECTORS)}")
-    config = AutoConfig.from_pretrained(str(ensure_model(cfg)), trust_remote_code=cfg.model.trust_remote_code)
-    neurons = SELECTORS[n.selector](config.num_hidden_layers, config.intermediate_size, n)
-    io.save(
-        out, neurons, model=cfg.model.name, num_layers=config.num_hidden_layers,
-        intermediate_size=config.intermediate_size, selector=n.selector, top_k=n.top_k,
-        data=n.get("data", ""), num_samples=n.get("num_samples", 0), seed=n.seed,
+        raise ValueError(f"neurons.selector={n.selector!r}: choose one of {SELECTORS}")
+    ensure_synthetic(cfg)
+    path = ensure_model(cfg)
+    start, rate, num_samples = time.perf_counter(), "", 0
+    if n.selector == "random":  # needs only the shape: no weights are loaded
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code)
+        num_layers, width = config.num_hidden_layers, config.intermediate_size
+        neurons = random_neurons(num_layers, width, n)
+    else:
+        tokenizer = load_tokenizer(cfg.model, path)
+        model = load_model(cfg.model, path).to(device_for(n.device)).eval()
+        num_layers, width = model.config.num_hidden_layers, model.config.intermediate_size
+        samples = math_samples(cfg, tokenizer, n.data, n.num_samples)
+        scores = scores_for(n.selector, model, samples, cfg, tokenizer.pad_token_id)
+        neurons, num_samples = io.NeuronSet(*io.top_k(scores, n.top_k)), len(samples)
+        rate = f"{num_samples / (time.perf_counter() - start):.2f} samples/s on {model.device}"
+    meta = dict(
+        model=cfg.model.name, num_layers=num_layers, intermediate_size=width, selector=n.selector, top_k=n.top_k,
+        data=n.get("data", ""), num_samples=num_samples, seed=n.seed, lrp_variant=n.get("lrp_variant", ""),
     )
+    io.save(out, neurons, **meta)
     counts = {l: len(i) for l, i in neurons.by_layer().items()}
-    print(f"[yfpo] wrote {len(neurons)} {n.selector} neurons to {out}; per layer: {counts}")
+    top = ", ".join(f"({l},{i}) {s:.3g}" for l, i, s in zip(neurons.layers[:10].tolist(), neurons.indices[:10].tolist(), neurons.scores[:10].tolist()))
+    summary = "\n".join([*(f"{k}: {v}" for k, v in meta.items()), f"throughput: {rate or 'n/a'}",
+                         f"per layer: {counts}", f"top 10 (layer,channel) score: {top}"])
+    out.with_suffix(".txt").write_text(summary + "\n")
+    plot_counts(neurons, num_layers, f"{cfg.model.name}: top-{n.top_k} {n.selector}", out.with_suffix(".png"))
+    print(f"[yfpo] wrote {len(neurons)} {n.selector} neurons to {out}\n{summary}")
     return out
 
 

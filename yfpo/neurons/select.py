@@ -1,15 +1,22 @@
-"""Neuron selectors. Each returns a :class:`NeuronSet` of the global Top-K neurons.
+"""Neuron selectors: each returns the global Top-K as a :class:`NeuronSet`.
 
-Only the seeded ``random`` baseline lives here for now; AttnLRP and activation selectors plug in
-beside it with the same signature (model, config) -> NeuronSet.
+- ``attnlrp``: summed ``|a x grad|`` under lxt's AttnLRP (or CP-LRP) rules (the paper's choice);
+- ``activation``: summed ``|a|`` on the same samples, no LRP (a baseline);
+- ``random``: uniform without replacement, seeded (the control).
 """
 
 from __future__ import annotations
 
-import torch
-from omegaconf import DictConfig
+from typing import Iterator
 
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from yfpo.data import Encoded, Encoder, collate, load_rows, subset
+from yfpo.neurons.attribution import activation_scores, lrp_scores
 from yfpo.neurons.io import NeuronSet, top_k
+
+SELECTORS = ("attnlrp", "activation", "random")
 
 
 def random_neurons(num_layers: int, intermediate_size: int, cfg: DictConfig) -> NeuronSet:
@@ -19,4 +26,35 @@ def random_neurons(num_layers: int, intermediate_size: int, cfg: DictConfig) -> 
     return NeuronSet(*top_k(scores, int(cfg.top_k)))
 
 
-SELECTORS = {"random": random_neurons}
+def math_samples(cfg: DictConfig, tokenizer, source: str, count: int) -> list[Encoded]:
+    """``count`` seeded samples (question + correct worked solution) from ``source``.
+
+    GSM8K-layout rows give (question, answer); Math-Step-DPO-layout rows give (prompt with
+    ``initial_reason_steps``, ``full_chosen``). Prompts use ``cfg.data``'s template.
+    """
+    rows = load_rows(source)
+    rows = subset(rows, min(count, len(rows)), int(cfg.neurons.seed))
+    encoder = Encoder(OmegaConf.merge(cfg.data, {"pair_mode": "full", "append_eos": True}), tokenizer)
+    if "question" in rows[0]:
+        return encoder.encode_all(rows, "sft", source)
+    return [Encoded(e.prompt, e.chosen) for e in encoder.encode_all(rows, "pairs", source)]
+
+
+def batches(samples: list[Encoded], batch_size: int, pad_id: int, device: torch.device) -> Iterator[dict]:
+    """Length-sorted batches (little padding), in a fixed order."""
+    ordered = sorted(samples, key=lambda e: len(e.prompt) + len(e.chosen))
+    for i in range(0, len(ordered), batch_size):
+        yield {k: v.to(device) for k, v in collate(ordered[i : i + batch_size], pad_id).items()}
+
+
+def scores_for(selector: str, model, samples: list[Encoded], cfg: DictConfig, pad_id: int) -> torch.Tensor:
+    """``[num_layers, intermediate_size]`` scores of ``selector`` (``attnlrp`` or ``activation``)."""
+    n = cfg.neurons
+    device = next(model.parameters()).device
+    total = -(-len(samples) // n.batch_size)
+    data = batches(samples, n.batch_size, pad_id, device)
+    if selector == "attnlrp":
+        return lrp_scores(model, data, n.lrp_variant, total)
+    if selector == "activation":
+        return activation_scores(model, data, total)
+    raise ValueError(f"neurons.selector={selector!r}: choose one of {SELECTORS}")
