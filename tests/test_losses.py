@@ -1,6 +1,5 @@
 """The pure loss functions, checked against hand computations (no model)."""
 
-import math
 
 import pytest
 import torch

@@ -48,10 +48,6 @@ def _lxt_modules() -> tuple[types.ModuleType, dict[str, types.ModuleType]]:
     return patches, maps
 
 
-def supported(model: nn.Module) -> bool:
-    return type(model).__module__ in _lxt_modules()[1]
-
-
 @contextlib.contextmanager
 def lrp_patched(model: nn.Module, variant: str = "attnlrp"):
     """Within the block, ``model``'s family (Qwen2 or Llama) computes LRP gradients; restored on exit."""
