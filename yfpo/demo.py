@@ -2,8 +2,9 @@
 
 Stages run as the CLI commands a user would type (see ``conf/experiment/demo.yaml``):
 ``python -m yfpo.neurons`` (which first builds and SFT-trains the tiny model when it is not
-cached), one ``python -m yfpo.train +experiment=demo ...`` per run, then greedy accuracy of the
-SFT model and of each run's final checkpoint. Finished stages are skipped on a re-run.
+cached), one ``python -m yfpo.train +experiment=demo ...`` per run, ``python -m yfpo.evaluate``
+over every checkpoint, then the tables (``yfpo/tables.py``, spec ``experiments/demo.yaml``).
+Finished stages are skipped on a re-run.
 """
 
 from __future__ import annotations
@@ -15,14 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
 
 from yfpo import run_dirname
 from yfpo.config import compose_config
-from yfpo.generation import greedy_generate
-from yfpo.grading import gold_answer, grade
-from yfpo.models import ensure_synthetic, load_model, load_tokenizer
-from yfpo.data import format_prompt
+from yfpo.tables import make_tables
 
 TABLE_KEYS = ("rewards/margins", "rewards/accuracies", "neuron/margin")
 
@@ -44,14 +41,6 @@ def tail_metrics(metrics_csv: Path, keys: tuple[str, ...], rows: int) -> dict[st
     return {k: sum(v[-rows:]) / len(v[-rows:]) for k, v in values.items() if v}
 
 
-def accuracy(model_dir: Path, cfg: DictConfig, test_rows: list[dict]) -> float:
-    tok = load_tokenizer(cfg.model, model_dir)
-    model = load_model(cfg.model, model_dir)
-    prompts = [format_prompt(cfg.data.template, r["question"], None, tok) for r in test_rows]
-    completions = greedy_generate(model, tok, prompts, cfg.demo.max_new_tokens, cfg.demo.batch_size)
-    return sum(grade("synthetic", c, gold_answer("synthetic", r["answer"])) for c, r in zip(completions, test_rows)) / len(test_rows)
-
-
 def main(argv: list[str]) -> None:
     start = time.perf_counter()
     base = ["+experiment=demo", *argv]
@@ -64,24 +53,26 @@ def main(argv: list[str]) -> None:
         if not (rdir / "DONE").is_file():
             raise RuntimeError(f"expected the finished run in {rdir}; was hydra.run.dir changed?")
         results.append((" ".join(run), rdir))
+    out = Path("runs") / cfg.name
+    sh("yfpo.evaluate", [*base, f"run_dir={out}"])
 
-    test_rows = [json.loads(l) for l in ensure_synthetic(cfg)["test"].read_text().splitlines()[: cfg.demo.num_problems]]
-    print(f"\n[demo] greedy accuracy on {len(test_rows)} synthetic test problems", flush=True)
+    def accuracy(rdir: Path, ckpt: str) -> str:
+        summary = json.loads((rdir / "eval" / cfg.eval.task / ckpt / "summary.json").read_text())
+        return f"{summary['accuracy']:.2f}"
+
     header = ["run", "final rewards/margins", "final rewards/accuracies", "final neuron/margin", "accuracy"]
-    table = [["SFT model (start)", "", "", "", f"{accuracy(Path(cfg.model.path), cfg, test_rows):.2f}"]]
+    table = [["SFT model (start)", "", "", "", accuracy(results[0][1], "ckpt-0")]]
     for name, rdir in results:
-        final = rdir / "checkpoints" / f"ckpt-{cfg.checkpoints.count}"
         m = tail_metrics(rdir / "logs" / "metrics.csv", TABLE_KEYS, cfg.demo.tail_rows)
-        table.append([name, *(f"{m[k]:.4g}" if k in m else "n/a" for k in TABLE_KEYS), f"{accuracy(final, cfg, test_rows):.2f}"])
-
+        last = f"ckpt-{cfg.checkpoints.count}"
+        table.append([name, *(f"{m[k]:.4g}" if k in m else "n/a" for k in TABLE_KEYS), accuracy(rdir, last)])
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *table]]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     text = "\n".join(lines)
-    out = Path("runs") / cfg.name / "summary.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
-    print(f"\n{text}\n\n[demo] table saved to {out}; total {time.perf_counter() - start:.0f} s")
+    (out / "summary.md").write_text(text + "\n")
+    paper_style = make_tables(Path(cfg.demo.table), out=out)
+    print(f"\n{text}\n\n{paper_style}\n[demo] tables and curves saved under {out}; total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

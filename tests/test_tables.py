@@ -1,0 +1,82 @@
+"""The table builder on hand-made predictions: Avg, Best, deltas, seeds, p-values, layouts."""
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from yfpo import tables
+
+
+def make_run(root, name, task, ckpt_correct, metrics=True):
+    """A run directory whose checkpoint k got ``ckpt_correct[k-1]`` (a list of 0/1 per problem)."""
+    run = root / name
+    for k, correct in enumerate(ckpt_correct, start=1):
+        d = run / "eval" / task / f"ckpt-{k}"
+        d.mkdir(parents=True)
+        (d / "predictions.jsonl").write_text("".join(json.dumps({"id": i, "correct": bool(c)}) + "\n" for i, c in enumerate(correct)))
+        (d / "summary.json").write_text(json.dumps({"accuracy": sum(correct) / len(correct)}))
+    if metrics:
+        (run / "logs").mkdir(parents=True)
+        with open(run / "logs" / "metrics.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "rewards/margins", "neuron/margin"])
+            w.writerows([[s, 0.1 * s, 0.01 * s] for s in range(1, 4)])
+    return name
+
+
+def correct(n_right, n=10):
+    return [1] * n_right + [0] * (n - n_right)
+
+
+@pytest.fixture
+def spec(tmp_path):
+    rows = [
+        {"data": "2K", "method": "DPO", "lambda": None, "runs": [make_run(tmp_path, "dpo", "gsm8k", [correct(5), correct(6), correct(7)])]},
+        {"data": "2K", "method": "YFPO", "lambda": 0.1, "runs": [make_run(tmp_path, "y1", "gsm8k", [correct(6), correct(8), correct(7)])]},
+        {"data": "2K", "method": "YFPO", "lambda": 0.2, "runs": [  # two seeds
+            make_run(tmp_path, "y2a", "gsm8k", [correct(4), correct(6), correct(8)]),
+            make_run(tmp_path, "y2b", "gsm8k", [correct(6), correct(6), correct(6)])]},
+    ]
+    s = {"name": "t", "title": "T", "task": "gsm8k", "layout": "checkpoints", "baseline": "DPO", "rows": rows}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(s))
+    return tmp_path / "t.yaml"
+
+
+def test_checkpoint_layout_by_hand(spec, tmp_path):
+    header, rows = tables.build(yaml.safe_load(spec.read_text()), tmp_path)
+    col = {h: i for i, h in enumerate(header)}
+    dpo, y1, y2 = rows
+    assert [dpo[col[f"Ckpt-{k}"]] for k in (1, 2, 3)] == ["0.5000", "0.6000", "0.7000"]
+    assert dpo[col["Avg"]] == "0.6000" and dpo[col["Best"]] == "0.7000" and dpo[col["dAvg"]] == ""
+    assert y1[col["Avg"]] == "0.7000" and y1[col["Best"]] == "0.8000"
+    assert y1[col["dAvg"]] == "+0.1000" and y1[col["dBest"]] == "+0.1000"
+    # two seeds: per-checkpoint means (0.5, 0.6, 0.7), so Avg 0.6 and Best 0.7, identical to DPO
+    assert y2[col["seeds"]] == "2" and [y2[col[f"Ckpt-{k}"]] for k in (1, 2, 3)] == ["0.5000", "0.6000", "0.7000"]
+    assert y2[col["dAvg"]] == "+0.0000"
+
+
+def test_paired_bootstrap_p_values():
+    base = {i: 0.0 for i in range(20)}
+    assert tables.paired_bootstrap_p(base, base) == 1.0
+    assert tables.paired_bootstrap_p({i: 1.0 for i in range(20)}, base) == 0.0  # every resample favours the row
+    mixed = {i: float(i % 2) for i in range(20)}
+    assert 0.0 < tables.paired_bootstrap_p(mixed, {i: 1 - float(i % 2) for i in range(20)}) <= 1.0
+    with pytest.raises(ValueError, match="share no problems"):
+        tables.paired_bootstrap_p({0: 1.0}, {1: 1.0})
+
+
+def test_outputs_and_tasks_layout(spec, tmp_path):
+    md = tables.make_tables(spec, base_dir=tmp_path)
+    assert "| 2K | YFPO | 0.1 | 1 | 0.6000 | 0.8000 | 0.7000 | 0.7000 |" in md
+    assert (tmp_path / "t.csv").is_file() and (tmp_path / "t_curves.png").is_file()
+    make_run(tmp_path, "dpo_m", "math500", [correct(2), correct(3)], metrics=False)
+    fdt = {"name": "f", "layout": "tasks", "tasks": ["gsm8k", "math500"], "baseline": "DPO",
+           "rows": [{"data": "x", "method": "DPO", "runs": ["dpo"]}]}
+    with pytest.raises(FileNotFoundError, match="python -m yfpo.evaluate run_dir=.*eval=math500"):
+        tables.build(fdt, tmp_path)
+    fdt["rows"][0]["runs"] = ["dpo"]
+    (tmp_path / "dpo" / "eval" / "math500").symlink_to(tmp_path / "dpo_m" / "eval" / "math500")
+    header, rows = tables.build(fdt, tmp_path)
+    assert header[-2:] == ["gsm8k (best)", "math500 (best)"] and rows[0][-2:] == ["0.7000", "0.3000"]

@@ -1,0 +1,196 @@
+"""``python -m yfpo.tables experiments/NAME.yaml ...``: paper-style tables and plots from evaluated runs.
+
+A table spec (YAML) names its rows and the run directories behind each (several = seeds):
+
+    name: demo
+    title: ...
+    task: synthetic            # which eval/<task>/ results to read
+    layout: checkpoints        # checkpoints: Ckpt-1..N, Avg, Best, dAvg, dBest (YFPO Tables 1-2)
+                               # tasks: one column per task in `tasks` (the FDT table)
+    tasks: [gsm8k, math500]    # tasks layout only
+    baseline: DPO              # the method every row is compared with, on the same data
+    rows:
+      - {data: synthetic, method: DPO, lambda: null, runs: [runs/demo/method=dpo]}
+
+Beyond the paper: the number of seeds, the 95 % interval of Avg, and a paired bootstrap p-value
+of each row against the baseline row on the same problems. Writes ``<out>/<name>.md``,
+``<name>.csv`` and ``<name>_curves.png`` (reward and neuron margins over steps, accuracy per
+checkpoint: the paper's Figure 2) next to the spec.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+LAYOUTS = ("checkpoints", "tasks")
+BOOTSTRAP_SAMPLES = 10_000
+
+
+@dataclass
+class RunResults:
+    """Per-problem correctness of one run, ``{checkpoint: {problem id: 0/1}}`` for one task."""
+
+    run: Path
+    by_ckpt: dict[str, dict] = field(default_factory=dict)
+
+
+def read_run(run: Path, task: str) -> RunResults:
+    """The evaluated checkpoints ``ckpt-1..N`` of ``run`` (``ckpt-0``, the start model, is left out)."""
+    root = run / "eval" / task
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} not found: run `python -m yfpo.evaluate run_dir={run} eval={task}` first")
+    res = RunResults(run)
+    for ckpt in sorted(root.glob("ckpt-*"), key=lambda p: int(p.name.split("-")[1])):
+        if ckpt.name == "ckpt-0" or not (ckpt / "summary.json").is_file():
+            continue
+        rows = [json.loads(l) for l in (ckpt / "predictions.jsonl").read_text().splitlines() if l.strip()]
+        res.by_ckpt[ckpt.name] = {r["id"]: float(r["correct"]) for r in rows}
+    if not res.by_ckpt:
+        raise FileNotFoundError(f"no finished evaluations under {root}")
+    return res
+
+
+def per_problem(runs: list[RunResults], ckpts: list[str] | None = None) -> dict:
+    """Mean correctness per problem over the given checkpoints (default: all) and over seeds."""
+    acc: dict = {}
+    for r in runs:
+        for name in ckpts or r.by_ckpt:
+            for pid, c in r.by_ckpt[name].items():
+                acc.setdefault(pid, []).append(c)
+    return {pid: float(np.mean(v)) for pid, v in acc.items()}
+
+
+def paired_bootstrap_p(row: dict, base: dict, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> float:
+    """Two-sided paired bootstrap p-value of ``mean(row - base)`` over the problems both have.
+
+    Resamples problems with replacement; ``p = 2 * min(P(mean* <= 0), P(mean* >= 0))`` capped at 1.
+    """
+    ids = sorted(set(row) & set(base))
+    if not ids:
+        raise ValueError("the row and its baseline share no problems: were they evaluated on the same task?")
+    d = np.array([row[i] - base[i] for i in ids])
+    if not d.any():
+        return 1.0
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(samples, len(d)))].mean(axis=1)
+    return float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
+
+
+def checkpoint_row(runs: list[RunResults]) -> dict:
+    """Ckpt-k accuracies (mean over seeds), Avg, Best, Avg's 95 % interval (normal, over problems)."""
+    names = sorted(set.intersection(*(set(r.by_ckpt) for r in runs)), key=lambda n: int(n.split("-")[1]))
+    ckpt_acc = {n: float(np.mean([np.mean(list(r.by_ckpt[n].values())) for r in runs])) for n in names}
+    avg_pp = np.array(list(per_problem(runs, names).values()))
+    half = 1.96 * avg_pp.std(ddof=1) / np.sqrt(len(avg_pp)) if len(avg_pp) > 1 else 0.0
+    return {"ckpts": ckpt_acc, "avg": float(np.mean(list(ckpt_acc.values()))), "best": max(ckpt_acc.values()),
+            "ci95": (float(avg_pp.mean() - half), float(avg_pp.mean() + half)), "seeds": len(runs)}
+
+
+def build(spec: dict, base_dir: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the table described by ``spec`` (paths relative to ``base_dir``)."""
+    layout = spec.get("layout", "checkpoints")
+    if layout not in LAYOUTS:
+        raise ValueError(f"{spec['name']}: layout={layout!r}, choose one of {LAYOUTS}")
+    tasks = spec["tasks"] if layout == "tasks" else [spec["task"]]
+    rows = spec["rows"]
+    results = {(i, t): [read_run(base_dir / r, t) for r in row["runs"]] for i, row in enumerate(rows) for t in tasks}
+    baseline = {row["data"]: i for i, row in enumerate(rows) if row["method"] == spec["baseline"]}
+    if layout == "tasks":
+        header = ["data", "method", "lambda", "seeds"] + [f"{t} (best)" for t in tasks]
+        table = [[str(r["data"]), r["method"], _fmt_lambda(r), str(len(r["runs"]))]
+                 + [f"{checkpoint_row(results[(i, t)])['best']:.4f}" for t in tasks] for i, r in enumerate(rows)]
+        return header, table
+    task = tasks[0]
+    stats = {i: checkpoint_row(results[(i, task)]) for i in range(len(rows))}
+    n_ckpts = max(len(s["ckpts"]) for s in stats.values())
+    header = (["data", "method", "lambda", "seeds"] + [f"Ckpt-{k}" for k in range(1, n_ckpts + 1)]
+              + ["Avg", "Avg 95% CI", "Best", "dAvg", "dBest", "p (vs baseline)"])
+    table = []
+    for i, row in enumerate(rows):
+        s, b = stats[i], baseline.get(row["data"])
+        ckpts = [f"{s['ckpts'].get(f'ckpt-{k}', float('nan')):.4f}" for k in range(1, n_ckpts + 1)]
+        if b is None or b == i:
+            delta = ["", "", ""]
+        else:
+            p = paired_bootstrap_p(per_problem(results[(i, task)]), per_problem(results[(b, task)]), seed=spec.get("seed", 0))
+            delta = [f"{s['avg'] - stats[b]['avg']:+.4f}", f"{s['best'] - stats[b]['best']:+.4f}", f"{p:.3f}"]
+        lo, hi = s["ci95"]
+        table.append([str(row["data"]), row["method"], _fmt_lambda(row), str(s["seeds"]), *ckpts,
+                      f"{s['avg']:.4f}", f"[{lo:.3f}, {hi:.3f}]", f"{s['best']:.4f}", *delta])
+    return header, table
+
+
+def _fmt_lambda(row: dict) -> str:
+    return "" if row.get("lambda") is None else str(row["lambda"])
+
+
+def markdown(title: str, header: list[str], table: list[list[str]]) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table]) + "\n"
+
+
+def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
+    """Reward margin, neuron margin (over steps) and accuracy per checkpoint, one line per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    task = spec.get("task", (spec.get("tasks") or [None])[0])
+    for row in spec["rows"]:
+        label = row["method"] + (f" λ={row['lambda']}" if row.get("lambda") is not None else "")
+        run = base_dir / row["runs"][0]
+        metrics = run / "logs" / "metrics.csv"
+        if metrics.is_file():
+            with open(metrics) as f:
+                logged = list(csv.DictReader(f))
+            for ax, key in zip(axes[:2], ("rewards/margins", "neuron/margin")):
+                pts = [(int(r["step"]), float(r[key])) for r in logged if r.get(key)]
+                if pts:
+                    ax.plot(*zip(*pts), label=label, alpha=0.8)
+        res = read_run(run, task)
+        ks = sorted(res.by_ckpt, key=lambda n: int(n.split("-")[1]))
+        axes[2].plot([int(k.split("-")[1]) for k in ks], [np.mean(list(res.by_ckpt[k].values())) for k in ks], "o-", label=label)
+    for ax, title in zip(axes, ("rewards/margins", "neuron/margin", f"{task} accuracy per checkpoint")):
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    axes[0].set_xlabel("step")
+    axes[1].set_xlabel("step")
+    axes[2].set_xlabel("checkpoint")
+    axes[2].xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def make_tables(spec_path: Path, base_dir: Path = Path("."), out: Path | None = None) -> str:
+    """Build one spec's Markdown, CSV and curves (in ``out``, default: next to the spec)."""
+    spec = yaml.safe_load(spec_path.read_text())
+    header, table = build(spec, base_dir)
+    md = markdown(spec.get("title", spec["name"]), header, table)
+    out = out or spec_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{spec['name']}.md").write_text(md)
+    with open(out / f"{spec['name']}.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *table])
+    plot_curves(spec, base_dir, out / f"{spec['name']}_curves.png")
+    return md
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        raise SystemExit("usage: python -m yfpo.tables experiments/NAME.yaml [...]")
+    for path in argv:
+        print(make_tables(Path(path)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
