@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 from yfpo import run_dirname
-from yfpo.config import compose_config
+from yfpo.config import CONF_DIR, compose_config
 from yfpo.tables import make_tables
 
 TABLE_KEYS = ("rewards/margins", "rewards/accuracies", "neuron/margin")
@@ -71,7 +71,9 @@ def main(argv: list[str]) -> None:
     lines.insert(1, "-+-".join("-" * w for w in widths))
     text = "\n".join(lines)
     (out / "summary.md").write_text(text + "\n")
-    paper_style = make_tables(Path(cfg.demo.table), out=out)
+    spec = Path(cfg.demo.table)
+    spec = spec if spec.is_absolute() else Path(CONF_DIR).parent / spec  # the project's own spec, from any cwd
+    paper_style = make_tables(spec, out=out)
     print(f"\n{text}\n\n{paper_style}\n[demo] tables and curves saved under {out}; total {time.perf_counter() - start:.0f} s")
 
 
