@@ -51,6 +51,8 @@ def test_hf_evaluation_resumes_after_a_crash(run, monkeypatch):
         ev.evaluate(cfg)
     out = run / "checkpoints" / "ckpt-2" / "eval" / "synthetic" / "ckpt-2"
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 4 and not (out / "summary.json").exists()
+    with open(out / "predictions.jsonl", "a") as f:
+        f.write('{"id": 4, "prompt": "torn')  # a crash in the middle of writing a row
     calls.clear()
     monkeypatch.setattr(ev, "_generate_hf", lambda m, c, p: (calls.append(len(p)) or real(m, c, p)))
     [summary] = ev.evaluate(cfg)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from yfpo.config import compose_config
 from yfpo.data import format_prompt, load_rows
+from yfpo.generation import greedy_generate
 from yfpo.grading import extract_answer, gold_answer, grade
 from yfpo.models import ensure_synthetic, load_model, load_tokenizer
 
@@ -100,8 +101,6 @@ def _read_done(path: Path) -> dict:
 
 def _generate_hf(model_dir: Path, cfg: DictConfig, prompts: list[str]):
     """Yields completions batch by batch (so each batch is saved before the next starts)."""
-    from yfpo.generation import greedy_generate
-
     e = cfg.eval
     tok = load_tokenizer(cfg.model, model_dir)
     model = load_model(cfg.model, model_dir)
@@ -134,6 +133,8 @@ def evaluate_checkpoint(name: str, model_dir: Path, out_dir: Path, cfg: DictConf
         return json.loads(summary_path.read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     done = _read_done(pred_path)
+    if done:  # rewrite without a torn last line, so appended rows start on a line of their own
+        pred_path.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
     todo = [p for p in problems if p["id"] not in done]
     tok = load_tokenizer(cfg.model, model_dir)
     prompts = [format_prompt(e.template, p["question"], None, tok) for p in todo]
