@@ -39,8 +39,8 @@ def test_hf_evaluation_resumes_after_a_crash(run, monkeypatch):
     cfg = compose_cfg(*FAST, f"run_dir={run / 'checkpoints' / 'ckpt-2'}", "eval.batch_size=4", "eval.max_new_tokens=8")
     real, calls = ev._generate_hf, []
 
-    def crash_after_first_batch(model_dir, cfg, prompts):
-        for i, batch in enumerate(real(model_dir, cfg, prompts)):
+    def crash_after_first_batch(model_dir, cfg, prompts, tok):
+        for i, batch in enumerate(real(model_dir, cfg, prompts, tok)):
             calls.append(len(batch))
             if len(calls) == 2:
                 raise RuntimeError("simulated crash")
@@ -54,7 +54,7 @@ def test_hf_evaluation_resumes_after_a_crash(run, monkeypatch):
     with open(out / "predictions.jsonl", "a") as f:
         f.write('{"id": 4, "prompt": "torn')  # a crash in the middle of writing a row
     calls.clear()
-    monkeypatch.setattr(ev, "_generate_hf", lambda m, c, p: (calls.append(len(p)) or real(m, c, p)))
+    monkeypatch.setattr(ev, "_generate_hf", lambda m, c, p, t: (calls.append(len(p)) or real(m, c, p, t)))
     [summary] = ev.evaluate(cfg)
     assert calls == [6]  # only the 6 unfinished of the 10 problems were generated
     rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]

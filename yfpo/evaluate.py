@@ -99,10 +99,9 @@ def _read_done(path: Path) -> dict:
     return done
 
 
-def _generate_hf(model_dir: Path, cfg: DictConfig, prompts: list[str]):
+def _generate_hf(model_dir: Path, cfg: DictConfig, prompts: list[str], tok):
     """Yields completions batch by batch (so each batch is saved before the next starts)."""
     e = cfg.eval
-    tok = load_tokenizer(cfg.model, model_dir)
     model = load_model(cfg.model, model_dir)
     if torch.cuda.is_available():
         model = model.cuda()
@@ -110,8 +109,9 @@ def _generate_hf(model_dir: Path, cfg: DictConfig, prompts: list[str]):
         yield greedy_generate(model, tok, prompts[i : i + e.batch_size], e.max_new_tokens, e.batch_size, e.stop, progress=False)
 
 
-def _generate_vllm(model_dir: Path, cfg: DictConfig, prompts: list[str]):
-    """All completions from a fresh ``yfpo.vllm_worker`` process (GPU memory is freed when it exits)."""
+def _generate_vllm(model_dir: Path, cfg: DictConfig, prompts: list[str], tok=None):
+    """All completions from a fresh ``yfpo.vllm_worker`` process (GPU memory is freed when it exits);
+    vLLM loads its own tokenizer, so ``tok`` is unused."""
     e = cfg.eval
     with tempfile.TemporaryDirectory() as tmp:
         request = Path(tmp) / "request.json"
@@ -143,7 +143,7 @@ def evaluate_checkpoint(name: str, model_dir: Path, out_dir: Path, cfg: DictConf
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"{name} {e.task}", unit="problem")
     with open(pred_path, "a") as f:
         k = 0
-        for completions in generate(model_dir, cfg, prompts):
+        for completions in generate(model_dir, cfg, prompts, tok):
             for completion in completions:
                 p = todo[k]
                 row = {"id": p["id"], "prompt": prompts[k], "completion": completion,

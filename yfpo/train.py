@@ -37,14 +37,7 @@ def load_neurons(cfg: DictConfig, policy):
     needed = cfg.method.loss == "yfpo"
     if not needed and not (cfg.method.track_neurons and Path(n.path).is_file()):
         return None
-    remedy = neuron_io.NEURONS_COMMAND.format(model=cfg.model.name, selector=n.selector, top_k=n.top_k)
-    try:
-        neurons = neuron_io.load(n.path)
-    except neuron_io.NeuronFileError as e:
-        raise neuron_io.NeuronFileError(f"{e}. method={cfg.method.name} needs it; create it with: {remedy}") from None
-    c = policy.config
-    neuron_io.check_fits(neurons, cfg.model.name, c.num_hidden_layers, c.intermediate_size, n.path, remedy)
-    return neurons
+    return neuron_io.load_for(cfg, policy.config, f"method={cfg.method.name}")
 
 
 def _flat(cfg: DictConfig) -> dict:

@@ -80,9 +80,7 @@ def ablate(cfg: DictConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model, path)
     model = load_model(cfg.model, path).to(device_for(n.device)).eval()
     c = model.config
-    neurons = io.load(n.path)
-    remedy = io.NEURONS_COMMAND.format(model=cfg.model.name, selector=n.selector, top_k=n.top_k)
-    io.check_fits(neurons, cfg.model.name, c.num_hidden_layers, c.intermediate_size, n.path, remedy)
+    neurons = io.load_for(cfg, c, "the ablation")
 
     samples = math_samples(cfg, tokenizer, a.data, a.num_samples)
     data = list(batches(samples, a.batch_size, tokenizer.pad_token_id, model.device))

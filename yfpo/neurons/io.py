@@ -102,3 +102,19 @@ def check_fits(neurons: NeuronSet, model_id: str, num_layers: int, intermediate_
         problems.append("it indexes layers or channels outside the model")
     if problems:
         raise NeuronFileError(f"neuron file {path} does not fit this model: " + "; ".join(problems) + f". Create one with: {remedy}")
+
+
+def load_for(cfg, model_config, user: str) -> NeuronSet:
+    """The neuron set of ``cfg.neurons.path``, checked against ``model_config``.
+
+    A missing file or one for another model raises :class:`NeuronFileError` saying that ``user``
+    needs it and which command creates it.
+    """
+    n = cfg.neurons
+    remedy = NEURONS_COMMAND.format(model=cfg.model.name, selector=n.selector, top_k=n.top_k)
+    try:
+        neurons = load(n.path)
+    except NeuronFileError as e:
+        raise NeuronFileError(f"{e}. {user} needs it; create it with: {remedy}") from None
+    check_fits(neurons, cfg.model.name, model_config.num_hidden_layers, model_config.intermediate_size, n.path, remedy)
+    return neurons
