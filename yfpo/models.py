@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from yfpo import synthetic, tiny
+from yfpo import hub, synthetic, tiny
 from yfpo.data import format_prompt
+from yfpo.locks import file_lock
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive lock, so parallel sweep jobs prepare a shared artefact only once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def ensure_synthetic(cfg: DictConfig) -> dict[str, Path]:
@@ -47,18 +34,24 @@ def ensure_synthetic(cfg: DictConfig) -> dict[str, Path]:
         return synthetic.generate(out, **params)
 
 
-def ensure_model(cfg: DictConfig) -> Path | str:
-    """The path or hub id to load ``cfg.model`` from, preparing an offline model when missing.
+def ensure_model(cfg: DictConfig) -> Path:
+    """The local directory to load ``cfg.model`` from, preparing or fetching it when missing.
 
     ``model.prepare`` says how: ``build_tiny`` trains the tokenizer and saves random weights;
     ``train:<experiment>`` runs ``python -m yfpo.train +experiment=<experiment>`` (resumable),
     whose ``export_to`` is ``model.path``; ``gguf`` converts ``model.gguf_file`` shipped inside
-    the installed package ``model.gguf_package``.
+    the installed package ``model.gguf_package``. Without ``prepare``, ``model.path`` is a local
+    directory or a hub id (fetched through :mod:`yfpo.hub`: mirror, cache, or download).
     """
     m = cfg.model
     prepare = m.get("prepare")
     if not prepare:
-        return m.path
+        if hub.is_hub_id(m.path):
+            return hub.local_model(m.path, cfg.hub)
+        if not (Path(m.path) / "config.json").is_file():
+            made_by = f"; it is made by `{m.made_by}`" if m.get("made_by") else ""
+            raise FileNotFoundError(f"model.path={m.path}: no HF model directory (config.json) there{made_by}")
+        return Path(m.path)
     path = Path(m.path)
     if (path / "config.json").is_file():
         return path
@@ -114,11 +107,21 @@ def load_tokenizer(m: DictConfig, path: Path | str):
     return tok
 
 
+def attention(name: str) -> str:
+    """``model.attn_implementation``; ``auto`` is flash_attention_2 when the flash-attn package is
+    installed and a GPU is present, else PyTorch's sdpa."""
+    if name != "auto":
+        return name
+    return "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
 def load_model(m: DictConfig, path: Path | str):
+    """The causal LM at ``path`` in ``model.dtype``, safetensors weights only (nothing is unpickled)."""
     if m.dtype not in DTYPES:
         raise ValueError(f"model.dtype={m.dtype!r}: choose one of {list(DTYPES)}")
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=DTYPES[m.dtype], attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code
+        str(path), dtype=DTYPES[m.dtype], attn_implementation=attention(m.attn_implementation),
+        trust_remote_code=m.trust_remote_code, use_safetensors=True,
     )
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

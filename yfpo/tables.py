@@ -4,13 +4,17 @@ A table spec (YAML) names its rows and the run directories behind each (several 
 
     name: demo
     title: ...
-    task: synthetic            # which eval/<task>/ results to read
+    task: synthetic            # which eval/<task>/ results to read; a list gives one table each
     layout: checkpoints        # checkpoints: Ckpt-1..N, Avg, Best, dAvg, dBest (YFPO Tables 1-2)
                                # tasks: one column per task in `tasks` (the FDT table)
     tasks: [gsm8k, math500]    # tasks layout only
     baseline: DPO              # the method every row is compared with, on the same data
+    paper_task: gsm8k          # the task of the rows' published numbers (default: the first)
     rows:
-      - {data: synthetic, method: DPO, lambda: null, runs: [runs/demo/method=dpo]}
+      - {data: synthetic, method: DPO, lambda: null, runs: [runs/demo/method=dpo],
+         paper: {Avg: 0.36, Best: 0.37}}   # optional: published numbers, shown as "paper <key>"
+
+(``experiments:`` and ``evals:`` name the runs' recipes for :mod:`yfpo.reproduce`.)
 
 Beyond the paper: the number of seeds, the 95 % interval of Avg, and a paired bootstrap p-value
 of each row against the baseline row on the same problems. Writes ``<out>/<name>.md``,
@@ -93,12 +97,29 @@ def checkpoint_row(runs: list[RunResults]) -> dict:
             "ci95": (float(avg_pp.mean() - half), float(avg_pp.mean() + half)), "seeds": len(runs)}
 
 
-def build(spec: dict, base_dir: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the table described by ``spec`` (paths relative to ``base_dir``)."""
+def spec_tasks(spec: dict) -> list[str]:
+    """The tasks that get a table of their own: one for the tasks layout, one per task otherwise."""
+    if spec.get("layout", "checkpoints") == "tasks":
+        return [spec["tasks"][0]]
+    return spec["task"] if isinstance(spec["task"], list) else [spec["task"]]
+
+
+def build(spec: dict, base_dir: Path, task: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the table described by ``spec`` (paths relative to ``base_dir``) for
+    ``task`` (default: the first of :func:`spec_tasks`)."""
+    header, table = _build(spec, base_dir, task or spec_tasks(spec)[0])
+    keys = list(dict.fromkeys(k for r in spec["rows"] for k in (r.get("paper") or {})))
+    if keys and (spec.get("layout") == "tasks" or (task or spec_tasks(spec)[0]) == spec.get("paper_task", spec_tasks(spec)[0])):
+        header = header + [f"paper {k}" for k in keys]
+        table = [t + [str((r.get("paper") or {}).get(k, "")) for k in keys] for t, r in zip(table, spec["rows"])]
+    return header, table
+
+
+def _build(spec: dict, base_dir: Path, task: str) -> tuple[list[str], list[list[str]]]:
     layout = spec.get("layout", "checkpoints")
     if layout not in LAYOUTS:
         raise ValueError(f"{spec['name']}: layout={layout!r}, choose one of {LAYOUTS}")
-    tasks = spec["tasks"] if layout == "tasks" else [spec["task"]]
+    tasks = spec["tasks"] if layout == "tasks" else [task]
     rows = spec["rows"]
     results = {(i, t): [read_run(base_dir / r, t) for r in row["runs"]] for i, row in enumerate(rows) for t in tasks}
     baseline = {row["data"]: i for i, row in enumerate(rows) if row["method"] == spec["baseline"]}
@@ -107,7 +128,6 @@ def build(spec: dict, base_dir: Path) -> tuple[list[str], list[list[str]]]:
         table = [[str(r["data"]), r["method"], _fmt_lambda(r), str(len(r["runs"]))]
                  + [f"{checkpoint_row(results[(i, t)])['best']:.4f}" for t in tasks] for i, r in enumerate(rows)]
         return header, table
-    task = tasks[0]
     stats = {i: checkpoint_row(results[(i, task)]) for i in range(len(rows))}
     n_ckpts = max(len(s["ckpts"]) for s in stats.values())
     header = (["data", "method", "lambda", "seeds"] + [f"Ckpt-{k}" for k in range(1, n_ckpts + 1)]
@@ -144,7 +164,7 @@ def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    task = spec.get("task", (spec.get("tasks") or [None])[0])
+    task = spec_tasks(spec)[0]
     for row in spec["rows"]:
         label = row["method"] + (f" λ={row['lambda']}" if row.get("lambda") is not None else "")
         run = base_dir / row["runs"][0]
@@ -174,13 +194,18 @@ def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
 def make_tables(spec_path: Path, base_dir: Path = Path("."), out: Path | None = None) -> str:
     """Build one spec's Markdown, CSV and curves (in ``out``, default: next to the spec)."""
     spec = yaml.safe_load(spec_path.read_text())
-    header, table = build(spec, base_dir)
-    md = markdown(spec.get("title", spec["name"]), header, table)
     out = out or spec_path.parent
     out.mkdir(parents=True, exist_ok=True)
+    tasks, parts = spec_tasks(spec), []
+    for task in tasks:
+        header, table = build(spec, base_dir, task)
+        title = spec.get("title", spec["name"]) + (f" [{task}]" if len(tasks) > 1 else "")
+        parts.append(markdown(title, header, table))
+        stem = spec["name"] + (f"_{task}" if len(tasks) > 1 else "")
+        with open(out / f"{stem}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([header, *table])
+    md = "\n".join(parts)
     (out / f"{spec['name']}.md").write_text(md)
-    with open(out / f"{spec['name']}.csv", "w", newline="") as f:
-        csv.writer(f).writerows([header, *table])
     plot_curves(spec, base_dir, out / f"{spec['name']}_curves.png")
     return md
 

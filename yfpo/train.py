@@ -24,11 +24,13 @@ from yfpo.loggers import make_loggers
 from yfpo.models import ensure_model, ensure_synthetic, load_model, load_tokenizer
 from yfpo.module import PreferenceModule
 from yfpo.neurons import io as neuron_io
+from yfpo.strategies import build_strategy
 
 DONE = "DONE"
 RUN_CONFIG = "run_config.yaml"
 # Keys that may differ between the first start of a run and its resumption.
-RESUME_FREE = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "logger", "cache_dir")
+RESUME_FREE = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "trainer.accumulate_grad_batches",
+               "trainer.enable_progress_bar", "logger", "cache_dir", "hub")
 
 
 def load_neurons(cfg: DictConfig, policy):
@@ -71,6 +73,16 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> None:
         )
 
 
+def accumulation(global_batch: int, batch_size: int, world: int) -> int:
+    """Gradient accumulation steps that make ``batch_size`` rows on each of ``world`` processes a
+    global batch of ``global_batch`` rows (config: ``data.global_batch_size``)."""
+    per_step = batch_size * world
+    if global_batch % per_step:
+        raise ValueError(f"data.global_batch_size={global_batch} is not a multiple of data.batch_size={batch_size} "
+                         f"x {world} processes; change data.batch_size or the number of devices")
+    return global_batch // per_step
+
+
 def fit(cfg: DictConfig, run_dir: Path) -> Path:
     """Train according to ``cfg`` in ``run_dir``; returns the directory of the HF checkpoints."""
     ckpt_dir = run_dir / "checkpoints"
@@ -86,14 +98,18 @@ def fit(cfg: DictConfig, run_dir: Path) -> Path:
     policy = load_model(cfg.model, path)
     module = PreferenceModule(policy, cfg.method, cfg.optim, cfg.beta, cfg["lambda"], load_neurons(cfg, policy))
     kind = "sft" if cfg.method.loss == "sft" else "pairs"
-    data = PreferenceDataModule(cfg.data, tokenizer, kind=kind, seed=cfg.seed)
+    data = PreferenceDataModule(cfg.data, tokenizer, kind=kind, seed=cfg.seed, hub=cfg.hub)
     callbacks = [
         HFCheckpoints(ckpt_dir, cfg.checkpoints.count, tokenizer),
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoints.resume_every_n_steps),
     ]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar())  # plain tqdm: readable in log files and SLURM output, unlike rich
-    trainer = L.Trainer(**cfg.trainer, logger=make_loggers(cfg, run_dir), callbacks=callbacks, default_root_dir=run_dir)
+    options = {**cfg.trainer, "strategy": build_strategy(cfg.trainer.strategy, policy)}
+    trainer = L.Trainer(**options, logger=make_loggers(cfg, run_dir), callbacks=callbacks, default_root_dir=run_dir,
+                        use_distributed_sampler=False)  # GlobalBatchSampler shards the batches itself
+    if cfg.data.get("global_batch_size"):
+        trainer.accumulate_grad_batches = accumulation(cfg.data.global_batch_size, cfg.data.batch_size, trainer.world_size)
     last = ckpt_dir / "last.ckpt"
     if last.is_file():
         print(f"[yfpo] resuming {run_dir} from {last}")

@@ -82,9 +82,9 @@ def ablate(cfg: DictConfig) -> dict:
     c = model.config
     neurons = io.load_for(cfg, c, "the ablation")
 
-    samples = math_samples(cfg, tokenizer, a.data, a.num_samples)
+    samples = math_samples(cfg, tokenizer, a.data, a.num_samples, key="ablate.data")
     data = list(batches(samples, a.batch_size, tokenizer.pad_token_id, model.device))
-    rows = load_rows(a.data)[: a.accuracy_problems] if a.accuracy_problems else []
+    rows = load_rows(a.data, hub=cfg.hub, key="ablate.data")[: a.accuracy_problems] if a.accuracy_problems else []
     conditions = {"none": {}, f"selected ({neurons.meta.get('selector', '?')})": neurons.by_layer()}
     conditions.update({f"random #{k}": random_like(neurons, c.intermediate_size, a.seed + k) for k in range(a.random_draws)})
     results = {}

@@ -26,13 +26,13 @@ def random_neurons(num_layers: int, intermediate_size: int, cfg: DictConfig) -> 
     return NeuronSet(*top_k(scores, int(cfg.top_k)))
 
 
-def math_samples(cfg: DictConfig, tokenizer, source: str, count: int) -> list[Encoded]:
+def math_samples(cfg: DictConfig, tokenizer, source: str, count: int, key: str = "neurons.data") -> list[Encoded]:
     """``count`` seeded samples (question + correct worked solution) from ``source``.
 
     GSM8K-layout rows give (question, answer); Math-Step-DPO-layout rows give (prompt with
     ``initial_reason_steps``, ``full_chosen``). Prompts use ``cfg.data``'s template.
     """
-    rows = load_rows(source)
+    rows = load_rows(source, hub=cfg.hub, key=key)
     rows = subset(rows, min(count, len(rows)), int(cfg.neurons.seed))
     encoder = Encoder(OmegaConf.merge(cfg.data, {"pair_mode": "full", "append_eos": True}), tokenizer)
     if "question" in rows[0]:

@@ -1,0 +1,108 @@
+"""The papers' recipes: every experiment holds the papers' values, and `make reproduce-tables
+DRY_RUN=1` lists the whole pipeline, every job's config composed."""
+
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+from yfpo.config import compose_config
+from yfpo.reproduce import plan, sweep_jobs
+
+YFPO = ["dpo_10k", "yfpo_10k", "dpo_2k", "yfpo_2k", "yfpo_2k_random", "yfpo_fdt_2k"]
+FDT = ["fdt_dpo", "fdt_dpo_fdt", "fdt_step_dpo", "fdt_step_dpo_fdt"]
+FDT_MODELS = {"qwen2.5-3b-instruct": "Qwen/Qwen2.5-3B-Instruct", "llama-3.2-3b-instruct": "meta-llama/Llama-3.2-3B-Instruct"}
+
+
+def jobs(experiment):
+    return sweep_jobs("config", [f"+experiment={experiment}"])
+
+
+@pytest.mark.parametrize("name,hub_id", [("qwen2-0.5b", "Qwen/Qwen2-0.5B"), *FDT_MODELS.items()])
+def test_real_model_configs(name, hub_id, cache):
+    m = compose_config([f"model={name}"]).model
+    assert m.path == hub_id and m.name == name and m.trust_remote_code is False
+    assert m.attn_implementation == "auto" and m.gradient_checkpointing is True and m.neuron_top_k == 1024
+    assert m.template == ("alpaca" if name == "qwen2-0.5b" else "chat")
+
+
+@pytest.mark.parametrize("experiment", YFPO)
+def test_yfpo_paper_experiments(experiment, cache):
+    runs = jobs(experiment)
+    lambdas = sorted(float(c["lambda"]) for c in runs)
+    expected = {"dpo_10k": [0.0], "yfpo_10k": [0.05, 1.0], "dpo_2k": [0.0]}.get(experiment, [0.1, 0.2, 0.3, 1.0])
+    assert lambdas == expected
+    for c in runs:
+        assert c.name == experiment and c.model.path == "Qwen/Qwen2-0.5B"
+        assert c.data.path == "xinlai/Math-Step-DPO-10K" and c.data.pair_mode == "step"
+        assert c.data.subset_size == (2000 if "2k" in experiment else None)
+        if "2k" in experiment:
+            assert c.data.subset_seed == 42 and c.data.subset_file.endswith("math-step-dpo-2k-seed42-train.jsonl")
+        assert c.neurons.top_k == 1024 and c.neurons.selector == ("random" if "random" in experiment else "attnlrp")
+        assert c.checkpoints.count == 3 and c.eval.path == "openai/gsm8k"
+        # Step-DPO's Qwen2 recipe (the paper gives none)
+        assert c.optim.lr == 5e-7 and c.beta == 0.4 and c.optim.schedule == "cosine" and c.optim.warmup_ratio == 0.1
+        assert c.data.global_batch_size == 16 and c.trainer.precision == "bf16-mixed"
+        assert (c.data.max_length, c.data.max_prompt_length) == (1024, 512)
+        assert c.method.loss == ("dpo" if experiment.startswith("dpo") else "yfpo")
+        assert c.method.fdt == ("fdt" in experiment)
+
+
+@pytest.mark.parametrize("experiment", FDT)
+def test_fdt_paper_experiments(experiment, cache):
+    runs = jobs(experiment)
+    assert sorted(c.model.name for c in runs) == sorted(FDT_MODELS)
+    fdt = experiment.endswith("_fdt")
+    for c in runs:
+        assert c.model.path.endswith(f"sft/{c.model.name}-numinamath-cot")  # starts from the SFT model
+        assert f"+experiment=fdt_sft model={c.model.name}" in c.model.made_by
+        assert c.data.path == "xinlai/Math-Step-DPO-10K"
+        assert c.data.pair_mode == ("step" if "step" in experiment else "full")
+        assert (c.optim.lr, c.beta) == ((7e-6, 0.5) if fdt else (5e-6, 0.4))
+        assert c.method.fdt == fdt and c.method.loss == "dpo"
+        assert c.trainer.max_epochs == 8 and c.optim.schedule == "cosine" and c.optim.warmup_ratio == 0.1
+
+
+def test_fdt_sft_experiment(cache):
+    runs = jobs("fdt_sft")
+    assert sorted(c.model.path for c in runs) == sorted(FDT_MODELS.values())
+    for c in runs:
+        assert c.data.path == "AI-MO/NuminaMath-CoT" and (c.data.question_field, c.data.answer_field) == ("problem", "solution")
+        assert c.method.loss == "sft" and c.optim.lr == 5e-6 and c.data.global_batch_size == 256
+        assert c.optim.warmup_ratio == 0.03 and c.optim.schedule == "linear"
+        assert c.export_to.endswith(f"sft/{c.model.name}-numinamath-cot")
+
+
+def test_eval_sets(cache):
+    gsm, math = (compose_config([f"eval={e}"]).eval for e in ("gsm8k", "math500"))
+    assert (gsm.path, gsm.hub_config, gsm.split) == ("openai/gsm8k", "main", "test")
+    assert (math.path, math.split, math.id_field) == ("HuggingFaceH4/MATH-500", "test", "unique_id")
+
+
+def test_reproduce_plan_order_and_neurons(cache):
+    specs = [ROOT / "experiments" / f for f in ("yfpo_table1.yaml", "yfpo_table2.yaml", "fdt_table.yaml")]
+    commands = plan(specs, ["hydra/launcher=slurm"], ["eval.backend=vllm"])
+    stages = [m for m, _ in commands]
+    order = ["yfpo.neurons", "yfpo.train", "yfpo.evaluate", "yfpo.tables"]
+    assert stages == sorted(stages, key=order.index)  # neurons -> training -> evaluation -> tables
+    # one neuron file per selector for Qwen2-0.5B (AttnLRP for all YFPO runs, random for the control)
+    assert [a for m, a in commands if m == "yfpo.neurons"] == [["+experiment=dpo_10k"], ["+experiment=yfpo_2k_random"]]
+    trained = [a[1] for m, a in commands if m == "yfpo.train"]
+    assert trained.index("+experiment=fdt_sft") < trained.index("+experiment=fdt_dpo")  # SFT model first
+    assert all(a[-1] == "hydra/launcher=slurm" for m, a in commands if m == "yfpo.train")
+    assert ["-m", "run_dir=multirun/yfpo_2k", "eval=gsm8k,math500", "eval.backend=vllm"] in [a for m, a in commands]
+
+
+def test_make_reproduce_tables_dry_run_lists_composed_commands():
+    out = subprocess.run(["make", "-s", "reproduce-tables", "DRY_RUN=1", "TRAIN_ARGS=trainer=ddp"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = [l for l in out.stdout.splitlines() if l.startswith("python -m")]
+    assert "every config composed" in out.stdout and len(lines) == 25
+    assert lines[0] == "python -m yfpo.neurons +experiment=dpo_10k"
+    assert "python -m yfpo.train -m +experiment=yfpo_2k trainer=ddp" in lines
+    assert lines[-1].startswith("python -m yfpo.tables experiments/yfpo_table1.yaml")
+    # a typo in the arguments fails before anything runs
+    bad = subprocess.run(["make", "-s", "reproduce-tables", "DRY_RUN=1", "TRAIN_ARGS=trainer.max_step=5"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "max_step" in bad.stderr

@@ -1,0 +1,114 @@
+"""``python -m yfpo.reproduce experiments/SPEC.yaml ... [--dry-run]``: every command behind the
+papers' tables, in order, then run (or, with ``--dry-run``, only printed).
+
+A table spec (see :mod:`yfpo.tables`) names the experiments that make its rows
+(``experiments:``, trained in that order) and the evaluation sets (``evals:``). The commands:
+
+1. neurons: ``python -m yfpo.neurons +experiment=X``, once per neuron file the runs need;
+2. training: ``python -m yfpo.train -m +experiment=X`` (the experiment holds its own sweep);
+3. evaluation: ``python -m yfpo.evaluate -m run_dir=multirun/X eval=A,B``;
+4. tables: ``python -m yfpo.tables SPEC``.
+
+``--train-args``/``--eval-args`` are appended to the training/evaluation commands, e.g.
+``hydra/launcher=slurm trainer=ddp`` or ``eval.backend=vllm``. Every command's config — each job
+of each sweep — is composed before anything runs, so a typo fails in seconds, not after a
+day of training. Every stage skips finished work: running again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from yfpo.config import CONF_DIR
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    if GlobalHydra.instance().is_initialized():  # inside main(): one initialisation for all jobs
+        return compose(config_name, overrides=overrides, return_hydra_config=True)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name, overrides=overrides, return_hydra_config=True)
+
+
+def sweep_jobs(config_name: str, overrides: list[str]) -> list[DictConfig]:
+    """The composed config of every job ``python -m ... -m <overrides>`` would run (basic sweeper:
+    the cartesian product of comma-separated values, from the command and from ``hydra.sweeper.params``)."""
+    base = _compose(config_name, [o for o in overrides if "," not in o.split("=", 1)[-1]])
+    axes = {k: str(v).split(",") for k, v in (base.hydra.sweeper.get("params") or {}).items()}
+    fixed = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if "," in value:
+            axes[key] = value.split(",")
+        else:
+            fixed.append(o)
+    jobs = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    return [_compose(config_name, fixed + [f"{k}={v}" for k, v in job.items()]) for job in jobs]
+
+
+def plan(specs: list[Path], train_args: list[str], eval_args: list[str]) -> list[tuple[str, list[str]]]:
+    """``(module, arguments)`` of every command, in order, for the table specs."""
+    experiments, evals = [], {}
+    for spec_path in specs:
+        spec = yaml.safe_load(spec_path.read_text())
+        if not spec.get("experiments"):
+            raise ValueError(f"{spec_path}: no `experiments:` list (the conf/experiment/* behind its rows)")
+        experiments += [e for e in spec["experiments"] if e not in experiments]
+        for e in spec["experiments"]:
+            evals.setdefault(e, [])
+            evals[e] += [t for t in spec.get("evals", [spec.get("task")]) if t not in evals[e]]
+    neurons, train, evaluate = [], [], []
+    seen_neuron_files = set()
+    for e in experiments:
+        for job in sweep_jobs("config", [f"+experiment={e}", *train_args]):
+            uses_neurons = job.method.loss == "yfpo" or (job.method.track_neurons and job.neurons.selector != "random")
+            if uses_neurons and job.neurons.path not in seen_neuron_files:
+                seen_neuron_files.add(job.neurons.path)
+                neurons.append(("yfpo.neurons", [f"+experiment={e}"]))
+        train.append(("yfpo.train", ["-m", f"+experiment={e}", *train_args]))
+        name = _compose("config", [f"+experiment={e}"]).name
+        evaluate.append(("yfpo.evaluate", ["-m", f"run_dir=multirun/{name}", f"eval={','.join(evals[e])}", *eval_args]))
+    tables = [("yfpo.tables", [str(s) for s in specs])]
+    return neurons + train + evaluate + tables
+
+
+def check(commands: list[tuple[str, list[str]]]) -> int:
+    """Compose the config of every job of every command; returns the number of jobs."""
+    count = 0
+    for module, args in commands:
+        if module == "yfpo.tables":
+            continue
+        config_name = "evaluate" if module == "yfpo.evaluate" else "config"
+        count += len(sweep_jobs(config_name, [a for a in args if a != "-m"]))
+    return count
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m yfpo.reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("specs", nargs="+", type=Path, help="table specs, e.g. experiments/yfpo_table1.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--train-args", default="", help="appended to every training command")
+    parser.add_argument("--eval-args", default="", help="appended to every evaluation command")
+    args = parser.parse_args(argv)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        commands = plan(args.specs, shlex.split(args.train_args), shlex.split(args.eval_args))
+        jobs = check(commands)
+    print(f"# {len(commands)} commands ({jobs} jobs, every config composed)", flush=True)
+    for module, cmd_args in commands:
+        line = shlex.join(["python", "-m", module, *cmd_args])
+        print(line, flush=True)
+        if not args.dry_run:
+            subprocess.run([sys.executable, "-m", module, *cmd_args], check=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

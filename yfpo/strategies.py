@@ -1,0 +1,45 @@
+"""Lightning strategies from config: ``trainer.strategy`` is a Lightning name (``auto``, ``ddp``, ...)
+or a mapping ``{name: fsdp | deepspeed, ...}`` built here, where model classes are known.
+
+- ``fsdp``: every decoder layer of the policy *and* of the frozen reference is its own FSDP unit,
+  so both are sharded alike; ``use_orig_params`` lets frozen and trained parameters share the
+  root unit. HF checkpoints gather full weights to rank 0 (``state_dict_type: full``).
+- ``deepspeed``: ZeRO stage 1 or 2 (optimizer state and gradients sharded, weights replicated,
+  so rank 0 holds full weights for the HF checkpoints). Stage 3 is refused: use ``fsdp``.
+  Needs the ``deepspeed`` extra (``pip install -e .[deepspeed]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from yfpo.hooks import decoder_layers
+
+BUILT = ("fsdp", "deepspeed")
+
+
+def build_strategy(spec: Any, policy: nn.Module) -> Any:
+    """A Lightning strategy (name or object) for ``trainer.strategy``."""
+    if not isinstance(spec, (dict, DictConfig)):
+        return spec
+    opts = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    name = opts.pop("name", None)
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        layer = type(decoder_layers(policy)[0])
+        return FSDPStrategy(auto_wrap_policy={layer}, use_orig_params=True, state_dict_type="full", **opts)
+    if name == "deepspeed":
+        if opts.get("stage", 2) not in (1, 2):
+            raise ValueError(f"trainer.strategy.stage={opts['stage']}: HF checkpoints need full weights on rank 0; "
+                             "use ZeRO stage 1 or 2, or trainer=fsdp to shard the weights")
+        try:
+            from lightning.pytorch.strategies import DeepSpeedStrategy
+
+            return DeepSpeedStrategy(**opts)
+        except (ImportError, ModuleNotFoundError) as err:
+            raise ImportError("trainer=deepspeed needs DeepSpeed: pip install -e '.[deepspeed]'") from err
+    raise ValueError(f"trainer.strategy.name={name!r}: choose one of {BUILT}, or give a Lightning strategy name")
