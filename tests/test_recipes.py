@@ -106,3 +106,19 @@ def test_make_reproduce_tables_dry_run_lists_composed_commands():
     bad = subprocess.run(["make", "-s", "reproduce-tables", "DRY_RUN=1", "TRAIN_ARGS=trainer.max_step=5"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "max_step" in bad.stderr
+
+
+def test_attention_auto_prefers_flash_attention_when_installed(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from yfpo.models import attention
+
+    assert attention("eager") == "eager"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "flash_attn" else real_find_spec(name))
+    assert attention("auto") == "sdpa"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else real_find_spec(name))
+    assert attention("auto") == "flash_attention_2"

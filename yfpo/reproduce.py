@@ -18,6 +18,7 @@ day of training. Every stage skips finished work: running again continues where 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import shlex
 import subprocess
@@ -42,6 +43,11 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
 def sweep_jobs(config_name: str, overrides: list[str]) -> list[DictConfig]:
     """The composed config of every job ``python -m ... -m <overrides>`` would run (basic sweeper:
     the cartesian product of comma-separated values, from the command and from ``hydra.sweeper.params``)."""
+    return _sweep_jobs(config_name, tuple(overrides))
+
+
+@functools.lru_cache(maxsize=None)  # plan() and check() ask for the same training sweeps
+def _sweep_jobs(config_name: str, overrides: tuple[str, ...]) -> list[DictConfig]:
     base = _compose(config_name, [o for o in overrides if "," not in o.split("=", 1)[-1]])
     axes = {k: str(v).split(",") for k, v in (base.hydra.sweeper.get("params") or {}).items()}
     fixed = []
@@ -75,7 +81,7 @@ def plan(specs: list[Path], train_args: list[str], eval_args: list[str]) -> list
                 seen_neuron_files.add(job.neurons.path)
                 neurons.append(("yfpo.neurons", [f"+experiment={e}"]))
         train.append(("yfpo.train", ["-m", f"+experiment={e}", *train_args]))
-        name = _compose("config", [f"+experiment={e}"]).name
+        name = sweep_jobs("config", [f"+experiment={e}", *train_args])[0].name
         evaluate.append(("yfpo.evaluate", ["-m", f"run_dir=multirun/{name}", f"eval={','.join(evals[e])}", *eval_args]))
     tables = [("yfpo.tables", [str(s) for s in specs])]
     return neurons + train + evaluate + tables
