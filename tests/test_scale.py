@@ -2,6 +2,7 @@
 and Hydra launchers (joblib, submitit local; SLURM and Ray compose)."""
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -142,5 +143,8 @@ def test_fsdp_strategy_shards_policy_and_reference_by_decoder_layer(tokenizer):
     assert build_strategy("ddp", model) == "ddp"
     with pytest.raises(ValueError, match="stage=3: HF checkpoints need full weights"):
         build_strategy({"name": "deepspeed", "stage": 3}, model)
+    if importlib.util.find_spec("deepspeed") is None:  # the optional extra is not installed
+        with pytest.raises(ImportError, match=r"pip install -c constraints.txt -e '.\[deepspeed\]'"):
+            build_strategy({"name": "deepspeed", "stage": 2}, model)
     with pytest.raises(ValueError, match="trainer.strategy.name='zero'"):
         build_strategy({"name": "zero"}, model)

@@ -110,7 +110,7 @@ def load_dataset(repo_id: str, name: str | None, split: str, hub: DictConfig, ke
     try:
         with offline_mode():
             return datasets.load_dataset(repo_id, name=name, split=split)
-    except (ConnectionError, FileNotFoundError, OSError) as err:
+    except OSError as err:  # datasets' ConnectionError and FileNotFoundError included
         raise HubUnavailable(_advice(repo_id, "dataset", hub, key)) from err
 
 
@@ -128,7 +128,7 @@ def local_model(repo_id: str, hub: DictConfig, key: str = "model.path") -> Path:
             return Path(snapshot_download(repo_id, allow_patterns=MODEL_FILES))
         with offline_mode():
             return Path(snapshot_download(repo_id, allow_patterns=MODEL_FILES, local_files_only=True))
-    except Exception as err:
+    except OSError as err:  # huggingface_hub's LocalEntryNotFoundError included
         if online:
             raise
         raise HubUnavailable(_advice(repo_id, "model", hub, key)) from err

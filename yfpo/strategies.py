@@ -6,11 +6,12 @@ or a mapping ``{name: fsdp | deepspeed, ...}`` built here, where model classes a
   root unit. HF checkpoints gather full weights to rank 0 (``state_dict_type: full``).
 - ``deepspeed``: ZeRO stage 1 or 2 (optimizer state and gradients sharded, weights replicated,
   so rank 0 holds full weights for the HF checkpoints). Stage 3 is refused: use ``fsdp``.
-  Needs the ``deepspeed`` extra (``pip install -e .[deepspeed]``).
+  Needs the ``deepspeed`` extra (``pip install -c constraints.txt -e '.[deepspeed]'``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -36,10 +37,9 @@ def build_strategy(spec: Any, policy: nn.Module) -> Any:
         if opts.get("stage", 2) not in (1, 2):
             raise ValueError(f"trainer.strategy.stage={opts['stage']}: HF checkpoints need full weights on rank 0; "
                              "use ZeRO stage 1 or 2, or trainer=fsdp to shard the weights")
-        try:
-            from lightning.pytorch.strategies import DeepSpeedStrategy
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ImportError("trainer=deepspeed needs DeepSpeed: pip install -c constraints.txt -e '.[deepspeed]'")
+        from lightning.pytorch.strategies import DeepSpeedStrategy
 
-            return DeepSpeedStrategy(**opts)
-        except (ImportError, ModuleNotFoundError) as err:
-            raise ImportError("trainer=deepspeed needs DeepSpeed: pip install -e '.[deepspeed]'") from err
+        return DeepSpeedStrategy(**opts)
     raise ValueError(f"trainer.strategy.name={name!r}: choose one of {BUILT}, or give a Lightning strategy name")
