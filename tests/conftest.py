@@ -10,7 +10,7 @@ import torch
 
 from yfpo import synthetic, tiny
 from yfpo.config import compose_config
-from yfpo.data import format_prompt
+from yfpo.prompts import format_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")

@@ -10,7 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from tests.conftest import FAST, compose_cfg, make_model
 from yfpo.data import Encoder, collate
 from yfpo.neurons import io
-from yfpo.neurons.ablate import ablate, loglik_per_token, zeroed
+from yfpo.hooks import zeroed
+from yfpo.neurons.ablate import ablate, loglik_per_token
 from yfpo.neurons.attribution import lrp_scores, target_logits
 from yfpo.neurons.lxt_compat import lrp_patched
 from yfpo.neurons.__main__ import select
@@ -89,18 +90,19 @@ def test_planted_neuron_is_ranked_first(tokenizer, samples):
     assert (layers[0].item(), indices[0].item()) == (1, 5)
     # and the causal check agrees: zeroing it costs far more likelihood than zeroing a random channel
     data = [collate(samples, tokenizer.pad_token_id)]
-    base = loglik_per_token(model, data)
+    base = loglik_per_token(model, data, 64)
     with zeroed(model, {1: torch.tensor([5])}):
-        planted = loglik_per_token(model, data)
+        planted = loglik_per_token(model, data, 64)
     with zeroed(model, {1: torch.tensor([17])}):
-        other = loglik_per_token(model, data)
+        other = loglik_per_token(model, data, 64)
     assert abs(base - planted) > 10 * abs(base - other)
 
 
 def test_selection_leaves_training_bit_identical(tmp_path, cache):
     cfg = compose_cfg(*FAST, "method=dpo")
     from yfpo.data import PreferenceDataModule
-    from yfpo.models import ensure_model, ensure_synthetic, load_model, load_tokenizer
+    from yfpo.models import load_model, load_tokenizer
+    from yfpo.prepare import ensure_model, ensure_synthetic
     from yfpo.module import PreferenceModule
 
     ensure_synthetic(cfg)

@@ -102,3 +102,20 @@ def test_collate_pairs_share_prompt_positions(synth_dir, tokenizer, mode, eos):
     key = "chosen" if mode == "step" else "full_chosen"
     assert tokenizer.decode(b["input_ids"][0][b["response_mask"][0]]) == rows[0][key] + (tokenizer.eos_token if eos else "")
     assert (b["attention_mask"].bool() | ~b["response_mask"]).all()
+
+
+def test_step_checker_rejects_a_right_answer_reached_through_a_wrong_step(synth_dir):
+    from yfpo.synthetic import first_wrong_step
+
+    q = "Mia has 20 books. Mia finds 5 more, then gives away 7. How many books does Mia have now?"
+    assert first_wrong_step(q, "Let's think step by step.\n20 + 5 = 25 books.\n25 - 7 = 18 books.\n#### 18") is None
+    assert first_wrong_step(q, "20 + 5 = 27 books.\n27 - 9 = 18 books.\n#### 18") == 0  # right answer, wrong step
+    assert first_wrong_step(q, "20 + 6 = 26 books.\n26 - 8 = 18 books.\n#### 18") == 0  # right sums, wrong events
+    assert first_wrong_step(q, "20 + 5 = 25 books.\n25 - 7 = 18 books.\n#### 17") == 2
+    assert first_wrong_step(q, "20 + 5 = 25 books.\n#### 25") == 1  # a step left out
+    assert first_wrong_step(q, "20 + 5 = 25 books.\n25 - 7 = 18 books.") == 2  # never states the answer
+    rows = [json.loads(l) for l in (synth_dir / "preference.jsonl").read_text().splitlines()]
+    for r in rows:  # the generator's own pairs: chosen all right, rejected wrong exactly at its step
+        assert first_wrong_step(r["prompt"], r["initial_reason_steps"] + r["full_chosen"]) is None
+        given = len(r["initial_reason_steps"].strip().splitlines()) - 1  # minus the LEAD line
+        assert first_wrong_step(r["prompt"], r["initial_reason_steps"] + r["full_rejected"]) == given

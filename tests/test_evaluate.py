@@ -5,10 +5,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import FAST, compose_cfg, make_model
 from yfpo import evaluate as ev
-from yfpo.data import format_prompt, load_rows
+from yfpo.data import load_rows
+from yfpo.generation import generate
+from yfpo.prompts import PromptError, default_stops, eval_prompt, format_prompt
 from yfpo.train import fit
 
 FAKE_VLLM = str(Path(__file__).parent / "fake_vllm")
@@ -39,8 +43,8 @@ def test_hf_evaluation_resumes_after_a_crash(run, monkeypatch):
     cfg = compose_cfg(*FAST, f"run_dir={run / 'checkpoints' / 'ckpt-2'}", "eval.batch_size=4", "eval.max_new_tokens=8")
     real, calls = ev._generate_hf, []
 
-    def crash_after_first_batch(model_dir, cfg, prompts, tok):
-        for i, batch in enumerate(real(model_dir, cfg, prompts, tok)):
+    def crash_after_first_batch(model_dir, cfg, prompts, tok, dec):
+        for i, batch in enumerate(real(model_dir, cfg, prompts, tok, dec)):
             calls.append(len(batch))
             if len(calls) == 2:
                 raise RuntimeError("simulated crash")
@@ -54,22 +58,31 @@ def test_hf_evaluation_resumes_after_a_crash(run, monkeypatch):
     with open(out / "predictions.jsonl", "a") as f:
         f.write('{"id": 4, "prompt": "torn')  # a crash in the middle of writing a row
     calls.clear()
-    monkeypatch.setattr(ev, "_generate_hf", lambda m, c, p, t: (calls.append(len(p)) or real(m, c, p, t)))
+    monkeypatch.setattr(ev, "_generate_hf", lambda m, c, p, t, d: (calls.append(len(p)) or real(m, c, p, t, d)))
     [summary] = ev.evaluate(cfg)
     assert calls == [6]  # only the 6 unfinished of the 10 problems were generated
     rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == list(range(10))
     assert summary["n"] == 10 and summary["accuracy"] == sum(r["correct"] for r in rows) / 10
-    assert set(rows[0]) == {"id", "prompt", "completion", "extracted", "gold", "correct"}
+    assert set(rows[0]) == set(ev.ROW_FIELDS)
     calls.clear()
     ev.evaluate(cfg)
     assert calls == []  # a finished checkpoint is skipped
 
 
-def test_vllm_backend_with_a_fake_vllm(run, tmp_path, monkeypatch):
+def use_fake_vllm(monkeypatch, tmp_path, texts: dict | None = None) -> Path:
+    """Make the vllm worker import tests/fake_vllm; ``texts`` maps prompts to completions. Returns the call log."""
     log = tmp_path / "vllm.jsonl"
     monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
     monkeypatch.setenv("PYTHONPATH", FAKE_VLLM + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if texts is not None:
+        (tmp_path / "texts.json").write_text(json.dumps(texts))
+        monkeypatch.setenv("FAKE_VLLM_TEXTS", str(tmp_path / "texts.json"))
+    return log
+
+
+def test_vllm_backend_with_a_fake_vllm(run, tmp_path, monkeypatch):
+    log = use_fake_vllm(monkeypatch, tmp_path)
     cfg = compose_cfg(*FAST, f"run_dir={run}", "eval.backend=vllm", "eval.max_new_tokens=77",
                       "eval.tensor_parallel_size=2", "eval.stop=[Question:]")
     summaries = ev.evaluate(cfg)
@@ -98,3 +111,200 @@ def test_hub_schemas_read_from_local_files(tmp_path, cache, task, fields):
     assert [p["gold"] for p in problems] == ["0", "1", "2"]
     if task == "math500":
         assert problems[1]["id"] == "test/algebra/1.json"
+
+
+class Scripted:
+    """A real HF model whose greedy choices are forced to ``scripts[row]`` (token ids), then ``filler``
+    forever: transformers' own generate loop, stopping criteria and padding run unchanged."""
+
+    def __init__(self, model, scripts: list[list[int]], filler: int):
+        self.model, self.scripts, self.filler, self.outputs = model, scripts, filler, []
+        self.device = model.device
+
+    def eval(self):
+        return self
+
+    def generate(self, **kwargs):
+        prompt_len, scripts, filler = kwargs["input_ids"].shape[1], self.scripts, self.filler
+
+        class Force(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                step = input_ids.shape[1] - prompt_len
+                forced = torch.full_like(scores, -float("inf"))
+                for i, s in enumerate(scripts):
+                    forced[i, s[step] if step < len(s) else filler] = 0.0
+                return forced
+
+        out = self.model.generate(**kwargs, logits_processor=LogitsProcessorList([Force()]))
+        self.outputs.append(out[:, prompt_len:])
+        return out
+
+
+RUNAWAY = ("3 * 6 = 18 apples. The answer is 18.\n\n### Instruction:\nMia has 4 pens and buys 5 more. "
+           "How many pens?\n\n### Response:\n4 + 5 = 9")
+
+
+def test_stop_strings_cut_completions_and_end_their_row_early(tokenizer):
+    enc = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eos, filler = tokenizer.eos_token_id, enc("x")[0]
+    scripts = [enc(RUNAWAY), enc("So 2 + 3 = 5. The answer is 5.") + [eos], enc("1 + 1 = 2, 2 + 2 = 4, 4 + 4 = 8")]
+    budget = len(scripts[0]) + 5
+    prompts = [format_prompt("alpaca", q, None) for q in ("Q1?", "Q2?", "Q3?")]
+    model = Scripted(make_model(tokenizer), scripts, filler)
+    out = generate(model, tokenizer, prompts, budget, 3, default_stops("alpaca"), progress=False)
+    assert out[0].text == "3 * 6 = 18 apples. The answer is 18.\n\n" and not out[0].truncated
+    assert out[1].text == "So 2 + 3 = 5. The answer is 5." and not out[1].truncated  # EOS
+    assert out[2].text.startswith("1 + 1 = 2, 2 + 2 = 4, 4 + 4 = 8xxx") and out[2].truncated  # ran out of budget
+    # the stopped rows generated no further tokens of their own: the rest of their row is padding
+    new = model.outputs[0]
+    assert new.shape[1] == budget
+    stop_at = len(enc("3 * 6 = 18 apples. The answer is 18.\n\n### Instruction"))
+    assert (new[0, stop_at + 1 :] == tokenizer.pad_token_id).all()
+    # without stop strings the runaway row runs into the invented problem, and flexible grading takes its 9
+    model = Scripted(make_model(tokenizer), scripts, filler)
+    free = generate(model, tokenizer, prompts, budget, 3, [], progress=False)
+    assert free[0].text == RUNAWAY + "xxxxx" and free[0].truncated
+    from yfpo.grading import score
+    assert score("gsm8k", free[0].text, "18")["correct_flexible"] is False
+    assert score("gsm8k", out[0].text, "18")["correct_flexible"] is True
+
+
+def test_stops_do_not_match_across_the_prompt(tokenizer):
+    # The alpaca prompt ends in "\n"; two generated newlines must not make "\n\n\n" (as vLLM: generated text only).
+    enc = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    script = enc("\n") * 2 + enc("The answer is 4.") + [tokenizer.eos_token_id]
+    prompt = format_prompt("alpaca", "Q?", None)
+    assert prompt.endswith("\n")
+    model = Scripted(make_model(tokenizer), [script], enc("x")[0])
+    [c] = generate(model, tokenizer, [prompt], 40, 1, ["\n\n\n"], progress=False)
+    assert c.text == "\n\nThe answer is 4." and not c.truncated
+
+
+def test_summary_has_rates_conventions_versions_and_warnings(run, monkeypatch, capsys):
+    ckpt = run / "checkpoints" / "ckpt-2"
+    cfg = compose_cfg(*FAST, f"run_dir={ckpt}", "eval.max_new_tokens=8")
+    golds = [p["gold"] for p in ev.load_problems(cfg)]
+    texts = [f"The answer is {g}." if i < 6 else f"so {g}" if i < 8 else "and so on and so" for i, g in enumerate(golds)]
+
+    def scripted(model_dir, cfg, prompts, tok, dec):
+        assert dec["stop"] == default_stops("alpaca") and dec["stop_token_ids"] == [tok.eos_token_id]
+        yield [{"text": t, "truncated": i >= 8} for i, t in enumerate(texts)]
+
+    monkeypatch.setattr(ev, "_generate_hf", scripted)
+    [s] = ev.evaluate(cfg)
+    assert s["n"] == 10 and s["accuracy"] == 0.8 and s["accuracy_strict"] == 0.6 and s["accuracy_flexible"] == 0.8
+    assert s["truncated_rate"] == 0.2 and s["extracted_rate"] == 0.6
+    assert "paper-style tables" in s["scoring"]["accuracy"] and s["decoding"]["stop"] == default_stops("alpaca")
+    assert s["decoding"]["num_fewshot"] == 0 and s["decoding"]["max_new_tokens"] == 8
+    import torch as _torch
+    import transformers
+    assert s["versions"]["torch"] == _torch.__version__.split("+")[0] or s["versions"]["torch"] == _torch.__version__
+    assert s["versions"]["transformers"] == transformers.__version__ and s["versions"]["yfpo"]
+    assert "vllm" in s["versions"] and "math-verify" in s["versions"]
+    assert len(s["warnings"]) == 2
+    err = capsys.readouterr().out
+    assert "warning" in err and "20.0% of completions hit max_new_tokens=8" in err and "40.0% of completions give no marked" in err
+    rows = [json.loads(l) for l in (ckpt / "eval" / "synthetic" / "ckpt-2" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["truncated"] for r in rows] == [False] * 8 + [True] * 2
+    assert [r["extracted"] for r in rows] == [True] * 6 + [False] * 4
+
+
+def test_template_default_stop_and_override_through_vllm(run, tmp_path, monkeypatch):
+    """eval.stop null: the template's stops reach vLLM and cut the runaway block; a list replaces them."""
+    ckpt = run / "checkpoints" / "ckpt-1"
+    cfg = compose_cfg(*FAST, f"run_dir={ckpt}", "eval.backend=vllm", "eval.limit=2")
+    problems = ev.load_problems(cfg)
+    texts = {format_prompt("alpaca", p["question"], None): RUNAWAY.replace("18", p["gold"]) for p in problems}
+    texts[format_prompt("alpaca", problems[1]["question"], None)] = {"text": "1 2 3", "finish_reason": "length"}
+    log = use_fake_vllm(monkeypatch, tmp_path, texts)
+    [s] = ev.evaluate(cfg)
+    call = json.loads(log.read_text().splitlines()[-1])
+    assert call["sampling"]["stop"] == default_stops("alpaca") and call["sampling"]["stop_token_ids"]
+    assert s["accuracy_flexible"] == 0.5 and s["truncated_rate"] == 0.5 and s["versions"]["vllm"] == "0.0.0+fake"
+    cfg = compose_cfg(*FAST, f"run_dir={ckpt}", "eval.backend=vllm", "eval.limit=2", "eval.stop=[]", "eval.name=nostop")
+    [s] = ev.evaluate(cfg)
+    assert json.loads(log.read_text().splitlines()[-1])["sampling"]["stop"] is None  # [] = no stop strings
+    assert s["accuracy_flexible"] == 0.0 and s["accuracy_strict"] == 0.5  # flexible took the invented 9
+
+
+def test_fewshot_prompts_and_their_stops_reach_the_backend(run, tmp_path, monkeypatch):
+    ckpt = run / "checkpoints" / "ckpt-1"
+    log = use_fake_vllm(monkeypatch, tmp_path)
+    cfg = compose_cfg(*FAST, f"run_dir={ckpt}", "eval.backend=vllm", "eval.limit=3", "eval.num_fewshot=4")
+    [s] = ev.evaluate(cfg)
+    call = json.loads(log.read_text())
+    questions = [p["question"] for p in ev.load_problems(cfg)]
+    assert call["prompts"] == [eval_prompt("alpaca", q, None, 4, "gsm8k") for q in questions]
+    assert all(p.count("The answer is") == 4 for p in call["prompts"])
+    assert call["sampling"]["stop"] == default_stops("alpaca", 4, "gsm8k")
+    assert s["decoding"]["num_fewshot"] == 4 and s["decoding"]["fewshot_set"] == "gsm8k"
+
+
+def test_compare_backends_writes_agreement(run, tmp_path, monkeypatch):
+    ckpt = run / "checkpoints" / "ckpt-2"
+    cfg = compose_cfg(*FAST, f"run_dir={ckpt}", "eval.compare_backends=3", "eval.max_new_tokens=6")
+    use_fake_vllm(monkeypatch, tmp_path)
+    [r] = ev.evaluate(cfg)
+    path = ckpt / "eval" / "synthetic" / "ckpt-2" / "backend_agreement.json"
+    assert json.loads(path.read_text()) == json.loads(json.dumps(r))
+    assert r["n"] == 3 and len(r["rows"]) == 3 and r["versions"]["vllm"] == "0.0.0+fake"
+    assert all(row["vllm"] == "#### 0" for row in r["rows"])
+    assert r["output_agreement"] == sum(row["hf"] == "#### 0" for row in r["rows"]) / 3
+    assert r["grade_agreement"] == sum(row["hf_correct"] == (row["gold"] == "0") for row in r["rows"]) / 3
+    assert not (path.parent / "summary.json").exists()  # a check, not an evaluation
+    # the fake now answers two problems exactly as hf did: their texts and grades agree
+    prompts = [eval_prompt("alpaca", p["question"]) for p in ev.load_problems(cfg)[:2]]
+    use_fake_vllm(monkeypatch, tmp_path, {p: row["hf"] for p, row in zip(prompts, r["rows"])})
+    [r2] = ev.evaluate(cfg)
+    assert [row["same_output"] for row in r2["rows"][:2]] == [True, True] and r2["rows"][0]["common_prefix"] == 1.0
+    assert r2["output_agreement"] >= 2 / 3 and r2["grade_agreement"] >= 2 / 3
+
+
+@pytest.mark.parametrize("override,match", [
+    ("eval.stop=Question", "eval.stop='Question'"),
+    ("eval.num_fewshot=9", "eval.num_fewshot=9"),
+    ("eval.num_fewshot=-1", "eval.num_fewshot=-1"),
+    ("eval.compare_backends=-2", "eval.compare_backends=-2"),
+    ("eval.stop_token_ids=[a]", "eval.stop_token_ids"),
+])
+def test_bad_eval_settings_name_the_key(run, override, match):
+    cfg = compose_cfg(*FAST, f"run_dir={run / 'checkpoints' / 'ckpt-1'}", "eval.limit=2", override)
+    with pytest.raises((PromptError, ValueError), match=match):
+        ev.evaluate(cfg)
+
+
+def test_old_prediction_rows_are_generated_again(run, monkeypatch):
+    ckpt = run / "checkpoints" / "ckpt-1"
+    cfg = compose_cfg(*FAST, f"run_dir={ckpt}", "eval.limit=3", "eval.max_new_tokens=4")
+    out = ckpt / "eval" / "synthetic" / "ckpt-1"
+    out.mkdir(parents=True)
+    old = {"id": 0, "prompt": "p", "completion": "#### 1", "extracted": "1", "gold": "1", "correct": True}
+    (out / "predictions.jsonl").write_text(json.dumps(old) + "\n")
+    real, calls = ev._generate_hf, []
+    monkeypatch.setattr(ev, "_generate_hf", lambda m, c, p, t, d: (calls.append(len(p)) or real(m, c, p, t, d)))
+    [s] = ev.evaluate(cfg)
+    assert calls == [3] and s["n"] == 3
+
+
+def test_other_settings_are_refused_or_kept_apart(run, monkeypatch):
+    ckpt = run / "checkpoints" / "ckpt-1"
+    base = [*FAST, f"run_dir={ckpt}", "eval.limit=2", "eval.max_new_tokens=4"]
+    [s] = ev.evaluate(compose_cfg(*base))
+    with pytest.raises(ValueError, match=r"other settings .*num_fewshot.*eval.name=NAME"):
+        ev.evaluate(compose_cfg(*base, "eval.num_fewshot=2"))
+    [s2] = ev.evaluate(compose_cfg(*base, "eval.num_fewshot=2", "eval.name=synthetic_2shot"))
+    assert (ckpt / "eval" / "synthetic_2shot" / "ckpt-1" / "summary.json").is_file()
+    assert s2["decoding"]["num_fewshot"] == 2 and s["decoding"]["num_fewshot"] == 0
+    # more problems with the same settings: only the new ones are generated, the summary is rewritten
+    real, calls = ev._generate_hf, []
+    monkeypatch.setattr(ev, "_generate_hf", lambda m, c, p, t, d: (calls.append(len(p)) or real(m, c, p, t, d)))
+    [s3] = ev.evaluate(compose_cfg(*FAST, f"run_dir={ckpt}", "eval.limit=3", "eval.max_new_tokens=4"))
+    assert calls == [1] and s3["n"] == 3
+
+
+def test_eval_defaults_follow_the_papers():
+    for task, fewshot_set in (("gsm8k", "gsm8k"), ("math500", "minerva_math")):
+        e = compose_cfg(f"eval={task}").eval
+        assert e.max_new_tokens == 2048  # Step-DPO's max_tokens (NOTES.md); neither YFPO nor FDT states one
+        assert e.stop is None and e.stop_token_ids is None  # the template's defaults
+        assert e.num_fewshot == 0 and e.fewshot_set == fewshot_set and e.compare_backends == 0 and e.warn_rate == 0.05

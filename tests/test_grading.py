@@ -9,7 +9,9 @@ import threading
 
 import pytest
 
-from yfpo.grading import TASKS, extract_answer, gold_answer, grade
+from yfpo.generation import cut_at_stop
+from yfpo.grading import TASKS, extract_answer, gold_answer, grade, score
+from yfpo.prompts import default_stops
 
 # GSM8K "answer" fields: reasoning with <<calculator>> annotations, then "#### <gold>".
 GSM8K_SOLUTIONS = [
@@ -184,3 +186,46 @@ def test_unknown_task_raises():
     for fn, args in ((grade, ("x", "1")), (extract_answer, ("x",)), (gold_answer, ("x",))):
         with pytest.raises(ValueError, match="aime"):
             fn("aime", *args)
+
+
+# A base model's alpaca completion: it answers, then writes a new instruction block with numbers of its own.
+RUNAWAY = ("Tom has 3 bags of 6 apples, so 3 * 6 = 18 apples. The answer is 18.\n\n### Instruction:\n"
+           "Mia has 4 pens and buys 5 more. How many pens does she have?\n\n### Response:\n4 + 5 = 9")
+
+
+def test_strict_and_flexible_on_a_runaway_completion():
+    s = score("gsm8k", RUNAWAY, "18")
+    assert s["correct"] and s["correct_strict"] and s["answer_strict"] == "18" and s["extracted"]
+    assert s["answer_flexible"] == "9" and s["correct_flexible"] is False  # grades the invented number
+    cut = cut_at_stop(RUNAWAY, default_stops("alpaca"))  # what generation returns with the template's stops
+    assert cut.endswith("The answer is 18.\n\n") and score("gsm8k", cut, "18")["correct_flexible"] is True
+
+
+@pytest.mark.parametrize(("completion", "gold", "strict", "flexible", "headline"), [
+    ("She has 20 - 2 = 18 eggs left.", "18", False, True, True),  # no marker: strict finds nothing
+    (r"So $\boxed{18}$, which is 3 more than 15.", "18", True, False, True),
+    ("#### 18\nThat is 6 per person, 3 people.", "18", True, False, True),
+    ("The answer is 17. Check: 18.", "18", False, True, False),
+    ("The total is $1,234.50.", "1234.5", False, True, True),  # lm-eval drops "$", "," and a final "."
+    ("The total is 5...", "5", False, False, True),  # lm-eval's regex takes "5..." whole: wrong there too
+    ("No numbers at all.", "3", False, False, False),
+])
+def test_strict_and_flexible_conventions(completion, gold, strict, flexible, headline):
+    for task in ("gsm8k", "synthetic"):
+        s = score(task, completion, gold)
+        assert (s["correct_strict"], s["correct_flexible"], s["correct"]) == (strict, flexible, headline)
+        assert s["extracted"] is (s["answer_strict"] is not None)
+        assert s["correct"] is grade(task, completion, gold) and s["answer"] == extract_answer(task, completion)
+
+
+def test_math500_score_has_one_convention():
+    s = score("math500", r"so $\boxed{\frac{1}{2}}$", "0.5")
+    assert s["correct"] and s["extracted"] and s["correct_strict"] is None and s["correct_flexible"] is None
+    assert not score("math500", "maybe 4", "4")["extracted"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_score_never_raises(task):
+    keys = {"answer", "correct", "extracted", "answer_strict", "correct_strict", "answer_flexible", "correct_flexible"}
+    for a in NASTY[:20]:
+        assert set(score(task, a, "3")) == keys and isinstance(score(task, a, "3")["extracted"], bool)

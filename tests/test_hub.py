@@ -81,7 +81,7 @@ OFFLINE_SNIPPET = """
 import sys
 from yfpo.config import compose_config
 from yfpo.data import read_rows
-from yfpo.models import ensure_model
+from yfpo.prepare import ensure_model
 cfg = compose_config(sys.argv[1:])
 try:
     if cfg.model.name == "qwen2-0.5b":
@@ -116,7 +116,8 @@ def test_model_by_hub_id_from_the_mirror_also_as_ckpt_0(tokenizer, tmp_path, cac
 
     from tests.conftest import make_model
     from yfpo.evaluate import find_checkpoints, run_settings
-    from yfpo.models import ensure_model, load_model
+    from yfpo.models import load_model
+    from yfpo.prepare import ensure_model
 
     mirror = tmp_path / "mirror"
     make_model(tokenizer).save_pretrained(mirror / "Qwen" / "Qwen2-0.5B")

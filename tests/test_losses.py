@@ -8,20 +8,6 @@ import torch.nn.functional as F
 from yfpo import losses
 
 
-def test_sequence_logps_sums_only_response_tokens():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 7)
-    labels = torch.randint(0, 7, (2, 5))
-    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]], dtype=torch.bool)
-    got = losses.sequence_logps(logits, labels, mask)
-    lp = logits.log_softmax(-1)
-    want = torch.stack([
-        lp[0, 1, labels[0, 2]] + lp[0, 2, labels[0, 3]],
-        sum(lp[1, t - 1, labels[1, t]] for t in range(1, 5)),
-    ])
-    torch.testing.assert_close(got, want)
-
-
 def test_dpo_loss_and_metrics_by_hand():
     pc, pr, rc, rr = (torch.tensor(v) for v in ([-1.0, -2.0], [-3.0, -1.0], [-1.5, -2.0], [-2.0, -2.0]))
     loss, m = losses.dpo_loss(pc, pr, rc, rr, beta=0.5)
@@ -84,39 +70,29 @@ def test_yfpo_rejects_unknown_form():
         losses.yfpo_loss(*_inputs(False), 0.1, 0.1, "inside")
 
 
-def test_sft_loss_is_masked_cross_entropy():
+def test_nll_is_mean_per_token_negative_loglik_and_its_gradient():
+    logps = torch.tensor([-6.0, -2.0], requires_grad=True)
+    tokens = torch.tensor([3.0, 4.0])
+    nll = losses.nll(logps, tokens)
+    torch.testing.assert_close(nll, torch.tensor((2.0 + 0.5) / 2))
+    grad, = torch.autograd.grad(nll, logps)
+    torch.testing.assert_close(grad, -1 / (2 * tokens))  # d/dlogp of -logp/|T| averaged over 2 rows
+
+
+def test_neuron_scores_sum_in_fp32_even_for_bf16_activations():
+    acts = torch.full((1, 512, 64), 1.001, dtype=torch.bfloat16)  # 1.0 in bf16 (8 bits of mantissa)
+    acts[0, ::2] = 1.0078125  # the next bf16 value up: the mean must be their exact average
+    got = losses.neuron_scores(acts, torch.ones(1, 512, dtype=torch.bool))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.tensor([(1.0 + 1.0078125) / 2]), rtol=0, atol=1e-6)
+
+
+def test_normalised_score_standardises_each_neuron_and_ignores_its_scale():
     torch.manual_seed(0)
-    logits, labels = torch.randn(1, 4, 5), torch.tensor([[1, 2, 3, 4]])
-    mask = torch.tensor([[False, False, True, True]])
-    want = F.cross_entropy(logits[0, 1:3], labels[0, 2:4])
-    torch.testing.assert_close(losses.sft_loss(logits, labels, mask), want)
-
-
-def _plain_and_fdt_grads(hidden, weight, upstream):
-    """Gradients of sum(upstream * logits) w.r.t. (hidden, weight) for plain and FDT logits."""
-    out = []
-    for fn in (lambda h, w: h @ w.T, losses.fdt_logits):
-        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        z = fn(h, w)
-        (z * upstream).sum().backward()
-        out.append((z.detach(), h.grad, w.grad))
-    return out
-
-
-def test_fdt_logits_value_gradient_and_theorem1():
-    torch.manual_seed(0)
-    B, T, H, V = 2, 4, 6, 9
-    hidden, weight, c = torch.randn(2 * B, T, H), torch.randn(V, H), torch.randn(2 * B, T, V)
-    (z, gh, gw), (z_f, gh_f, gw_f) = _plain_and_fdt_grads(hidden, weight, c)
-    torch.testing.assert_close(z_f, z)  # same forward value
-    torch.testing.assert_close(gh_f, gh)  # same gradient to the hidden states (so to everything upstream)
-    h_w, h_l = hidden.chunk(2)
-    c_w, c_l = c.chunk(2)
-    theorem1 = torch.einsum("btv,bth->vh", c_w, h_w - h_l) + torch.einsum("btv,bth->vh", c_l, h_l - h_w)
-    torch.testing.assert_close(gw_f, theorem1)
-    assert not torch.allclose(gw_f, gw)
-
-
-def test_fdt_needs_stacked_pairs():
-    with pytest.raises(ValueError, match="chosen and rejected"):
-        losses.fdt_logits(torch.randn(3, 2, 4), torch.randn(5, 4))
+    acts, mask = torch.randn(2, 5, 3) * 4 + 1, torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]], dtype=torch.bool)
+    mean, std = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([2.0, 0.5, 3.0])
+    got = losses.neuron_scores(acts, mask, mean, std)
+    torch.testing.assert_close(got, losses.neuron_scores((acts - mean) / std, mask))
+    scale = torch.tensor([10.0, 0.01, 3.0])  # a neuron's activations (and so its mu, sigma) rescaled
+    torch.testing.assert_close(losses.neuron_scores(acts * scale, mask, mean * scale, std * scale), got)
+    assert not torch.allclose(losses.neuron_scores(acts * scale, mask), losses.neuron_scores(acts, mask))

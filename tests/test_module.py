@@ -1,11 +1,14 @@
 """The LightningModule on a tiny model: YFPO at lambda=0, FDT's gradients, the neuron hooks."""
 
 import json
+import traceback
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from tests import unfused
 from tests.conftest import compose_cfg, make_model
 from yfpo import losses
 from yfpo.data import Encoder, collate
@@ -24,8 +27,8 @@ def batch(synth_dir, tokenizer):
 NEURONS = NeuronSet(torch.tensor([0, 0, 1, 1, 1]), torch.tensor([3, 40, 0, 7, 47]), torch.ones(5))
 
 
-def module(tokenizer, method, lam=0.0, tied=True, neurons=NEURONS):
-    cfg = compose_cfg(f"method={method}")
+def module(tokenizer, method, lam=0.0, tied=True, neurons=NEURONS, nll_weight=None):
+    cfg = compose_cfg(f"method={method}", *([f"method.nll_weight={nll_weight}"] if nll_weight is not None else []))
     return PreferenceModule(make_model(tokenizer, tied=tied), cfg.method, cfg.optim, beta=0.1, lam=lam, neurons=neurons)
 
 
@@ -66,45 +69,61 @@ def test_reference_is_frozen_and_not_checkpointed(tokenizer):
     mod.load_state_dict(ckpt["state_dict"], strict=True)
 
 
-def _head_grad_theorem1(mod, batch):
-    """Theorem 1's head gradient, from the plain loss's gradient c with respect to the logits."""
+def _unfused_loss(mod, batch, fdt):
+    """The DPO loss from full logits, FDT as SPEC writes it (tests/unfused.py)."""
     ids, attn, resp = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-    hidden = mod.policy.model(input_ids=ids, attention_mask=attn).last_hidden_state.detach()
-    logits = (hidden @ mod.policy.get_output_embeddings().weight.detach().T).requires_grad_()
+    hidden = mod.policy.model(input_ids=ids, attention_mask=attn).last_hidden_state
+    weight = mod.policy.get_output_embeddings().weight
+    logits = unfused.fdt_logits(hidden, weight, resp) if fdt else hidden @ weight.T
     with torch.no_grad():
-        ref = losses.sequence_logps(mod.reference(input_ids=ids, attention_mask=attn).logits, ids, resp)
-    lp = losses.sequence_logps(logits, ids, resp)
-    loss, _ = losses.dpo_loss(*lp.chunk(2), *ref.chunk(2), mod.beta)
-    c, = torch.autograd.grad(loss, logits)
-    h_w, h_l = hidden.chunk(2)
-    c_w, c_l = c.chunk(2)
-    return torch.einsum("btv,bth->vh", c_w, h_w - h_l) + torch.einsum("btv,bth->vh", c_l, h_l - h_w), c, hidden
+        ref = unfused.sequence_logps(mod.reference(input_ids=ids, attention_mask=attn).logits, ids, resp)
+    loss, _ = losses.dpo_loss(*unfused.sequence_logps(logits, ids, resp).chunk(2), *ref.chunk(2), mod.beta)
+    return loss
 
 
-def test_fdt_untied_head_gradient_is_theorem1_and_other_gradients_are_dpo(tokenizer, batch):
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("method", ["dpo", "fdt"])
+def test_module_loss_and_every_gradient_equal_the_unfused_implementation(tokenizer, batch, method, tied):
+    fused = module(tokenizer, method, tied=tied, neurons=None)
+    l_f, _, g_f = loss_and_grads(fused, batch)
+    ref = module(tokenizer, method, tied=tied, neurons=None)
+    l_u = _unfused_loss(ref, batch, fdt=method == "fdt")
+    l_u.backward()
+    torch.testing.assert_close(l_f, l_u.detach(), rtol=1e-6, atol=1e-6)
+    for n, p in ref.policy.named_parameters():
+        torch.testing.assert_close(g_f[n], p.grad, rtol=1e-4, atol=1e-7, msg=n)
+
+
+def test_fdt_changes_only_the_heads_gradient(tokenizer, batch):
     plain, fdt = module(tokenizer, "dpo", tied=False, neurons=None), module(tokenizer, "fdt", tied=False, neurons=None)
-    with torch.no_grad():
-        torch.testing.assert_close(fdt.policy_logits(batch["input_ids"], batch["attention_mask"]),
-                                   plain.policy_logits(batch["input_ids"], batch["attention_mask"]))
-    expected, _, _ = _head_grad_theorem1(plain, batch)
-    l_p, _, g_p = loss_and_grads(plain, batch)
-    l_f, _, g_f = loss_and_grads(fdt, batch)
-    torch.testing.assert_close(l_f, l_p)
-    torch.testing.assert_close(g_f["lm_head.weight"], expected, rtol=1e-4, atol=1e-6)
+    l_p, m_p, g_p = loss_and_grads(plain, batch)
+    l_f, m_f, g_f = loss_and_grads(fdt, batch)
+    assert torch.equal(l_f, l_p) and torch.equal(m_f["rewards/margins"], m_p["rewards/margins"])
     assert not torch.allclose(g_f["lm_head.weight"], g_p["lm_head.weight"])
     for n in g_p:
         if n != "lm_head.weight":
             torch.testing.assert_close(g_f[n], g_p[n], rtol=1e-4, atol=1e-7, msg=n)
 
 
-def test_fdt_tied_head_changes_only_the_heads_use_of_the_weight(tokenizer, batch):
-    plain, fdt = module(tokenizer, "dpo", neurons=None), module(tokenizer, "fdt", neurons=None)
-    expected, c, hidden = _head_grad_theorem1(plain, batch)
-    plain_head = torch.einsum("btv,bth->vh", c, hidden)  # the plain head's share of the tied gradient
-    _, _, g_p = loss_and_grads(plain, batch)
-    _, _, g_f = loss_and_grads(fdt, batch)
-    emb = "model.embed_tokens.weight"
-    torch.testing.assert_close(g_f[emb] - g_p[emb], expected - plain_head, rtol=1e-4, atol=1e-6)
+def test_dpo_with_a_tracked_neuron_set_is_dpo(tokenizer, batch):
+    l_0, m_0, g_0 = loss_and_grads(module(tokenizer, "dpo", neurons=None), batch)
+    l_t, m_t, g_t = loss_and_grads(module(tokenizer, "dpo", neurons=NEURONS), batch)
+    assert torch.equal(l_0, l_t) and all(torch.equal(g_0[n], g_t[n]) for n in g_0)
+    assert "neuron/margin" in m_t and "neuron/margin" not in m_0  # logged, never optimised
+
+
+def test_nll_term_adds_alpha_times_chosen_nll_and_alpha_zero_is_dpo(tokenizer, batch):
+    l_dpo, _, g_dpo = loss_and_grads(module(tokenizer, "dpo", neurons=None), batch)
+    l_0, m_0, g_0 = loss_and_grads(module(tokenizer, "dpo", neurons=None, nll_weight=0.0), batch)
+    assert torch.equal(l_0, l_dpo) and all(torch.equal(g_0[n], g_dpo[n]) for n in g_0) and "train/nll" not in m_0
+    mod = module(tokenizer, "dpo", neurons=None, nll_weight=0.5)
+    with torch.no_grad():
+        logits = mod.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        chosen_logps = unfused.sequence_logps(logits, batch["input_ids"], batch["response_mask"]).chunk(2)[0]
+    chosen_tokens = batch["response_mask"].chunk(2)[0][:, 1:].sum(-1)
+    l_a, m_a, _ = loss_and_grads(mod, batch)
+    torch.testing.assert_close(m_a["train/nll"], (-chosen_logps / chosen_tokens).mean())
+    torch.testing.assert_close(l_a, l_dpo + 0.5 * m_a["train/nll"])
 
 
 def test_recorder_captures_exactly_the_listed_down_proj_channels(tokenizer, batch):
@@ -139,3 +158,44 @@ def test_module_rejects_bad_method_combinations(tokenizer):
     bad = OmegaConf.merge(compose_cfg("method=sft").method, {"fdt": True})
     with pytest.raises(ValueError, match="pairwise"):
         PreferenceModule(make_model(tokenizer), bad, cfg.optim, 0.1, 0.0)
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Records, for every op that makes the host wait for the device, the innermost caller outside torch."""
+
+    SYNCING = ("_local_scalar_dense", "nonzero", "is_nonzero", "equal")
+
+    def __init__(self):
+        super().__init__()
+        self.callers = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in self.SYNCING:
+            frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename and f.filename != __file__]
+            self.callers.append(f"{frames[-1].filename}:{frames[-1].lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", ["dpo", "yfpo", "yfpo_fdt"])
+def test_the_training_step_of_yfpo_never_waits_for_the_device(tokenizer, batch, method):
+    mod = module(tokenizer, method, lam=0.1)
+    mod.setup("fit")
+    with _HostSyncs() as syncs:
+        loss, _ = mod.compute_loss(batch)
+        loss.backward()
+    ours = [c for c in syncs.callers if "/yfpo/" in c]
+    assert not ours, ours  # (transformers' own padding-mask check still syncs, outside our code)
+
+
+def test_normalised_neuron_score_uses_the_files_statistics(tokenizer, batch):
+    mean, std = torch.tensor([0.1, -0.2, 0.0, 0.3, 0.05]), torch.tensor([2.0, 0.5, 1.0, 4.0, 0.25])
+    stats = NeuronSet(NEURONS.layers, NEURONS.indices, NEURONS.scores, mean=mean, std=std)
+    cfg = compose_cfg("method=yfpo", "method.neuron_score=normalised")
+    mod = PreferenceModule(make_model(tokenizer), cfg.method, cfg.optim, beta=0.1, lam=0.5, neurons=stats)
+    _, m_norm, _ = loss_and_grads(mod, batch)
+    model = make_model(tokenizer)
+    with torch.no_grad(), NeuronRecorder(model, NEURONS.by_layer()) as rec:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        acts = rec.activations()
+    want = losses.neuron_scores((acts - mean) / std, batch["response_mask"])
+    torch.testing.assert_close(m_norm["neuron/margin"], (want.chunk(2)[0] - want.chunk(2)[1]).mean())

@@ -26,12 +26,22 @@ def test_round_trip_with_metadata(tmp_path):
     assert "date" in back.meta
 
 
-def test_random_selection_is_seeded():
-    a = random_neurons(4, 50, compose_cfg("neurons.top_k=20", "seed=1").neurons)
-    b = random_neurons(4, 50, compose_cfg("neurons.top_k=20", "seed=1").neurons)
-    c = random_neurons(4, 50, compose_cfg("neurons.top_k=20", "seed=2").neurons)
+def test_random_selection_is_seeded_by_its_own_seed():
+    a = random_neurons(4, 50, compose_cfg("neurons.top_k=20", "neurons.seed=1").neurons)
+    b = random_neurons(4, 50, compose_cfg("neurons.top_k=20", "neurons.seed=1").neurons)
+    c = random_neurons(4, 50, compose_cfg("neurons.top_k=20", "neurons.seed=2").neurons)
     assert torch.equal(a.indices, b.indices) and not torch.equal(a.indices, c.indices)
     assert len({(l, i) for l, i in zip(a.layers.tolist(), a.indices.tolist())}) == 20
+
+
+@pytest.mark.parametrize("selector", ["random", "activation", "attnlrp"])
+def test_a_training_seed_sweep_shares_one_neuron_set(selector):
+    """The paper fixes the set once per model: the training seed changes neither the file nor its contents."""
+    cfgs = [compose_cfg("method=yfpo", f"neurons={selector}", f"seed={s}").neurons for s in (42, 43, 44)]
+    assert len({c.path for c in cfgs}) == 1 and len({c.seed for c in cfgs}) == 1
+    if selector == "random":
+        picks = [random_neurons(4, 50, c) for c in cfgs]
+        assert all(torch.equal(p.indices, picks[0].indices) for p in picks)
 
 
 def test_a_file_for_another_model_is_refused(tmp_path):
@@ -50,3 +60,45 @@ def test_a_foreign_safetensors_file_is_refused(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(io.NeuronFileError, match="not a yfpo neuron file"):
         io.load(tmp_path / "x.safetensors")
+
+
+def test_selection_stores_activation_statistics_that_make_the_score_scale_free(synth_dir, tokenizer):
+    """mu_i, sigma_i are those of the response tokens; rescaling a neuron in the model rescales them,
+    so the normalised score of the rescaled model equals the original's."""
+    import json
+
+    from tests.conftest import make_model
+    from yfpo.data import Encoder, collate
+    from yfpo.hooks import NeuronRecorder
+    from yfpo.losses import neuron_scores
+    from yfpo.neurons.attribution import ActivationStats, activation_scores
+
+    rows = [json.loads(l) for l in (synth_dir / "sft.jsonl").read_text().splitlines()[:6]]
+    batch = collate(Encoder(compose_cfg().data, tokenizer).encode_all(rows, "sft", "sft"), tokenizer.pad_token_id)
+    neurons = io.NeuronSet(torch.tensor([1, 0, 1]), torch.tensor([40, 5, 2]), torch.ones(3))  # not in recorder order
+
+    def normalised_scores(scale):
+        model = make_model(tokenizer).eval()
+        with torch.no_grad():  # a = act(gate) * up: scaling up_proj's row scales neuron (1, 2) by `scale`
+            model.model.layers[1].mlp.up_proj.weight[2] *= scale
+        stats = ActivationStats(2, 48)
+        activation_scores(model, [batch], stats=stats)
+        mean, std = stats.mean_std()
+        neurons.mean, neurons.std = mean[neurons.layers, neurons.indices].float(), std[neurons.layers, neurons.indices].float()
+        with torch.no_grad(), NeuronRecorder(model, neurons.by_layer()) as rec:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            acts = rec.activations()
+        resp = batch["response_mask"]
+        manual = acts[resp].double()
+        torch.testing.assert_close(neurons.stats_by_layer()[0].double(), manual.mean(0), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(neurons.stats_by_layer()[1].double(), manual.std(0, unbiased=False), rtol=1e-4, atol=1e-6)
+        return neuron_scores(acts, resp, *neurons.stats_by_layer()), neuron_scores(acts, resp)
+
+    (norm_1, raw_1), (norm_50, raw_50) = normalised_scores(1.0), normalised_scores(50.0)
+    torch.testing.assert_close(norm_50, norm_1, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(raw_50, raw_1, rtol=1e-2)
+
+
+def test_normalised_score_needs_a_file_with_statistics():
+    with pytest.raises(io.NeuronFileError, match="no activation statistics.*neurons.overwrite=true"):
+        io.NeuronSet(torch.tensor([0]), torch.tensor([1]), torch.ones(1)).stats_by_layer()

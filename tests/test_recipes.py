@@ -108,17 +108,19 @@ def test_make_reproduce_tables_dry_run_lists_composed_commands():
     assert bad.returncode != 0 and "max_step" in bad.stderr
 
 
-def test_attention_auto_prefers_flash_attention_when_installed(monkeypatch):
+def test_attention_auto_prefers_flash_attention_only_for_half_precision(monkeypatch):
     import importlib.util
 
     import torch
 
     from yfpo.models import attention
 
-    assert attention("eager") == "eager"
+    assert attention("eager", True) == "eager"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "flash_attn" else real_find_spec(name))
-    assert attention("auto") == "sdpa"
+    assert attention("auto", True) == "sdpa"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else real_find_spec(name))
-    assert attention("auto") == "flash_attention_2"
+    assert attention("auto", True) == "flash_attention_2"
+    # fp32 weights without autocast (neuron selection, ablation, hf evaluation): flash-attn would refuse them
+    assert attention("auto", False) == "sdpa"

@@ -98,3 +98,37 @@ def test_paper_columns_and_one_table_per_task(spec, tmp_path):
     md = tables.make_tables(tmp_path / "t2.yaml", base_dir=tmp_path)
     assert "[gsm8k]" in md and "[math500]" in md
     assert (tmp_path / "t2_gsm8k.csv").is_file() and (tmp_path / "t2_math500.csv").is_file()
+
+
+def test_scoring_table_reports_conventions_rates_and_warnings(tmp_path, capsys):
+    def run_with_scoring(name, flags):
+        """Checkpoints whose problems i get (correct, strict, flexible, truncated, extracted) = flags(k, i)."""
+        for k in (1, 2):
+            d = tmp_path / name / "eval" / "gsm8k" / f"ckpt-{k}"
+            d.mkdir(parents=True)
+            rows = [dict(zip(("correct", "correct_strict", "correct_flexible", "truncated", "extracted"), flags(k, i)), id=i)
+                    for i in range(10)]
+            (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (d / "summary.json").write_text("{}")
+        return name
+
+    healthy = run_with_scoring("dpo", lambda k, i: (i < 6, i < 5, i < 7, False, True))
+    # ckpt-2 has 2 of 10 truncated (20 %) and 1 without a marked answer (10 %)
+    sick = run_with_scoring("yfpo", lambda k, i: (i < 4, i < 4, i < 4, k == 2 and i < 2, not (k == 2 and i == 9)))
+    spec = {"name": "s", "task": "gsm8k", "baseline": "DPO", "rows": [
+        {"data": "2K", "method": "DPO", "runs": [healthy]}, {"data": "2K", "method": "YFPO", "lambda": 0.1, "runs": [sick]}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    md = tables.make_tables(tmp_path / "s.yaml", base_dir=tmp_path)
+    assert "| 2K | DPO |  | gsm8k | 0.6000 | 0.5000 | 0.7000 | 0.0000 | 1.0000 |  |" in md
+    assert "| 2K | YFPO | 0.1 | gsm8k | 0.4000 | 0.4000 | 0.4000 | 0.1000 | 0.9500 | truncated > 5%, no answer > 5% |" in md
+    assert "use the headline score" in md and (tmp_path / "s_scoring.csv").is_file()
+    assert "YFPO λ=0.1 [gsm8k]: truncated above 5%" in capsys.readouterr().err
+    spec["warn_rate"] = 0.25  # the spec's own threshold
+    header, table, warnings = tables.scoring_table(spec, tmp_path, ["gsm8k"])
+    assert warnings == [] and table[1][-1] == ""
+
+
+def test_scoring_table_is_blank_for_older_evaluations(spec, tmp_path):
+    header, table, warnings = tables.scoring_table(yaml.safe_load(spec.read_text()), tmp_path, ["gsm8k"])
+    assert header[4:9] == ["Avg", "Avg strict", "Avg flexible", "truncated", "extracted"]
+    assert table[0][4] == "0.6000" and table[0][5:9] == ["", "", "", ""] and warnings == []

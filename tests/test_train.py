@@ -8,9 +8,11 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import CONF, FAST, compose_cfg
-from yfpo import checkpoints as ck, run_dirname
+from yfpo import checkpoints as ck
+from yfpo.config import run_dirname
 from yfpo.neurons import NeuronFileError, io
 from yfpo.neurons.select import random_neurons
+from yfpo.errors import UserError
 from yfpo.train import fit
 
 GROUPS = ["model", "data", "method", "neurons", "trainer", "logger"]
@@ -78,7 +80,7 @@ def test_crashed_run_resumes_from_last_ckpt(tmp_path, cache, monkeypatch):
 def test_resuming_with_another_config_is_refused(tmp_path, cache):
     fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1"), tmp_path / "run")
     (tmp_path / "run" / "DONE").unlink()
-    with pytest.raises(ValueError, match=r"beta: 0.1 -> 0.3"):
+    with pytest.raises(UserError, match=r"beta: 0.1 -> 0.3"):
         fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1", "beta=0.3"), tmp_path / "run")
 
 

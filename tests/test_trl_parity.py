@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tests.conftest import compose_cfg, make_model
-from yfpo.data import Encoder, collate, format_prompt
+from yfpo.data import Encoder, collate
+from yfpo.prompts import format_prompt
 from yfpo.module import PreferenceModule
 
 trl = pytest.importorskip("trl", reason="trl is in the dev extra (make install adds it)")
@@ -15,12 +16,18 @@ datasets = pytest.importorskip("datasets")
 
 def test_dpo_loss_matches_trl(tmp_path, synth_dir, tokenizer):
     cfg = compose_cfg("method=dpo", "data.append_eos=true", "data.add_bos=false", "beta=0.25")
-    rows = [json.loads(l) for l in (synth_dir / "preference.jsonl").read_text().splitlines()[:4]]
+    rows = [json.loads(l) for l in (synth_dir / "preference.jsonl").read_text().splitlines()]
+    n_tokens = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    unequal = [r for r in rows if n_tokens(r["chosen"]) != n_tokens(r["rejected"])]
+    rows = unequal[:3] + [r for r in rows if r not in unequal][:1]
     policy, reference = make_model(tokenizer, seed=0), make_model(tokenizer, seed=1)  # a reference that differs
 
     ours = PreferenceModule(policy, cfg.method, cfg.optim, beta=cfg.beta, lam=0.0)
     ours.reference.load_state_dict(reference.state_dict())
-    batch = collate(Encoder(cfg.data, tokenizer).encode_all(rows, "pairs", "pairs"), tokenizer.pad_token_id)
+    encoded = Encoder(cfg.data, tokenizer).encode_all(rows, "pairs", "pairs")
+    # unequal lengths everywhere: chosen vs rejected, and prompts across rows
+    assert any(len(e.chosen) != len(e.rejected) for e in encoded) and len({len(e.prompt) for e in encoded}) > 1
+    batch = collate(encoded, tokenizer.pad_token_id)
     loss, metrics = ours.compute_loss(batch)
 
     texts = [{"prompt": format_prompt("alpaca", r["prompt"], r["initial_reason_steps"]),

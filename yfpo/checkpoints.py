@@ -9,6 +9,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from yfpo.errors import ConfigError
+
 STATE_FILE = "yfpo_state.json"
 
 
@@ -17,7 +19,7 @@ def checkpoint_steps(total_steps: int, count: int) -> list[int]:
     if count < 1:
         return []
     if total_steps < count:
-        raise ValueError(f"checkpoints.count={count} exceeds the {total_steps} optimizer steps of this run")
+        raise ConfigError(f"checkpoints.count={count} exceeds the {total_steps} optimizer steps of this run")
     return [round(total_steps * k / count) for k in range(1, count + 1)]
 
 

@@ -1,4 +1,4 @@
-"""Preference and SFT data: loading, prompt templates, tokenisation, batching.
+"""Training data: reading and validating rows, tokenisation and truncation, collation, and the batch sampler.
 
 Rows come from a hub id or a local JSONL/parquet file with the fields of the real datasets:
 
@@ -26,41 +26,19 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from yfpo import hub as hub_lib
+from yfpo.errors import UserError
 from yfpo.locks import file_lock
 
 PAIR_FIELDS = ("prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen", "full_rejected")
 SFT_FIELDS = ("question", "answer")
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
-# Step-DPO's prompt for base models; its evaluation prompt starts the response with LEAD.
-ALPACA = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes "
-    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
-)
-BOXED = "{instruction}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
-LEAD = "Let's think step by step.\n"
-TEMPLATES = ("alpaca", "chat")
+# Prompt templates live in yfpo.prompts; re-exported here for callers of the old names.
+from yfpo.prompts import ALPACA, BOXED, LEAD, TEMPLATES, format_prompt  # noqa: E402,F401
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset file or row that cannot be used; the message names the file, row and field."""
-
-
-def format_prompt(template: str, question: str, steps: str | None, tokenizer: Any = None) -> str:
-    """The text that precedes a response.
-
-    ``steps`` are the already-given reasoning steps (``initial_reason_steps``); ``None`` means a
-    bare question (SFT or evaluation), which starts the response with Step-DPO's "Let's think
-    step by step." line so that SFT, preference pairs and evaluation share one boundary.
-    """
-    steps = LEAD if steps is None else steps
-    if template == "alpaca":
-        return ALPACA.format(instruction=question) + ("\n" + steps if steps else "")
-    if template == "chat":
-        messages = [{"role": "user", "content": BOXED.format(instruction=question)}]
-        head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return head + steps
-    raise DataError(f"data.template={template!r}: choose one of {TEMPLATES}")
 
 
 def load_rows(path: str, split: str = "train", name: str | None = None, hub: DictConfig | None = None,
@@ -74,16 +52,40 @@ def load_rows(path: str, split: str = "train", name: str | None = None, hub: Dic
     if local.suffix in LOCAL_FORMATS:
         if not local.is_file():
             raise DataError(f"{key}={path}: file does not exist (give a JSONL/parquet file or a hub id)")
-        ds = datasets.load_dataset(LOCAL_FORMATS[local.suffix], data_files=str(local), split="train")
+        if local.suffix == ".jsonl":
+            return read_jsonl(local)
+        try:
+            ds = datasets.load_dataset(LOCAL_FORMATS[local.suffix], data_files=str(local), split="train")
+        except Exception as e:  # pyarrow's and datasets' parse errors name neither the file nor the fix
+            raise DataError(f"{key}={path}: cannot be read as {local.suffix[1:]} ({type(e).__name__}: {e}); "
+                            f"check the file, or convert it to JSONL (one JSON object per line)") from None
     elif hub_lib.is_hub_id(path):
         if hub is None:
-            raise ValueError(f"{key}={path} is a hub id: pass the `hub` config to load it")
+            raise ValueError(f"{key}={path} is a hub id: pass the `hub` config to load it")  # a caller's bug
         ds = hub_lib.load_dataset(path, name, split, hub, key)
     elif local.is_dir():  # a dataset repository on disk (e.g. downloaded with `hf download`)
         ds = datasets.load_dataset(str(local), name=name, split=split)
     else:
         raise DataError(f"{key}={path}: not a .jsonl/.json/.parquet file, a directory, or a hub id (org/name)")
     return list(ds)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a line that is not a JSON object is reported with its line number."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {n} is not valid JSON ({e.msg} at column {e.colno}); "
+                                f"fix or delete that line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {n} is a JSON {type(row).__name__}, not an object with the dataset's fields")
+            rows.append(row)
+    return rows
 
 
 def validate_rows(rows: list[dict], fields: tuple[str, ...], source: str) -> None:
@@ -109,11 +111,16 @@ def subset(rows: list[dict], size: int | None, seed: int) -> list[dict]:
 
 @dataclass
 class Encoded:
-    """Token ids of one example; ``rejected`` is None for SFT."""
+    """Token ids of one example; ``rejected`` is None for SFT; ``index`` is its row in the training set."""
 
     prompt: list[int]
     chosen: list[int]
     rejected: list[int] | None = None
+    index: int = 0
+
+    def longest(self) -> int:
+        """Tokens of the longest sequence it contributes (prompt + the longer response)."""
+        return len(self.prompt) + max(len(self.chosen), len(self.rejected or ()))
 
 
 def truncate(prompt: list[int], responses: list[list[int]], max_length: int, max_prompt_length: int):
@@ -170,7 +177,7 @@ class Encoder:
             )
             if any(not r for r in responses):
                 raise DataError(f"{source}: row {i} has an empty response after tokenisation/truncation")
-            out.append(Encoded(prompt, *responses))
+            out.append(Encoded(prompt, *responses, index=i))
         return out
 
 
@@ -180,7 +187,10 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     Pairs: ``input_ids``, ``attention_mask``, ``response_mask`` of shape ``[2B, T]``, rows
     ``0..B-1`` chosen and ``B..2B-1`` rejected; both halves share each prompt, so position ``t``
     is the same response position in a chosen row and its rejected partner (FDT relies on it).
-    SFT: the same keys with ``[B, T]``. ``response_mask`` is True at response tokens.
+    SFT: the same keys with ``[B, T]``. ``response_mask`` is True at response tokens;
+    ``target_rows``/``target_cols`` (``[N]``) are the positions whose next token is one. ``index``
+    (``[B]``) holds the examples' rows, and ``num_tokens`` (an int, counted here so that the
+    training step needs no device-to-host sync) the non-padding tokens.
     """
     seqs = [(e.prompt, e.chosen) for e in examples]
     if examples[0].rejected is not None:
@@ -193,7 +203,14 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, : len(p) + len(r)] = torch.tensor(p + r)
         attn[i, : len(p) + len(r)] = 1
         resp[i, len(p) : len(p) + len(r)] = True
-    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
+    rows, cols = resp[:, 1:].nonzero(as_tuple=True)  # here on the host, so the GPU never waits for it
+    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp, "target_rows": rows, "target_cols": cols,
+            "index": torch.tensor([e.index for e in examples]), "num_tokens": sum(len(p) + len(r) for p, r in seqs)}
+
+
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """A :func:`collate` batch with its tensors on ``device`` (``num_tokens`` stays a host int)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def sft_fields(cfg: DictConfig) -> tuple[str, str]:
@@ -257,12 +274,14 @@ class PreferenceDataModule(L.LightningDataModule):
 
     Batches are drawn by :class:`GlobalBatchSampler`: the same global batches for any number
     of processes, so a 1-GPU and an 8-GPU run with one global batch size see the same data.
+    The loader is resumable: a checkpoint records how far into the epoch training got.
     """
 
     def __init__(self, cfg: DictConfig, tokenizer, kind: str, seed: int, hub: DictConfig | None = None):
         super().__init__()
         self.cfg, self.tok, self.kind, self.seed, self.hub = cfg, tokenizer, kind, seed, hub
         self.train_set: list[Encoded] | None = None
+        self.collate = partial(collate, pad_id=tokenizer.pad_token_id)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -272,12 +291,35 @@ class PreferenceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         t = self.trainer
         world, rank = (t.world_size, t.global_rank) if t is not None else (1, 0)
-        return DataLoader(
-            self.train_set,
-            batch_sampler=GlobalBatchSampler(len(self.train_set), self.cfg.batch_size, world, rank, self.seed),
-            collate_fn=partial(collate, pad_id=self.tok.pad_token_id),
-            num_workers=self.cfg.num_workers,
-        )
+        window = self.cfg.get("group_by_length") or None
+        lengths = [e.longest() for e in self.train_set] if window else None
+        sampler = GlobalBatchSampler(len(self.train_set), self.cfg.batch_size, world, rank, self.seed, lengths, window)
+        return ResumableLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate,
+                               num_workers=self.cfg.num_workers, trainer=t)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that starts every epoch with that epoch's shuffle, and whose checkpointed state
+    is the position in the epoch (Lightning saves the ``state_dict`` of loaders that have one and
+    restores it before iterating)."""
+
+    def __init__(self, *args, trainer: L.Trainer | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trainer = trainer
+
+    def __iter__(self):
+        # Lightning calls set_epoch on a loader's samplers but not on its batch_sampler.
+        if self.trainer is not None:
+            self.batch_sampler.set_epoch(self.trainer.current_epoch)
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        # Lightning counts a batch as processed before on_train_batch_end, where checkpoints are saved.
+        t = self.trainer
+        return {"epoch": t.current_epoch, "batches": t.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.resume(state["epoch"], state["batches"])
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
@@ -289,23 +331,49 @@ class GlobalBatchSampler(Sampler[list[int]]):
     permutation, so every process gets the same number of equally sized batches (DDP's mean of
     per-process gradients is then the global-batch gradient) and the batches do not depend on
     how many processes share them.
+
+    With ``lengths`` and ``window`` (``data.group_by_length``), each run of ``window`` permuted
+    rows is sorted by length (longest first) before the cut, so a batch holds rows of similar
+    length and little padding. The order depends on neither ``world`` nor ``rank``, so the
+    guarantee above still holds.
     """
 
-    def __init__(self, num_rows: int, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0):
+    def __init__(self, num_rows: int, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0,
+                 lengths: list[int] | None = None, window: int | None = None):
         if num_rows < 1 or batch_size < 1:
             raise DataError(f"need at least one row and data.batch_size >= 1 (rows={num_rows}, batch_size={batch_size})")
+        if window is not None and window < 1:
+            raise DataError(f"data.group_by_length={window}: give a window of rows >= 1, or null to turn it off")
         self.n, self.b, self.world, self.rank, self.seed = num_rows, batch_size, world, rank, seed
+        self.lengths, self.window = lengths, window
         self.epoch = 0
+        self._skip: tuple[int, int] | None = None  # (epoch, batches already trained on), from a checkpoint
 
-    def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of every epoch
+    def set_epoch(self, epoch: int) -> None:  # called by ResumableLoader at the start of every epoch
         self.epoch = epoch
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Continue epoch ``epoch`` after its first ``batches`` batches."""
+        self.epoch, self._skip = epoch, (epoch, batches)
 
     def __len__(self) -> int:
         return -(-self.n // (self.b * self.world))
 
+    def order(self, epoch: int) -> list[int]:
+        """All rows of ``epoch`` in training order (before the wrap-around fill)."""
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        if self.window:
+            perm = [i for s in range(0, self.n, self.window)
+                    for i in sorted(perm[s : s + self.window], key=lambda i: -self.lengths[i])]
+        return perm
+
     def __iter__(self) -> Iterator[list[int]]:
         g = self.b * self.world
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        perm = self.order(self.epoch)
         perm += (perm * (-(-g // self.n)))[: len(self) * g - self.n]  # wrap around to fill the last global batch
-        for start in range(0, len(perm), g):
+        skip = 0
+        if self._skip is not None:
+            skip = self._skip[1] if self._skip[0] == self.epoch else 0
+            self._skip = None
+        for start in range(skip * g, len(perm), g):
             yield perm[start + self.rank * self.b : start + (self.rank + 1) * self.b]

@@ -16,9 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-
-from yfpo import run_dirname
-from yfpo.config import CONF_DIR, compose_config
+from yfpo.config import CONF_DIR, compose_config, run_dirname
 from yfpo.tables import make_tables
 
 TABLE_KEYS = ("rewards/margins", "rewards/accuracies", "neuron/margin")
@@ -27,7 +25,10 @@ TABLE_KEYS = ("rewards/margins", "rewards/accuracies", "neuron/margin")
 def sh(module: str, overrides: list[str]) -> None:
     cmd = [sys.executable, "-m", module, *overrides]
     print(f"\n[demo] $ python -m {module} {' '.join(overrides)}", flush=True)
-    subprocess.run(cmd, check=True)
+    done = subprocess.run(cmd)
+    if done.returncode:  # the stage has printed its own error
+        print(f"[demo] stopped: `python -m {module}` exited with status {done.returncode}", file=sys.stderr)
+        sys.exit(done.returncode)
 
 
 def tail_metrics(metrics_csv: Path, keys: tuple[str, ...], rows: int) -> dict[str, float]:

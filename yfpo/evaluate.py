@@ -2,12 +2,19 @@
 
 ``run_dir`` is a run directory, a multirun directory, or one HF checkpoint. Every checkpoint
 found (``checkpoints/ckpt-*``, plus each run's starting model as ``ckpt-0``) is evaluated greedily,
-one completion per problem, into ``<run>/eval/<task>/<ckpt>/``:
+one completion per problem, into ``<run>/eval/<task>/<ckpt>/`` (``eval.name`` replaces ``<task>``):
 
-- ``predictions.jsonl``: id, prompt, completion, extracted answer, gold, correct — appended per
-  batch, so a crash loses at most one batch and a re-run continues where it stopped;
-- ``summary.json``: accuracy, n, 95 % Wilson interval, backend, decoding settings, seconds —
-  written last; a checkpoint with a summary is skipped.
+- ``predictions.jsonl``: id, prompt, completion, gold, and per convention the answer and its
+  verdict (:func:`yfpo.grading.score`), ``extracted`` (a final-answer marker was found) and
+  ``truncated`` (``max_new_tokens`` reached with no stop) — appended per batch, so a crash loses
+  at most one batch and a re-run continues where it stopped;
+- ``summary.json``: headline, strict and flexible accuracy, n, 95 % Wilson interval, truncated and
+  extracted rates, backend, decoding settings (prompt, stops, budget), library versions,
+  seconds — written last; a checkpoint with a summary is skipped;
+- ``settings.json``: backend and decoding settings; a directory made with other settings is refused.
+
+``eval.compare_backends=N`` instead runs the first N problems through both backends and writes
+``backend_agreement.json`` there (how often the greedy texts and the verdicts agree).
 """
 
 from __future__ import annotations
@@ -28,13 +35,21 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from yfpo import hub
-from yfpo.data import format_prompt, load_rows
-from yfpo.generation import greedy_generate
-from yfpo.grading import extract_answer, gold_answer, grade
-from yfpo.models import ensure_synthetic, load_model, load_tokenizer
+from yfpo.config import CONF_DIR
+from yfpo.data import load_rows
+from yfpo.generation import generate
+from yfpo.grading import gold_answer, score
+from yfpo.models import load_model, load_tokenizer
+from yfpo.prepare import ensure_synthetic
+from yfpo.prompts import PromptError, check_stops, default_stops, eval_prompt, stop_token_ids
 
 BACKENDS = ("hf", "vllm")
 RUN_MODEL_KEYS = ("name", "template", "add_bos", "dtype", "attn_implementation", "trust_remote_code")
+# The fields every prediction row holds; a row from an older yfpo without them is generated again.
+ROW_FIELDS = ("id", "prompt", "completion", "gold", "answer", "correct", "extracted", "truncated",
+              "answer_strict", "correct_strict", "answer_flexible", "correct_flexible")
+# Libraries whose versions can change a completion or a verdict (recorded in every summary).
+VERSIONED = ("torch", "transformers", "vllm", "math-verify", "yfpo")
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -90,8 +105,38 @@ def load_problems(cfg: DictConfig) -> list[dict]:
     return out
 
 
+def library_versions() -> dict:
+    """Installed versions of :data:`VERSIONED` (None when not installed) and of Python."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def decoding(cfg: DictConfig, tok, model_dir: Path) -> dict:
+    """The decoding settings of one evaluation: greedy, budget, stop strings and stop token ids
+    (``eval.stop``/``eval.stop_token_ids`` when given, else the prompt layout's defaults)."""
+    e = cfg.eval
+    stop = check_stops(e.stop)
+    if e.stop_token_ids is not None and not all(isinstance(i, int) for i in e.stop_token_ids):
+        raise PromptError(f"eval.stop_token_ids={e.stop_token_ids}: give null (the tokenizer's end-of-turn ids) or a list of ints")
+    return {
+        "temperature": 0.0, "top_p": 1.0, "max_new_tokens": e.max_new_tokens, "template": e.template,
+        "num_fewshot": e.num_fewshot, "fewshot_set": e.fewshot_set if e.num_fewshot else None,
+        "stop": stop if stop is not None else default_stops(e.template, e.num_fewshot, e.fewshot_set),
+        "stop_token_ids": (list(e.stop_token_ids) if e.stop_token_ids is not None
+                           else stop_token_ids(e.template, tok, model_dir)),
+    }
+
+
 def _read_done(path: Path) -> dict:
-    """Finished rows of a predictions file by id; a torn last line (a crash mid-write) is dropped."""
+    """Finished rows of a predictions file by id; a torn last line (a crash mid-write) is dropped, and
+    so is a row of an older format (without :data:`ROW_FIELDS`), which is then generated again."""
     done = {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -99,60 +144,114 @@ def _read_done(path: Path) -> dict:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done[row["id"]] = row
+            if all(k in row for k in ROW_FIELDS):
+                done[row["id"]] = row
     return done
 
 
-def _generate_hf(model_dir: Path, cfg: DictConfig, prompts: list[str], tok):
-    """Yields completions batch by batch (so each batch is saved before the next starts)."""
+def _generate_hf(model_dir: Path, cfg: DictConfig, prompts: list[str], tok, dec: dict):
+    """Yields ``[{text, truncated}]`` batch by batch (so each batch is saved before the next starts)."""
     e = cfg.eval
     model = load_model(cfg.model, model_dir)
     if torch.cuda.is_available():
         model = model.cuda()
     for i in range(0, len(prompts), e.batch_size):
-        yield greedy_generate(model, tok, prompts[i : i + e.batch_size], e.max_new_tokens, e.batch_size, e.stop, progress=False)
+        batch = generate(model, tok, prompts[i : i + e.batch_size], dec["max_new_tokens"], e.batch_size,
+                         dec["stop"], dec["stop_token_ids"], progress=False)
+        yield [{"text": c.text, "truncated": c.truncated} for c in batch]
 
 
-def _generate_vllm(model_dir: Path, cfg: DictConfig, prompts: list[str], tok=None):
-    """All completions from a fresh ``yfpo.vllm_worker`` process (GPU memory is freed when it exits);
-    vLLM loads its own tokenizer, so ``tok`` is unused."""
+def _generate_vllm(model_dir: Path, cfg: DictConfig, prompts: list[str], tok, dec: dict):
+    """All ``[{text, truncated}]`` from a fresh ``yfpo.vllm_worker`` process (GPU memory is freed
+    when it exits); vLLM loads its own tokenizer. The worker's vLLM version goes to ``dec["vllm"]``."""
     e = cfg.eval
     with tempfile.TemporaryDirectory() as tmp:
         request = Path(tmp) / "request.json"
         result = Path(tmp) / "result.json"
         request.write_text(json.dumps({
-            "model": str(model_dir), "prompts": prompts, "max_tokens": e.max_new_tokens, "stop": list(e.stop),
-            "tensor_parallel_size": e.tensor_parallel_size, "dtype": e.vllm_dtype,
-            "trust_remote_code": cfg.model.trust_remote_code,
+            "model": str(model_dir), "prompts": prompts, "max_tokens": dec["max_new_tokens"], "stop": dec["stop"],
+            "stop_token_ids": dec["stop_token_ids"], "tensor_parallel_size": e.tensor_parallel_size,
+            "dtype": e.vllm_dtype, "trust_remote_code": cfg.model.trust_remote_code,
         }))
         subprocess.run([sys.executable, "-m", "yfpo.vllm_worker", str(request), str(result)], check=True)
-        yield json.loads(result.read_text())
+        out = json.loads(result.read_text())
+        dec["vllm"] = out["vllm_version"]
+        yield [{"text": o["text"], "truncated": o["finish_reason"] == "length"} for o in out["outputs"]]
+
+
+def _generator(backend: str):
+    """The generating function of ``backend`` (looked up per call, so tests can replace it)."""
+    return {"hf": _generate_hf, "vllm": _generate_vllm}[backend]
+
+
+def _rate(rows: list[dict], key: str) -> float:
+    return sum(bool(r[key]) for r in rows) / len(rows) if rows else 0.0
+
+
+def _accuracy(rows: list[dict], key: str) -> float | None:
+    """Mean of ``key`` over ``rows``; None where the convention does not apply (math500 strict/flexible)."""
+    if not rows or any(r[key] is None for r in rows):
+        return None
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def health_warnings(summary: dict, limit: float) -> list[str]:
+    """Warnings for a truncated rate or a missing-answer rate above ``limit`` (``eval.warn_rate``)."""
+    out = []
+    if summary["truncated_rate"] > limit:
+        out.append(f"{summary['truncated_rate']:.1%} of completions hit max_new_tokens="
+                   f"{summary['decoding']['max_new_tokens']} without a stop: raise eval.max_new_tokens or check eval.stop")
+    if 1 - summary["extracted_rate"] > limit:
+        out.append(f"{1 - summary['extracted_rate']:.1%} of completions give no marked final answer "
+                   "(\\boxed{}, 'The answer is', ####): check the prompt (eval.template, eval.num_fewshot)")
+    return out
+
+
+def _check_settings(path: Path, settings: dict) -> None:
+    """Refuse to continue or reuse an evaluation made with other settings (naming them and the fix)."""
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+    if changed:
+        raise ValueError(f"{path.parent} was evaluated with other settings {changed} (saved, now): delete that "
+                         "directory, or keep both by giving this evaluation its own name with eval.name=NAME")
 
 
 def evaluate_checkpoint(name: str, model_dir: Path, out_dir: Path, cfg: DictConfig, problems: list[dict]) -> dict:
-    """Evaluate one checkpoint into ``out_dir`` (resuming), returning its summary."""
+    """Evaluate one checkpoint into ``out_dir`` (resuming), returning its summary.
+
+    ``out_dir/settings.json`` records the backend and decoding settings; a directory evaluated with
+    other settings is refused rather than mixed (or silently reused). A summary is reused when it
+    covers the same number of problems; otherwise the missing problems are generated and it is
+    rewritten.
+    """
     e = cfg.eval
     summary_path, pred_path = out_dir / "summary.json", out_dir / "predictions.jsonl"
-    if summary_path.is_file():
-        return json.loads(summary_path.read_text())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done = _read_done(pred_path)
-    if done:  # rewrite without a torn last line, so appended rows start on a line of their own
-        pred_path.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
-    todo = [p for p in problems if p["id"] not in done]
     tok = load_tokenizer(cfg.model, model_dir)
-    prompts = [format_prompt(e.template, p["question"], None, tok) for p in todo]
+    dec = decoding(cfg, tok, model_dir)
+    settings = {"backend": e.backend, **dec}
+    _check_settings(out_dir / "settings.json", settings)
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary["n"] == len(problems):
+            return summary
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+    done = _read_done(pred_path)
+    # rewrite without a torn last line or old rows, so appended rows start on a line of their own
+    pred_path.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    todo = [p for p in problems if p["id"] not in done]
+    prompts = [eval_prompt(e.template, p["question"], tok, e.num_fewshot, e.fewshot_set) for p in todo]
     start = time.perf_counter()
-    generate = _generate_hf if e.backend == "hf" else _generate_vllm
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"{name} {e.task}", unit="problem")
     with open(pred_path, "a") as f:
         k = 0
-        for completions in generate(model_dir, cfg, prompts, tok):
-            for completion in completions:
+        for completions in _generator(e.backend)(model_dir, cfg, prompts, tok, dec):
+            for c in completions:
                 p = todo[k]
-                row = {"id": p["id"], "prompt": prompts[k], "completion": completion,
-                       "extracted": extract_answer(e.task, completion), "gold": p["gold"],
-                       "correct": grade(e.task, completion, p["gold"])}
+                row = {"id": p["id"], "prompt": prompts[k], "completion": c["text"], "gold": p["gold"],
+                       "truncated": c["truncated"], **score(e.task, c["text"], p["gold"])}
                 f.write(json.dumps(row) + "\n")
                 done[p["id"]] = row
                 k += 1
@@ -162,14 +261,64 @@ def evaluate_checkpoint(name: str, model_dir: Path, out_dir: Path, cfg: DictConf
     rows = [done[p["id"]] for p in problems]
     correct = sum(r["correct"] for r in rows)
     low, high = wilson_interval(correct, len(rows))
+    numeric = e.task != "math500"
     summary = {
         "checkpoint": name, "model": str(model_dir), "task": e.task, "n": len(rows), "correct": correct,
-        "accuracy": correct / len(rows), "ci95": [low, high], "backend": e.backend,
-        "decoding": {"temperature": 0.0, "max_new_tokens": e.max_new_tokens, "stop": list(e.stop), "template": e.template},
+        "accuracy": correct / len(rows), "ci95": [low, high],
+        "accuracy_strict": _accuracy(rows, "correct_strict"), "accuracy_flexible": _accuracy(rows, "correct_flexible"),
+        "scoring": {
+            "accuracy": ("headline, used by the paper-style tables: the answer after the last \\boxed{}, "
+                         "'the answer is' or ####, else the last number" if numeric else
+                         "headline, used by the paper-style tables: math-verify on the last \\boxed{}, else 'the answer is'"),
+            "accuracy_strict": "a marked answer only (\\boxed{}, 'the answer is', ####)" if numeric else None,
+            "accuracy_flexible": "the last number (lm-eval's flexible-extract regex)" if numeric else None,
+        },
+        "truncated_rate": _rate(rows, "truncated"), "extracted_rate": _rate(rows, "extracted"),
+        "backend": e.backend, "decoding": {k: v for k, v in dec.items() if k != "vllm"},
+        "versions": {**library_versions(), **({"vllm": dec["vllm"]} if "vllm" in dec else {})},
         "seconds": time.perf_counter() - start, "problems_per_sec": len(todo) / max(time.perf_counter() - start, 1e-9),
     }
+    summary["warnings"] = health_warnings(summary, e.warn_rate)
     summary_path.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def compare_backends(name: str, model_dir: Path, out_dir: Path, cfg: DictConfig, problems: list[dict]) -> dict:
+    """Greedy completions of the first ``eval.compare_backends`` problems from both backends, with the
+    same prompts and decoding settings; writes and returns ``out_dir/backend_agreement.json``.
+
+    ``output_agreement``: share of problems whose texts are identical; ``grade_agreement``: share
+    whose headline verdicts are; ``mean_common_prefix``: mean share of the longer text the two
+    texts share from the start (greedy paths that split late score near 1).
+    """
+    e = cfg.eval
+    subset = problems[: e.compare_backends]
+    tok = load_tokenizer(cfg.model, model_dir)
+    dec = decoding(cfg, tok, model_dir)
+    prompts = [eval_prompt(e.template, p["question"], tok, e.num_fewshot, e.fewshot_set) for p in subset]
+    texts = {b: [c for batch in _generator(b)(model_dir, cfg, prompts, tok, dec) for c in batch] for b in BACKENDS}
+    rows = []
+    for i, p in enumerate(subset):
+        hf, vl = texts["hf"][i], texts["vllm"][i]
+        ok = {b: score(e.task, texts[b][i]["text"], p["gold"])["correct"] for b in BACKENDS}
+        same = hf["text"] == vl["text"]
+        prefix = 1.0 if same else len(os.path.commonprefix([hf["text"], vl["text"]])) / max(len(hf["text"]), len(vl["text"]))
+        rows.append({"id": p["id"], "gold": p["gold"], "hf": hf["text"], "vllm": vl["text"],
+                     "hf_correct": ok["hf"], "vllm_correct": ok["vllm"], "hf_truncated": hf["truncated"],
+                     "vllm_truncated": vl["truncated"], "same_output": same,
+                     "same_grade": ok["hf"] == ok["vllm"], "common_prefix": prefix})
+    n = len(rows)
+    report = {
+        "checkpoint": name, "model": str(model_dir), "task": e.task, "n": n,
+        "output_agreement": _rate(rows, "same_output"), "grade_agreement": _rate(rows, "same_grade"),
+        "mean_common_prefix": sum(r["common_prefix"] for r in rows) / max(n, 1),
+        "accuracy": {b: _rate(rows, f"{b}_correct") for b in BACKENDS},
+        "decoding": {k: v for k, v in dec.items() if k != "vllm"},
+        "versions": {**library_versions(), "vllm": dec.get("vllm")}, "rows": rows,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "backend_agreement.json").write_text(json.dumps(report, indent=2))
+    return report
 
 
 def run_settings(cfg: DictConfig, root: Path) -> DictConfig:
@@ -182,17 +331,36 @@ def run_settings(cfg: DictConfig, root: Path) -> DictConfig:
     return OmegaConf.merge(cfg, {"model": {k: model[k] for k in RUN_MODEL_KEYS if k in model}})
 
 
-def evaluate(cfg: DictConfig) -> list[dict]:
-    e = cfg.eval
+def check_eval_config(e: DictConfig) -> None:
+    """Raise ``ValueError`` naming the ``eval.*`` key that cannot work, and its fix."""
     if e.backend not in BACKENDS:
         raise ValueError(f"eval.backend={e.backend!r}: choose one of {BACKENDS}")
+    for key in ("num_fewshot", "compare_backends"):
+        if not isinstance(e[key], int) or e[key] < 0:
+            raise ValueError(f"eval.{key}={e[key]!r}: give an integer >= 0 (0 turns it off)")
+    if not 0 <= e.warn_rate <= 1:
+        raise ValueError(f"eval.warn_rate={e.warn_rate}: give a share between 0 and 1 (e.g. 0.05)")
+
+
+def evaluate(cfg: DictConfig) -> list[dict]:
+    """Evaluate every checkpoint under ``run_dir`` (or compare the backends on them); returns the
+    summaries (or agreement reports) in checkpoint order."""
+    e = cfg.eval
+    check_eval_config(e)
     if not cfg.get("run_dir"):
         raise ValueError("run_dir=PATH is required: a run directory, a multirun directory or one HF checkpoint")
     ensure_synthetic(cfg)
     problems = load_problems(cfg)
     summaries, first_output = [], {}
     for name, model_dir, root in find_checkpoints(Path(cfg.run_dir), cfg.hub):
-        out_dir = root / "eval" / e.task / name
+        out_dir = root / "eval" / (e.name or e.task) / name
+        if e.compare_backends:
+            r = compare_backends(name, model_dir, out_dir, run_settings(cfg, root), problems)
+            summaries.append(r)
+            print(f"[yfpo] {root.name}/{name} {e.task} hf vs vllm on {r['n']} problems: outputs agree "
+                  f"{r['output_agreement']:.1%}, grades agree {r['grade_agreement']:.1%} "
+                  f"-> {out_dir / 'backend_agreement.json'}", flush=True)
+            continue
         key = model_dir.resolve()
         if key in first_output and not (out_dir / "summary.json").is_file():
             # runs of a sweep share their starting model: evaluate it once, copy the files
@@ -201,11 +369,16 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         s = evaluate_checkpoint(name, model_dir, out_dir, run_settings(cfg, root), problems)
         summaries.append(s)
         lo, hi = s["ci95"]
-        print(f"[yfpo] {root.name}/{name} {e.task}: {s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] n={s['n']}", flush=True)
+        extra = ("" if s.get("accuracy_strict") is None else
+                 f" (strict {s['accuracy_strict']:.3f}, flexible {s['accuracy_flexible']:.3f})")
+        print(f"[yfpo] {root.name}/{name} {e.task}: {s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]{extra} n={s['n']}, "
+              f"truncated {s.get('truncated_rate', 0):.1%}, extracted {s.get('extracted_rate', 1):.1%}", flush=True)
+        for w in s.get("warnings", []):
+            print(f"[yfpo] warning: {root.name}/{name} {e.task}: {w}", flush=True)
     return summaries
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     """A Hydra app, so that ``-m`` sweeps (``eval=gsm8k,math500``) run on any Hydra launcher."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -4,6 +4,17 @@ Tasks ``gsm8k`` and ``synthetic`` have numeric answers; ``math500`` has LaTeX an
 math-verify and then a normalised-string comparison. ``grade`` never raises on its string inputs (a
 completion with no recognisable answer is simply wrong); an unknown task is a caller bug and raises
 ``ValueError``.
+
+Numeric tasks are scored three ways (:func:`score`):
+
+- ``headline`` (:func:`grade`, the paper-style tables): the answer after the last final-answer
+  marker (``\\boxed{}``, "the answer is", ``####``), else the last number;
+- ``strict``: only a marker counts (no marker: wrong), as lm-eval's ``strict-match``;
+- ``flexible``: the last number-like token, with lm-eval's ``flexible-extract`` regex, whatever
+  the markers say.
+
+``math500`` has one convention (math-verify on the last ``\\boxed{}``, else "the answer is"); its
+strict and flexible scores are None.
 """
 
 from __future__ import annotations
@@ -22,6 +33,9 @@ _BARE = re.compile(r"[^\s{}$]+")  # the argument of a brace-less ``\boxed 5``
 _ANSWER_IS = re.compile(r"\banswer is\b\s*:?\s*", re.IGNORECASE)
 _MAX_VERIFY_CHARS = 1000  # longer answers skip sympy, which has no timeout here (see _too_costly)
 _POWER_TOKEN = re.compile(r"\\[a-zA-Z]+|\d+|.", re.DOTALL)  # an exponent written without a group
+# lm-eval's gsm8k "flexible-extract": the last match of a number-like run (it also matches e.g. "1.2.3"
+# or "$,", which then grade wrong, as there); "$", "," and a trailing "." are dropped before comparing.
+_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 
 
 def _check(task: str) -> None:
@@ -83,13 +97,29 @@ def _first_number(text: str) -> str | None:
     return m.group().replace(",", "") if m else None
 
 
-def _numeric_answer(completion: str) -> str | None:
+def _marked_number(completion: str) -> str | None:
+    """The first number after the last final-answer marker: ``\\boxed{}``, then "the answer is", then ``####``."""
     for source in (_last_boxed(completion), _answer_is(completion),
                    completion.rsplit("####", 1)[1] if "####" in completion else None):
         if source is not None and (number := _first_number(source)) is not None:
             return number
+    return None
+
+
+def _numeric_answer(completion: str) -> str | None:
+    if (number := _marked_number(completion)) is not None:
+        return number
     numbers = _NUM.findall(_clean_number_text(completion))
     return numbers[-1].replace(",", "") if numbers else None
+
+
+def _flexible_number(completion: str) -> str | None:
+    """lm-eval's flexible extraction: the last :data:`_FLEXIBLE` match, "$", "," and a final "." removed."""
+    matches = _FLEXIBLE.findall(completion)
+    if not matches:
+        return None
+    last = next(g for g in matches[-1] if g)
+    return re.sub(r"[$,]", "", last).removesuffix(".")
 
 
 def extract_answer(task: str, completion: str) -> str | None:
@@ -112,6 +142,43 @@ def gold_answer(task: str, solution: str) -> str:
     if task == "math500":
         return _last_boxed(solution) or solution.strip()
     return solution.rsplit("####", 1)[-1].strip()
+
+
+def _same_number(pred: str | None, gold: str) -> bool:
+    """``pred`` equals the first number of ``gold`` as a decimal (False for None or a non-number)."""
+    g = _first_number(gold)
+    if pred is None or g is None:
+        return False
+    try:
+        return Decimal(pred) == Decimal(g)
+    except ArithmeticError:  # e.g. flexible extraction's "1.2.3"
+        return False
+
+
+def score(task: str, completion: str, gold: str) -> dict:
+    """Every convention's verdict on one completion, as stored per prediction.
+
+    ``answer``/``correct``: the headline (:func:`extract_answer`, :func:`grade`); ``extracted``: the
+    completion commits to an answer with a final-answer marker (numeric tasks: the strict rule found
+    one; ``math500``: a ``\\boxed{}`` or "the answer is"); ``answer_strict``/``correct_strict`` and
+    ``answer_flexible``/``correct_flexible``: the two lm-eval conventions (None for ``math500``).
+    Never raises on string inputs.
+    """
+    _check(task)
+    out = {"answer": None, "correct": False, "extracted": False, "answer_strict": None, "correct_strict": None,
+           "answer_flexible": None, "correct_flexible": None}
+    try:
+        out["answer"] = extract_answer(task, completion)
+        out["correct"] = grade(task, completion, gold)
+        if task == "math500":
+            out["extracted"] = out["answer"] is not None
+            return out
+        strict, flexible = _marked_number(completion), _flexible_number(completion)
+        out.update(extracted=strict is not None, answer_strict=strict, correct_strict=_same_number(strict, gold),
+                   answer_flexible=flexible, correct_flexible=_same_number(flexible, gold))
+    except Exception:  # grading must never take down an evaluation run
+        pass
+    return out
 
 
 def _power_arg(s: str, i: int) -> tuple[str, int]:
@@ -192,7 +259,6 @@ def grade(task: str, completion: str, gold: str) -> bool:
             return False
         if task == "math500":
             return _math_equal(pred, gold.strip())
-        g = _first_number(gold)
-        return g is not None and Decimal(pred) == Decimal(g)
+        return _same_number(pred, gold)
     except Exception:  # grading must never take down an evaluation run
         return False

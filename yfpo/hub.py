@@ -23,12 +23,14 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
+from yfpo.errors import UserError
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Only weights that load without unpickling, plus configs and tokenizer files.
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 
 
-class HubUnavailable(RuntimeError):
+class HubUnavailable(UserError, RuntimeError):
     """A hub repository that is neither reachable, mirrored nor cached; the message says how to get it."""
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from yfpo.errors import ConfigError
+
 
 def wandb_mode() -> str:
     """``online`` when an API key is configured (env or ~/.netrc), else ``offline`` (sync later with ``wandb sync``)."""
@@ -28,5 +30,5 @@ def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
             mode=wandb_mode(), config=OmegaConf.to_container(cfg, resolve=True),
         ))
     elif lg.name != "csv":
-        raise ValueError(f"logger={lg.name!r}: choose csv or wandb")
+        raise ConfigError(f"logger={lg.name!r}: choose csv or wandb")
     return loggers

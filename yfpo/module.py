@@ -1,28 +1,35 @@
-"""The LightningModule: a policy, a frozen reference, and one of the losses in :mod:`yfpo.losses`."""
+"""The LightningModule: a policy, its frozen reference (live or precomputed), and the losses of :mod:`yfpo.losses`."""
 
 from __future__ import annotations
 
 import copy
 import math
+import random
 import time
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
 from yfpo import losses
+from yfpo.errors import ConfigError
 from yfpo.hooks import NeuronRecorder
+from yfpo.logprobs import model_logps
+from yfpo.models import DTYPES
 from yfpo.neurons.io import NeuronSet
+from yfpo.reference import MODES as REFERENCE_MODES, ReferenceCache, compute_table
 
 LOSSES = ("sft", "dpo", "yfpo")
+NEURON_SCORES = ("raw", "normalised")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, min_ratio: float):
     """Linear warmup over ``warmup_steps``, then ``schedule`` decay to ``min_ratio`` at ``total_steps``."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"optim.schedule={schedule!r}: choose one of {SCHEDULES}")
+        raise ConfigError(f"optim.schedule={schedule!r}: choose one of {SCHEDULES}")
 
     def f(step: int) -> float:
         if step < warmup_steps:
@@ -37,33 +44,58 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, min_ratio: flo
 
 
 class PreferenceModule(L.LightningModule):
-    """Trains ``policy`` with ``method.loss`` (sft | dpo | yfpo), optionally with FDT on the LM head.
+    """Trains ``policy`` with ``method.loss`` (sft | dpo | yfpo), optionally with FDT on the LM head
+    and the NLL term ``method.nll_weight`` on the chosen responses.
 
     Args:
         policy: a causal LM with ``.model`` (decoder returning ``last_hidden_state``) and an
             output embedding without bias (Qwen2, Llama).
-        method: the ``method`` config (``loss``, ``fdt``, ``form``).
+        method: the ``method`` config (``loss``, ``fdt``, ``form``, ``nll_weight``).
         optim: the ``optim`` config (AdamW + schedule).
         beta, lam: DPO temperature and YFPO strength.
-        neurons: the selected set; required for ``loss=yfpo``; with any other pair loss it is
-            only tracked (its margin is logged, it does not enter the loss).
+        neurons: the selected set; required for ``loss=yfpo``. With ``dpo`` it is only tracked:
+            its margin is logged, the loss stays DPO's.
+        reference: ``live`` (a frozen copy, run every step) or ``precompute`` (its log-probs
+            computed once at the start of fit, see :mod:`yfpo.reference`, then the copy is freed).
+        reference_dtype: dtype of the frozen copy (``None``: the policy's).
+        reference_cache: where ``precompute`` keeps its table (``None``: in memory only).
+        chunk_tokens: response tokens per LM-head block (:mod:`yfpo.logprobs`).
     """
 
     def __init__(self, policy: nn.Module, method: DictConfig, optim: DictConfig, beta: float, lam: float,
-                 neurons: NeuronSet | None = None):
+                 neurons: NeuronSet | None = None, reference: str = "live", reference_dtype: str | None = None,
+                 reference_cache: ReferenceCache | None = None, chunk_tokens: int = 512):
         super().__init__()
         if method.loss not in LOSSES:
-            raise ValueError(f"method.loss={method.loss!r}: choose one of {LOSSES}")
+            raise ConfigError(f"method.loss={method.loss!r}: choose one of {LOSSES}")
         if method.loss == "yfpo" and neurons is None:
-            raise ValueError("method.loss=yfpo needs a neuron file (neurons.path)")
+            raise ConfigError("method.loss=yfpo needs a neuron file (neurons.path)")
         if method.fdt and method.loss == "sft":
-            raise ValueError("method.fdt needs a pairwise loss (dpo or yfpo), not sft")
+            raise ConfigError("method.fdt needs a pairwise loss (dpo or yfpo), not sft")
+        if method.get("neuron_score", "raw") not in NEURON_SCORES:
+            raise ConfigError(f"method.neuron_score={method.neuron_score!r}: choose one of {NEURON_SCORES}")
+        if reference not in REFERENCE_MODES:
+            raise ConfigError(f"reference.mode={reference!r}: choose one of {REFERENCE_MODES}")
+        if reference_dtype is not None and reference_dtype not in DTYPES:
+            raise ConfigError(f"reference.dtype={reference_dtype!r}: choose null or one of {list(DTYPES)}")
         self.policy = policy.train()  # from_pretrained returns eval mode, and Lightning keeps modes as they are
         self.method, self.optim_cfg, self.beta, self.lam = method, optim, float(beta), float(lam)
+        self.nll_weight = float(method.get("nll_weight", 0.0))
         self.pairwise = method.loss != "sft"
+        self.chunk_tokens = chunk_tokens
+        self.reference_mode, self.reference_cache = reference, reference_cache
         # A frozen copy of the initial policy; excluded from checkpoints (see on_save_checkpoint).
-        self.reference = copy.deepcopy(policy).requires_grad_(False).eval() if self.pairwise else None
+        self.reference = None
+        if self.pairwise:
+            self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
+            if reference_dtype is not None:
+                self.reference.to(DTYPES[reference_dtype])
+        self.ref_table: torch.Tensor | None = None  # [rows, 2] with reference=precompute
         self.neurons = neurons
+        # (mean, std) of SPEC's normalised score, moved to the device with the module
+        self.neuron_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        if neurons is not None and method.get("neuron_score", "raw") == "normalised":
+            self.neuron_stats = neurons.stats_by_layer()
         self.recorder: NeuronRecorder | None = None
         self._last_step: tuple[float, int] | None = None  # (time, non-pad tokens) of the previous batch
 
@@ -76,11 +108,26 @@ class PreferenceModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
+        # Nothing in training draws random numbers today; the states are kept so that anything that
+        # does (dropout, sampling) resumes bit-identically too.
+        # Stored as tensors and ints: Lightning reads checkpoints with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["yfpo_rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                  "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+                                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # The reference is rebuilt from the initial model, so restoring it from disk is unnecessary.
         if self.reference is not None:
             checkpoint["state_dict"].update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
+        rng = checkpoint.get("yfpo_rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            kind, keys, pos, has_gauss, gauss = rng["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     def setup(self, stage: str) -> None:
         if self.pairwise and self.neurons is not None and self.recorder is None:
@@ -91,57 +138,85 @@ class PreferenceModule(L.LightningModule):
             self.recorder.remove()
             self.recorder = None
 
+    def on_fit_start(self) -> None:
+        if self.neuron_stats is not None:
+            self.neuron_stats = tuple(t.to(self.device) for t in self.neuron_stats)
+        if self.pairwise and self.reference_mode == "precompute":
+            self.ref_table = self._precomputed_table().to(self.device)
+            self.reference = None  # from here on training holds one model
+
+    def _precomputed_table(self) -> torch.Tensor:
+        """The ``[rows, 2]`` reference table: from the cache, or computed over all ranks and cached."""
+        trainer, cache = self.trainer, self.reference_cache
+        table = cache.load() if cache is not None else None
+        if table is not None:
+            return table
+        data = trainer.datamodule
+        with trainer.precision_plugin.forward_context():
+            table = compute_table(data.train_set, self.reference_logps, data.collate, data.cfg.batch_size, self.device,
+                                  trainer.global_rank, trainer.world_size)
+        table = trainer.strategy.reduce(table, reduce_op="sum")  # each rank filled its own rows
+        if cache is not None and trainer.is_global_zero:
+            cache.save(table)
+        trainer.strategy.barrier("reference cache")
+        return table
+
     # --- forward ------------------------------------------------------------------------------
-    def policy_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``[batch, T, V]`` logits of the policy; FDT changes only their gradient to the head."""
-        hidden = self.policy.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        head = self.policy.get_output_embeddings()
-        if getattr(head, "bias", None) is not None:
-            raise ValueError("LM heads with a bias are not supported")
-        if self.method.fdt:
-            return losses.fdt_logits(hidden, head.weight)
-        return head(hidden)
+    def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[rows]`` summed response log-probs of the frozen reference (or its precomputed table)."""
+        if self.ref_table is not None:
+            return self.ref_table[batch["index"]].T.reshape(-1)  # chosen rows first, as in the batch
+        with torch.no_grad():
+            return model_logps(self.reference, batch, self.chunk_tokens).logps
+
+    def _neuron_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[rows]`` ``s(y)`` of the policy's last forward (raw, or normalised with ``method.neuron_score``)."""
+        stats = self.neuron_stats or (None, None)
+        return losses.neuron_scores(self.recorder.activations(), batch["response_mask"], *stats)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and metrics of one batch (see :func:`yfpo.data.collate` for its layout)."""
-        ids, attn, resp = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-        logits = self.policy_logits(ids, attn)
+        out = model_logps(self.policy, batch, self.chunk_tokens, fdt=bool(self.method.fdt))
         if not self.pairwise:
-            return losses.sft_loss(logits, ids, resp), {}
-        logps = losses.sequence_logps(logits, ids, resp)
-        with torch.no_grad():
-            ref_logps = losses.sequence_logps(self.reference(input_ids=ids, attention_mask=attn).logits, ids, resp)
-        pc, pr = logps.chunk(2)
-        rc, rr = ref_logps.chunk(2)
-        if self.recorder is not None:
-            sc, sr = losses.neuron_scores(self.recorder.activations(), resp).chunk(2)
-            lam = self.lam if self.method.loss == "yfpo" else 0.0
-            if self.method.loss != "yfpo":
-                sc, sr = sc.detach(), sr.detach()
-            loss, metrics = losses.yfpo_loss(pc, pr, rc, rr, sc, sr, self.beta, lam, self.method.get("form", "margin"))
+            return losses.nll(out.logps, out.tokens), {}
+        pc, pr = out.logps.chunk(2)
+        rc, rr = self.reference_logps(batch).chunk(2)
+        if self.method.loss == "yfpo":
+            sc, sr = self._neuron_scores(batch).chunk(2)
+            loss, metrics = losses.yfpo_loss(pc, pr, rc, rr, sc, sr, self.beta, self.lam, self.method.get("form", "margin"))
         else:
             loss, metrics = losses.dpo_loss(pc, pr, rc, rr, self.beta)
-        logits_c, logits_r = logits.chunk(2)
-        mask_c, mask_r = resp.chunk(2)
-        metrics.update({
-            "logps/chosen": pc.detach().mean(),
-            "logps/rejected": pr.detach().mean(),
-            "logits/chosen": losses.mean_response_logits(logits_c, mask_c),
-            "logits/rejected": losses.mean_response_logits(logits_r, mask_r),
-        })
+            if self.recorder is not None:  # tracked only: the margin is logged, never optimised
+                with torch.no_grad():
+                    sc, sr = self._neuron_scores(batch).chunk(2)
+                metrics.update(losses.neuron_metrics(sc, sr))
+        if self.nll_weight:
+            nll = losses.nll(pc, out.tokens.chunk(2)[0])
+            loss = loss + self.nll_weight * nll
+            metrics["train/nll"] = nll.detach()
+        lc, lr = out.mean_logit.chunk(2)
+        metrics.update({"logps/chosen": pc.detach().mean(), "logps/rejected": pr.detach().mean(),
+                        "logits/chosen": lc.mean(), "logits/rejected": lr.mean()})
         return loss, metrics
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, metrics = self.compute_loss(batch)
-        # Throughput of the previous step (forward, backward, optimizer and data loading).
-        now, tokens = time.perf_counter(), batch["attention_mask"].sum().item()
+        # Throughput of the previous step (forward, backward, optimizer and data loading); the
+        # token count comes from the collate function on the host, so nothing waits for the GPU.
+        now, tokens = time.perf_counter(), batch["num_tokens"]
         if self._last_step is not None:
             then, last_tokens = self._last_step
             metrics["perf/tokens_per_sec"] = torch.tensor(last_tokens / (now - then))
         self._last_step = (now, tokens)
         metrics["train/loss"] = loss.detach()
+        metrics = {k: v.to(self.device) for k, v in metrics.items()}
+        if self.trainer.world_size > 1 and self.trainer._logger_connector.should_update_logs:
+            # One all-reduce of all metrics, and only on the steps that Lightning writes to the loggers.
+            names = sorted(metrics)
+            mean = self.trainer.strategy.reduce(torch.stack([metrics[n].float() for n in names]), reduce_op="mean")
+            metrics = dict(zip(names, mean.unbind()))
         metrics["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
-        self.log_dict(metrics, on_step=True, prog_bar=False, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        self.log_dict(metrics, on_step=True, prog_bar=False, batch_size=batch["input_ids"].shape[0])
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 

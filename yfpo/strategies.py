@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from yfpo.errors import ConfigError, UserError
 from yfpo.hooks import decoder_layers
 
 BUILT = ("fsdp", "deepspeed")
@@ -35,11 +36,11 @@ def build_strategy(spec: Any, policy: nn.Module) -> Any:
         return FSDPStrategy(auto_wrap_policy={layer}, use_orig_params=True, state_dict_type="full", **opts)
     if name == "deepspeed":
         if opts.get("stage", 2) not in (1, 2):
-            raise ValueError(f"trainer.strategy.stage={opts['stage']}: HF checkpoints need full weights on rank 0; "
+            raise ConfigError(f"trainer.strategy.stage={opts['stage']}: HF checkpoints need full weights on rank 0; "
                              "use ZeRO stage 1 or 2, or trainer=fsdp to shard the weights")
         if importlib.util.find_spec("deepspeed") is None:
-            raise ImportError("trainer=deepspeed needs DeepSpeed: pip install -c constraints.txt -e '.[deepspeed]'")
+            raise UserError("trainer=deepspeed needs DeepSpeed: pip install -c constraints.txt -e '.[deepspeed]'")
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
         return DeepSpeedStrategy(**opts)
-    raise ValueError(f"trainer.strategy.name={name!r}: choose one of {BUILT}, or give a Lightning strategy name")
+    raise ConfigError(f"trainer.strategy.name={name!r}: choose one of {BUILT}, or give a Lightning strategy name")

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from yfpo.data import LEAD
+from yfpo.prompts import LEAD
 
 NAMES = ["Mia", "Tom", "Ana", "Sam", "Leo", "Zoe", "Max", "Ivy", "Ben", "Eva"]
 ITEMS = ["apples", "coins", "books", "shells", "cards", "pens", "stamps", "marbles"]
@@ -70,6 +71,52 @@ def make_problem(rng: random.Random, num_steps: int, max_start: int, max_delta: 
     return Problem(question, steps, tuple(values), tuple(deltas), item)
 
 
+STEP = re.compile(r"^\s*(\d+)\s*([+-])\s*(\d+)\s*=\s*(\d+)\b")
+FINAL = re.compile(r"^####\s*(-?\d+)\s*$")
+EVENT = re.compile("|".join(t.replace("{n}", r"\d+") for t in GAIN + LOSS))
+LOSS_VERBS = tuple(t.split(" {n}")[0] for t in LOSS)
+
+
+def question_plan(question: str) -> tuple[int, list[int]] | None:
+    """``(start, signed deltas)`` of a synthetic question, or None if it is not one."""
+    start = re.search(r" has (\d+) ", question)
+    if not start:
+        return None
+    deltas = []
+    for event in EVENT.findall(question[start.end():]):
+        n = int(re.search(r"\d+", event).group())
+        deltas.append(-n if event.startswith(LOSS_VERBS) else n)
+    return int(start.group(1)), deltas
+
+
+def first_wrong_step(question: str, solution: str) -> int | None:
+    """The index of the first wrong line of a worked solution to a synthetic problem, or None if
+    every line is right. Step ``k`` must read ``a op b = c`` with ``a`` the question's amount (then
+    the previous result), ``op b`` the question's ``k``-th event, and ``a op b == c``; the last line
+    ``#### N`` must repeat the last result. A line that fits none of these counts as wrong. So a
+    right final answer reached through a wrong step (``20 + 5 = 27``, ``27 - 7 = 20``) is caught.
+    The leading "Let's think step by step." line is skipped."""
+    plan = question_plan(question)
+    if plan is None:
+        return 0
+    expected, deltas = plan
+    lines = [l for l in solution.strip().splitlines() if l.strip() and l.strip() != LEAD.strip()]
+    for i, line in enumerate(lines):
+        final = FINAL.match(line.strip())
+        if final:
+            right = i == len(deltas) == len(lines) - 1 and int(final.group(1)) == expected
+            return None if right else i
+        m = STEP.match(line)
+        if not m or i >= len(deltas):
+            return i
+        a, sign, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+        delta = b if sign == "+" else -b
+        if a != expected or delta != deltas[i] or a + delta != c:
+            return i
+        expected = c
+    return len(lines)  # no "#### N" line: the solution never states its answer
+
+
 def _wrong(rng: random.Random, right: int) -> int:
     """A plausible arithmetic slip: off by a small amount, never equal, never negative."""
     while True:
@@ -88,7 +135,7 @@ def preference_row(rng: random.Random, p: Problem) -> dict:
         bad_steps.append(_step_text(value, p.deltas[j], value + p.deltas[j], p.item))
         value += p.deltas[j]
     # Like Math-Step-DPO-10K, the given steps start with the "Let's think step by step." line,
-    # which is also how SFT and evaluation prompts start the response (yfpo.data.format_prompt).
+    # which is also how SFT and evaluation prompts start the response (yfpo.prompts.format_prompt).
     prefix = LEAD + "".join(s + "\n" for s in p.steps[:k])
     return {
         "dataset": "synthetic",

@@ -17,9 +17,12 @@ A table spec (YAML) names its rows and the run directories behind each (several 
 (``experiments:`` and ``evals:`` name the runs' recipes for :mod:`yfpo.reproduce`.)
 
 Beyond the paper: the number of seeds, the 95 % interval of Avg, and a paired bootstrap p-value
-of each row against the baseline row on the same problems. Writes ``<out>/<name>.md``,
-``<name>.csv`` and ``<name>_curves.png`` (reward and neuron margins over steps, accuracy per
-checkpoint: the paper's Figure 2) next to the spec.
+of each row against the baseline row on the same problems. The paper-style table uses the headline
+score (``correct`` in predictions.jsonl, see :mod:`yfpo.grading`); below it a scoring table gives,
+per row and task, Avg under the headline, strict and flexible conventions and the truncated and
+extracted rates, flagging rows above ``warn_rate`` (spec key, default 5 %). Writes
+``<out>/<name>.md``, ``<name>.csv``, ``<name>_scoring.csv`` and ``<name>_curves.png`` (reward and
+neuron margins over steps, accuracy per checkpoint: the paper's Figure 2) next to the spec.
 """
 
 from __future__ import annotations
@@ -35,14 +38,31 @@ import yaml
 
 LAYOUTS = ("checkpoints", "tasks")
 BOOTSTRAP_SAMPLES = 10_000
+WARN_RATE = 0.05  # default spec `warn_rate`: the evaluation's warning threshold (conf/eval/*.yaml warn_rate)
+# Per-checkpoint means read from predictions.jsonl for the scoring table (None: not recorded).
+SCORING_KEYS = {"strict": "correct_strict", "flexible": "correct_flexible", "truncated": "truncated",
+                "extracted": "extracted"}
+SCORING_NOTE = ("Ckpt-k, Avg and Best above use the headline score: the answer after the last final-answer marker "
+                "(\\boxed{}, 'The answer is', ####), else the last number (MATH-500: math-verify on the marked "
+                "answer). strict: marked answers only; flexible: the last number (lm-eval's flexible-extract). "
+                "truncated: share of completions that hit max_new_tokens; extracted: share with a marked answer. "
+                "Means over checkpoints and seeds; blank: not recorded (an evaluation by an older yfpo).")
 
 
 @dataclass
 class RunResults:
-    """Per-problem correctness of one run, ``{checkpoint: {problem id: 0/1}}`` for one task."""
+    """Per-problem correctness of one run, ``{checkpoint: {problem id: 0/1}}`` for one task, and per
+    checkpoint the means of :data:`SCORING_KEYS` (``{checkpoint: {name: float or None}}``)."""
 
     run: Path
     by_ckpt: dict[str, dict] = field(default_factory=dict)
+    scoring: dict[str, dict] = field(default_factory=dict)
+
+
+def _mean_of(rows: list[dict], key: str) -> float | None:
+    """Mean of ``key`` over ``rows`` (booleans as 0/1); None when a row lacks it or holds None."""
+    values = [r.get(key) for r in rows]
+    return None if not values or any(v is None for v in values) else float(np.mean([float(v) for v in values]))
 
 
 def read_run(run: Path, task: str) -> RunResults:
@@ -56,6 +76,7 @@ def read_run(run: Path, task: str) -> RunResults:
             continue
         rows = [json.loads(l) for l in (ckpt / "predictions.jsonl").read_text().splitlines() if l.strip()]
         res.by_ckpt[ckpt.name] = {r["id"]: float(r["correct"]) for r in rows}
+        res.scoring[ckpt.name] = {name: _mean_of(rows, key) for name, key in SCORING_KEYS.items()}
     if not res.by_ckpt:
         raise FileNotFoundError(f"no finished evaluations under {root}")
     return res
@@ -151,9 +172,32 @@ def _fmt_lambda(row: dict) -> str:
     return "" if row.get("lambda") is None else str(row["lambda"])
 
 
-def markdown(title: str, header: list[str], table: list[list[str]]) -> str:
+def scoring_table(spec: dict, base_dir: Path, tasks: list[str]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows and warnings of the scoring table: per spec row and task, Avg under the headline,
+    strict and flexible conventions, and the truncated and extracted rates (means over checkpoints
+    ``ckpt-1..N`` and seeds). A row is flagged when any checkpoint's truncated share, or share
+    without a marked answer, exceeds the spec's ``warn_rate``."""
+    limit = spec.get("warn_rate", WARN_RATE)
+    header = ["data", "method", "lambda", "task", "Avg", "Avg strict", "Avg flexible", "truncated", "extracted", "warning"]
+    checks = {"truncated": lambda c: c["truncated"] is not None and c["truncated"] > limit,
+              "no answer": lambda c: c["extracted"] is not None and 1 - c["extracted"] > limit}
+    table, warnings = [], []
+    for row in spec["rows"]:
+        for task in tasks:
+            runs = [read_run(base_dir / r, task) for r in row["runs"]]
+            per_ckpt = [r.scoring[c] for r in runs for c in r.by_ckpt]
+            means = [_mean_of(per_ckpt, k) for k in SCORING_KEYS]
+            over = [what for what, bad in checks.items() if any(bad(c) for c in per_ckpt)]
+            label = f"{row['data']} {row['method']}" + (f" λ={row['lambda']}" if row.get("lambda") is not None else "")
+            warnings += [f"{label} [{task}]: {what} above {limit:.0%} in some checkpoint" for what in over]
+            table.append([str(row["data"]), row["method"], _fmt_lambda(row), task, f"{checkpoint_row(runs)['avg']:.4f}",
+                          *("" if m is None else f"{m:.4f}" for m in means), ", ".join(f"{w} > {limit:.0%}" for w in over)])
+    return header, table, warnings
+
+
+def markdown(title: str, header: list[str], table: list[list[str]], note: str = "") -> str:
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table]) + "\n"
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table] + ([("\n" + note)] if note else [])) + "\n"
 
 
 def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
@@ -204,6 +248,14 @@ def make_tables(spec_path: Path, base_dir: Path = Path("."), out: Path | None = 
         stem = spec["name"] + (f"_{task}" if len(tasks) > 1 else "")
         with open(out / f"{stem}.csv", "w", newline="") as f:
             csv.writer(f).writerows([header, *table])
+    score_tasks = spec["tasks"] if spec.get("layout") == "tasks" else tasks
+    header, table, warnings = scoring_table(spec, base_dir, score_tasks)
+    parts.append(markdown(spec.get("title", spec["name"]) + ": scoring conventions and generation health",
+                          header, table, SCORING_NOTE))
+    with open(out / f"{spec['name']}_scoring.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *table])
+    for w in warnings:
+        print(f"[yfpo] warning: {spec['name']}: {w}", file=sys.stderr)
     md = "\n".join(parts)
     (out / f"{spec['name']}.md").write_text(md)
     plot_curves(spec, base_dir, out / f"{spec['name']}_curves.png")

@@ -19,11 +19,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from yfpo.checkpoints import HFCheckpoints, is_complete
+from yfpo.config import CONF_DIR
 from yfpo.data import PreferenceDataModule
+from yfpo.errors import ConfigError, UserError, run_cli
 from yfpo.loggers import make_loggers
-from yfpo.models import ensure_model, ensure_synthetic, load_model, load_tokenizer
+from yfpo.models import load_model, load_tokenizer
+from yfpo.prepare import ensure_model, ensure_synthetic
 from yfpo.module import PreferenceModule
 from yfpo.neurons import io as neuron_io
+from yfpo.reference import ReferenceCache, rows_fingerprint, weights_fingerprint
 from yfpo.strategies import build_strategy
 
 DONE = "DONE"
@@ -67,7 +71,7 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> None:
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(RESUME_FREE))
     if changed:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        raise ValueError(
+        raise UserError(
             f"{run_dir} holds a run with another config ({diff}). Resume it with the same overrides, "
             f"or give this run another directory (name=... or hydra.run.dir=...)."
         )
@@ -78,7 +82,7 @@ def accumulation(global_batch: int, batch_size: int, world: int) -> int:
     global batch of ``global_batch`` rows (config: ``data.global_batch_size``)."""
     per_step = batch_size * world
     if global_batch % per_step:
-        raise ValueError(f"data.global_batch_size={global_batch} is not a multiple of data.batch_size={batch_size} "
+        raise ConfigError(f"data.global_batch_size={global_batch} is not a multiple of data.batch_size={batch_size} "
                          f"x {world} processes; change data.batch_size or the number of devices")
     return global_batch // per_step
 
@@ -95,10 +99,18 @@ def fit(cfg: DictConfig, run_dir: Path) -> Path:
     ensure_synthetic(cfg)
     path = ensure_model(cfg)
     tokenizer = load_tokenizer(cfg.model, path)
-    policy = load_model(cfg.model, path)
-    module = PreferenceModule(policy, cfg.method, cfg.optim, cfg.beta, cfg["lambda"], load_neurons(cfg, policy))
+    policy = load_model(cfg.model, path, autocast=str(cfg.trainer.precision).startswith(("bf16", "16")))
     kind = "sft" if cfg.method.loss == "sft" else "pairs"
     data = PreferenceDataModule(cfg.data, tokenizer, kind=kind, seed=cfg.seed, hub=cfg.hub)
+    data.setup("fit")  # the rows are needed now to identify a reference cache
+    r = cfg.reference
+    cache = None
+    if kind == "pairs" and r.mode == "precompute":
+        cache = ReferenceCache.for_run(cfg, weights_fingerprint(policy), rows_fingerprint(data.train_set), len(data.train_set))
+        cache.check()  # a stale cache is refused before any work starts
+    module = PreferenceModule(policy, cfg.method, cfg.optim, cfg.beta, cfg["lambda"], load_neurons(cfg, policy),
+                              reference=r.mode, reference_dtype=r.dtype, reference_cache=cache,
+                              chunk_tokens=cfg.logprobs.chunk_tokens)
     callbacks = [
         HFCheckpoints(ckpt_dir, cfg.checkpoints.count, tokenizer),
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoints.resume_every_n_steps),
@@ -126,12 +138,12 @@ def fit(cfg: DictConfig, run_dir: Path) -> Path:
     return ckpt_dir
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The frozen reference is in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    fit(cfg, Path(HydraConfig.get().runtime.output_dir))
+    run_cli(fit, cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoConfig
 
 from yfpo.config import compose_config
-from yfpo.models import ensure_model, ensure_synthetic, load_model, load_tokenizer
+from yfpo.errors import ConfigError, run_cli
+from yfpo.models import load_model, load_tokenizer
+from yfpo.prepare import ensure_model, ensure_synthetic
 from yfpo.neurons import io
-from yfpo.neurons.select import SELECTORS, math_samples, random_neurons, scores_for
+from yfpo.neurons.attribution import ActivationStats
+from yfpo.neurons.select import SELECTORS, math_samples, scores_for
 
 
 def device_for(name: str) -> torch.device:
@@ -50,22 +52,21 @@ def select(cfg: DictConfig) -> Path:
         print(f"[yfpo] neuron file {out} exists; keeping it (neurons.overwrite=true recomputes it)")
         return out
     if n.selector not in SELECTORS:
-        raise ValueError(f"neurons.selector={n.selector!r}: choose one of {SELECTORS}")
+        raise ConfigError(f"neurons.selector={n.selector!r}: choose one of {SELECTORS}")
     ensure_synthetic(cfg)
     path = ensure_model(cfg)
-    start, rate, num_samples = time.perf_counter(), "", 0
-    if n.selector == "random":  # needs only the shape: no weights are loaded
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code)
-        num_layers, width = config.num_hidden_layers, config.intermediate_size
-        neurons = random_neurons(num_layers, width, n)
-    else:
-        tokenizer = load_tokenizer(cfg.model, path)
-        model = load_model(cfg.model, path).to(device_for(n.device)).eval()
-        num_layers, width = model.config.num_hidden_layers, model.config.intermediate_size
-        samples = math_samples(cfg, tokenizer, n.data, n.num_samples)
-        scores = scores_for(n.selector, model, samples, cfg, tokenizer.pad_token_id)
-        neurons, num_samples = io.NeuronSet(*io.top_k(scores, n.top_k)), len(samples)
-        rate = f"{num_samples / (time.perf_counter() - start):.2f} samples/s on {model.device}"
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(cfg.model, path)
+    model = load_model(cfg.model, path).to(device_for(n.device)).eval()
+    num_layers, width = model.config.num_hidden_layers, model.config.intermediate_size
+    samples = math_samples(cfg, tokenizer, n.data, n.num_samples)
+    # Every selector also measures the activation statistics of the normalised score (SPEC).
+    stats = ActivationStats(num_layers, width)
+    scores = scores_for(n.selector, model, samples, cfg, tokenizer.pad_token_id, stats)
+    neurons, num_samples = io.NeuronSet(*io.top_k(scores, n.top_k)), len(samples)
+    mean, std = stats.mean_std()
+    neurons.mean, neurons.std = mean[neurons.layers, neurons.indices].float(), std[neurons.layers, neurons.indices].float()
+    rate = f"{num_samples / (time.perf_counter() - start):.2f} samples/s on {model.device}"
     meta = dict(
         model=cfg.model.name, num_layers=num_layers, intermediate_size=width, selector=n.selector, top_k=n.top_k,
         data=n.get("data", ""), num_samples=num_samples, seed=n.seed, lrp_variant=n.get("lrp_variant", ""),
@@ -73,7 +74,7 @@ def select(cfg: DictConfig) -> Path:
     io.save(out, neurons, **meta)
     counts = {l: len(i) for l, i in neurons.by_layer().items()}
     top = ", ".join(f"({l},{i}) {s:.3g}" for l, i, s in zip(neurons.layers[:10].tolist(), neurons.indices[:10].tolist(), neurons.scores[:10].tolist()))
-    summary = "\n".join([*(f"{k}: {v}" for k, v in meta.items()), f"throughput: {rate or 'n/a'}",
+    summary = "\n".join([*(f"{k}: {v}" for k, v in meta.items()), f"throughput: {rate}",
                          f"per layer: {counts}", f"top 10 (layer,channel) score: {top}"])
     out.with_suffix(".txt").write_text(summary + "\n")
     plot_counts(neurons, num_layers, f"{cfg.model.name}: top-{n.top_k} {n.selector}", out.with_suffix(".png"))
@@ -82,7 +83,7 @@ def select(cfg: DictConfig) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    select(compose_config(argv))
+    run_cli(lambda: select(compose_config(argv)))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,36 +18,18 @@ from omegaconf import DictConfig
 from torch import nn
 
 from yfpo.config import compose_config
-from yfpo.data import format_prompt, load_rows
+from yfpo.errors import run_cli
+from yfpo.data import load_rows
+from yfpo.prompts import format_prompt
 from yfpo.generation import greedy_generate
 from yfpo.grading import gold_answer, grade
-from yfpo.hooks import decoder_layers
-from yfpo.losses import sequence_logps
-from yfpo.models import ensure_model, ensure_synthetic, load_model, load_tokenizer
+from yfpo.hooks import zeroed
+from yfpo.logprobs import model_logps
+from yfpo.models import load_model, load_tokenizer
+from yfpo.prepare import ensure_model, ensure_synthetic
 from yfpo.neurons import io
 from yfpo.neurons.__main__ import device_for
 from yfpo.neurons.select import batches, math_samples
-
-
-@contextmanager
-def zeroed(model: nn.Module, by_layer: dict[int, torch.Tensor]):
-    """Within the block, the listed ``down_proj`` input channels are set to zero."""
-    layers = decoder_layers(model)
-
-    def hook_for(index):
-        def hook(module, args):
-            x = args[0].clone()
-            x[..., index.to(x.device)] = 0
-            return (x,)
-
-        return hook
-
-    handles = [layers[l].mlp.down_proj.register_forward_pre_hook(hook_for(i)) for l, i in by_layer.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def random_like(neurons: io.NeuronSet, width: int, seed: int) -> dict[int, torch.Tensor]:
@@ -58,12 +39,12 @@ def random_like(neurons: io.NeuronSet, width: int, seed: int) -> dict[int, torch
 
 
 @torch.no_grad()
-def loglik_per_token(model: nn.Module, data: list[dict]) -> float:
-    total, tokens = 0.0, 0
+def loglik_per_token(model: nn.Module, data: list[dict], chunk_tokens: int) -> float:
+    total, tokens = 0.0, 0.0
     for b in data:
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        total += sequence_logps(logits, b["input_ids"], b["response_mask"]).sum().item()
-        tokens += b["response_mask"][:, 1:].sum().item()
+        out = model_logps(model, b, chunk_tokens)
+        total += out.logps.sum().item()
+        tokens += out.tokens.sum().item()
     return total / tokens
 
 
@@ -90,7 +71,7 @@ def ablate(cfg: DictConfig) -> dict:
     results = {}
     for name, by_layer in conditions.items():
         with zeroed(model, by_layer):
-            results[name] = {"loglik_per_token": loglik_per_token(model, data)}
+            results[name] = {"loglik_per_token": loglik_per_token(model, data, cfg.logprobs.chunk_tokens)}
             if rows:
                 results[name]["accuracy"] = accuracy(model, tokenizer, cfg, rows)
     base = results["none"]
@@ -112,7 +93,7 @@ def ablate(cfg: DictConfig) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    ablate(compose_config(argv))
+    run_cli(lambda: ablate(compose_config(argv)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The neuron file: one safetensors file holding the selected set ``N``.
 
 Tensors: ``layers`` (int64 ``[K]``), ``indices`` (int64 ``[K]``, channel of the ``down_proj``
-input), ``scores`` (float32 ``[K]``, descending). Metadata (strings): ``model`` (identity of the
+input), ``scores`` (float32 ``[K]``, descending), ``mean`` and ``std`` (float32 ``[K]``, the
+activation statistics of the normalised score; absent in files written before them). Metadata (strings): ``model`` (identity of the
 model it was computed on), ``num_layers``, ``intermediate_size``, ``selector``, ``top_k``,
 ``data``, ``num_samples``, ``seed``, ``date``, ``format``.
 """
@@ -16,6 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from yfpo.errors import ConfigError, UserError
+
 FORMAT = "yfpo-neurons/1"
 # The neuron CLI takes the same overrides as training, so "the same overrides" is always the fix.
 NEURONS_COMMAND = (
@@ -24,7 +27,7 @@ NEURONS_COMMAND = (
 )
 
 
-class NeuronFileError(ValueError):
+class NeuronFileError(UserError, ValueError):
     """A neuron file that is missing or does not fit the model; the message says how to make one."""
 
 
@@ -34,13 +37,27 @@ class NeuronSet:
     indices: torch.Tensor  # [K] int64
     scores: torch.Tensor  # [K] float32
     meta: dict[str, str] = field(default_factory=dict)
+    mean: torch.Tensor | None = None  # [K] float32: mu_i over the selection samples' response tokens
+    std: torch.Tensor | None = None  # [K] float32: sigma_i (1 where the channel never varies)
 
     def __len__(self) -> int:
         return int(self.layers.numel())
 
+    def _order(self) -> torch.Tensor:
+        # layer ascending, channel ascending: the order of by_layer() and of NeuronRecorder's columns
+        return torch.argsort(self.layers * (int(self.indices.max()) + 1 if len(self) else 1) + self.indices)
+
     def by_layer(self) -> dict[int, torch.Tensor]:
         """``{layer: sorted channel indices}`` for the layers that hold selected neurons."""
         return {int(l): self.indices[self.layers == l].sort().values for l in self.layers.unique()}
+
+    def stats_by_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)`` ``[K]`` in the order of :meth:`by_layer` (the recorder's columns)."""
+        if self.mean is None or self.std is None:
+            raise NeuronFileError("this neuron file has no activation statistics (it predates them); "
+                                  "recompute it with: python -m yfpo.neurons <overrides> neurons.overwrite=true")
+        order = self._order()
+        return self.mean[order], self.std[order]
 
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,7 +67,7 @@ def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, tor
     """
     num_layers, width = scores.shape
     if not 0 < k <= scores.numel():
-        raise ValueError(f"neurons.top_k={k} must be in 1..{scores.numel()} (= {num_layers} layers x {width})")
+        raise ConfigError(f"neurons.top_k={k} must be in 1..{scores.numel()} (= {num_layers} layers x {width})")
     flat = scores.flatten().double()
     # stable sort on -score keeps the lower index first among equal scores
     order = torch.sort(-flat, stable=True).indices[:k]
@@ -69,6 +86,8 @@ def save(path: str | Path, neurons: NeuronSet, **meta) -> Path:
         "indices": neurons.indices.long().contiguous(),
         "scores": neurons.scores.float().contiguous(),
     }
+    if neurons.mean is not None:
+        tensors.update(mean=neurons.mean.float().contiguous(), std=neurons.std.float().contiguous())
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)
@@ -80,11 +99,18 @@ def load(path: str | Path) -> NeuronSet:
     path = Path(path)
     if not path.is_file():
         raise NeuronFileError(f"neuron file {path} does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise NeuronFileError(f"{path} is not a yfpo neuron file (format {meta.get('format')!r}, expected {FORMAT!r})")
-        return NeuronSet(f.get_tensor("layers"), f.get_tensor("indices"), f.get_tensor("scores"), dict(meta))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise NeuronFileError(f"{path} is not a yfpo neuron file (format {meta.get('format')!r}, expected {FORMAT!r})")
+            stats = {k: f.get_tensor(k) for k in ("mean", "std") if k in f.keys()}
+            return NeuronSet(f.get_tensor("layers"), f.get_tensor("indices"), f.get_tensor("scores"), dict(meta), **stats)
+    except NeuronFileError:
+        raise
+    except Exception as e:  # safetensors' own errors ("header too large") name neither the file nor the fix
+        raise NeuronFileError(f"neuron file {path} cannot be read ({e}): it is damaged or not a safetensors "
+                              f"file; delete it") from None
 
 
 def check_fits(neurons: NeuronSet, model_id: str, num_layers: int, intermediate_size: int, path: str, remedy: str) -> None:

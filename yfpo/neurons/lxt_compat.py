@@ -27,6 +27,8 @@ from pathlib import Path
 
 from torch import nn
 
+from yfpo.errors import ConfigError, UserError
+
 VARIANTS = {"attnlrp": "attnLRP", "cp_lrp": "cp_LRP"}
 
 
@@ -52,12 +54,12 @@ def _lxt_modules() -> tuple[types.ModuleType, dict[str, types.ModuleType]]:
 def lrp_patched(model: nn.Module, variant: str = "attnlrp"):
     """Within the block, ``model``'s family (Qwen2 or Llama) computes LRP gradients; restored on exit."""
     if variant not in VARIANTS:
-        raise ValueError(f"neurons.lrp_variant={variant!r}: choose one of {sorted(VARIANTS)}")
+        raise ConfigError(f"neurons.lrp_variant={variant!r}: choose one of {sorted(VARIANTS)}")
     patches, maps = _lxt_modules()
     modeling = type(model).__module__
     if modeling not in maps:
         families = ", ".join(sorted(m.rsplit(".", 1)[-1] for m in maps))
-        raise ValueError(f"AttnLRP selection supports {families}; {type(model).__name__} ({modeling}) is not one of them")
+        raise UserError(f"AttnLRP selection supports {families}; {type(model).__name__} ({modeling}) is not one of them")
     wrap = patches.wrap_attention_forward if variant == "attnlrp" else patches.cp_wrap_attention_forward
     saved: list[tuple[object, str, bool, object]] = []
 

@@ -12,18 +12,22 @@ from typing import Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from yfpo.data import Encoded, Encoder, collate, load_rows, subset
-from yfpo.neurons.attribution import activation_scores, lrp_scores
+from yfpo.data import Encoded, Encoder, collate, load_rows, subset, to_device
+from yfpo.errors import ConfigError
+from yfpo.neurons.attribution import ActivationStats, activation_scores, lrp_scores
 from yfpo.neurons.io import NeuronSet, top_k
 
 SELECTORS = ("attnlrp", "activation", "random")
 
 
+def random_scores(num_layers: int, intermediate_size: int, seed: int) -> torch.Tensor:
+    """Seeded uniform noise as scores: their Top-K is K neurons drawn uniformly without replacement."""
+    return torch.rand(num_layers, intermediate_size, generator=torch.Generator().manual_seed(int(seed)))
+
+
 def random_neurons(num_layers: int, intermediate_size: int, cfg: DictConfig) -> NeuronSet:
     """K neurons drawn uniformly without replacement, reproducible from ``cfg.seed``."""
-    g = torch.Generator().manual_seed(int(cfg.seed))
-    scores = torch.rand(num_layers, intermediate_size, generator=g)
-    return NeuronSet(*top_k(scores, int(cfg.top_k)))
+    return NeuronSet(*top_k(random_scores(num_layers, intermediate_size, cfg.seed), int(cfg.top_k)))
 
 
 def math_samples(cfg: DictConfig, tokenizer, source: str, count: int, key: str = "neurons.data") -> list[Encoded]:
@@ -44,17 +48,20 @@ def batches(samples: list[Encoded], batch_size: int, pad_id: int, device: torch.
     """Length-sorted batches (little padding), in a fixed order."""
     ordered = sorted(samples, key=lambda e: len(e.prompt) + len(e.chosen))
     for i in range(0, len(ordered), batch_size):
-        yield {k: v.to(device) for k, v in collate(ordered[i : i + batch_size], pad_id).items()}
+        yield to_device(collate(ordered[i : i + batch_size], pad_id), device)
 
 
-def scores_for(selector: str, model, samples: list[Encoded], cfg: DictConfig, pad_id: int) -> torch.Tensor:
-    """``[num_layers, intermediate_size]`` scores of ``selector`` (``attnlrp`` or ``activation``)."""
+def scores_for(selector: str, model, samples: list[Encoded], cfg: DictConfig, pad_id: int,
+               stats: ActivationStats | None = None) -> torch.Tensor:
+    """``[num_layers, intermediate_size]`` scores of ``selector`` (``attnlrp``, ``activation``, or
+    ``random``, whose scores are seeded noise); ``stats`` collects the activations' mean and std."""
     n = cfg.neurons
     device = next(model.parameters()).device
     total = -(-len(samples) // n.batch_size)
     data = batches(samples, n.batch_size, pad_id, device)
     if selector == "attnlrp":
-        return lrp_scores(model, data, n.lrp_variant, total)
-    if selector == "activation":
-        return activation_scores(model, data, total)
-    raise ValueError(f"neurons.selector={selector!r}: choose one of {SELECTORS}")
+        return lrp_scores(model, data, n.lrp_variant, total, stats)
+    if selector in ("activation", "random"):
+        scores = activation_scores(model, data, total, stats)
+        return random_scores(*scores.shape, n.seed) if selector == "random" else scores
+    raise ConfigError(f"neurons.selector={selector!r}: choose one of {SELECTORS}")

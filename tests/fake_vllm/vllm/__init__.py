@@ -1,11 +1,15 @@
 """A stand-in for vLLM that records how it is called (tests only; vLLM needs a GPU).
 
-Each call appends one JSON line to $FAKE_VLLM_LOG; every completion is "#### 0".
+Each call appends one JSON line to $FAKE_VLLM_LOG. The completion of a prompt is "#### 0" with
+finish_reason "stop", or what $FAKE_VLLM_TEXTS (a JSON file {prompt: text or {text, finish_reason}})
+gives it; like vLLM, a completion is cut before its first stop string (finish_reason "stop").
 """
 
 import json
 import os
 from types import SimpleNamespace
+
+__version__ = "0.0.0+fake"
 
 
 class SamplingParams:
@@ -17,8 +21,17 @@ class LLM:
     def __init__(self, model, **kwargs):
         self.model, self.kwargs = model, kwargs
 
+    def _complete(self, prompt, params):
+        texts = os.environ.get("FAKE_VLLM_TEXTS")
+        out = json.loads(open(texts).read()).get(prompt, "#### 0") if texts else "#### 0"
+        text, reason = (out, "stop") if isinstance(out, str) else (out["text"], out["finish_reason"])
+        cuts = [i for i in (text.find(s) for s in params.kwargs.get("stop") or []) if i >= 0]
+        if cuts:
+            return SimpleNamespace(text=text[: min(cuts)], finish_reason="stop")
+        return SimpleNamespace(text=text, finish_reason=reason)
+
     def generate(self, prompts, params):
         with open(os.environ["FAKE_VLLM_LOG"], "a") as f:
             f.write(json.dumps({"pid": os.getpid(), "model": self.model, "llm": self.kwargs,
                                 "sampling": params.kwargs, "prompts": prompts}) + "\n")
-        return [SimpleNamespace(outputs=[SimpleNamespace(text="#### 0")]) for _ in prompts]
+        return [SimpleNamespace(outputs=[self._complete(p, params)]) for p in prompts]

@@ -1,0 +1,63 @@
+"""The benchmark harness (``make bench``, benchmarks/bench.py) works end to end; nothing here is timed.
+
+``--quick`` runs the parity worker and one variant pair (TRL DPO, yfpo DPO) on a tiny vocabulary,
+each in its own subprocess, and the printed table and the JSON must parse.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import bench
+from tests.conftest import ROOT
+
+pytest.importorskip("trl", reason="trl is in the dev extra (make install adds it)")
+
+
+def test_pairs_are_unequal_and_the_word_tokenizer_gives_back_the_ids():
+    shapes = bench.pair_shapes(256)
+    assert max(p + max(c, r) for p, c, r in shapes) == 256
+    assert all(c != r for _, c, r in shapes) and len({p for p, _, _ in shapes}) == 2
+    vocab = bench.QUICK_ARCH["vocab_size"]
+    tokenizer = bench.word_tokenizer(vocab)
+    assert len(tokenizer) == vocab and tokenizer.eos_token_id == bench.eos_id(vocab)
+    for prompt, chosen, rejected in bench.make_pairs(64, vocab):
+        assert chosen[-1] == rejected[-1] == tokenizer.eos_token_id
+        for ids in (prompt, prompt + chosen):
+            assert tokenizer(bench.to_text(ids, vocab), add_special_tokens=False)["input_ids"] == ids
+
+
+def test_quick_run_prints_a_table_and_saves_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+    result = json.loads(out.read_text())
+    parity = result["parity"]
+    assert parity["live_abs_diff"] <= 1e-4 and parity["pre_abs_diff"] <= 1e-4
+    assert parity["yfpo_live"] != pytest.approx(0.6931471805599453)  # the reference differs from the policy
+    variants = result["variants"]
+    assert set(variants) == {"trl_live", "yfpo_dpo"}
+    assert variants["trl_live"]["tokens"] == variants["yfpo_dpo"]["tokens"]  # the same ids on both sides
+    for v in variants.values():
+        assert v["step_s"] > 0 and v["peak_growth_bytes"] >= 0 and v["threads"] == result["machine"]["threads"]
+        assert v["loss_first"] == pytest.approx(0.6931471805599453, abs=1e-6)  # step 0: policy == reference
+    statuses = {t["target"]: t["status"] for t in result["targets"]}
+    assert statuses["YFPO <= 1.05x DPO step time"] == "n/a"  # not measured by --quick
+    assert {statuses["DPO peak memory <= 0.5x TRL's"], statuses["DPO step time <= 1.0x TRL's"]} <= {"PASS", "MISS"}
+
+    # The printed main table: a header, a rule, then one row per variant with numbers in every column.
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {cells[0]: dict(zip(header, cells)) for cells in
+            ([c.strip() for c in l.strip("|").split("|")] for l in lines[2:])}
+    assert set(rows) == {"TRL DPO (live ref)", "yfpo DPO (live ref)"}
+    for row in rows.values():
+        assert float(row["step time"].removesuffix(" s")) > 0
+        assert float(row["peak mem growth"].removesuffix(" GB")) >= 0
+        assert float(row["time vs TRL live"].removesuffix("x")) > 0
+    assert "OK (<= 1e-4)" in proc.stdout
+    assert sum(l.lstrip().startswith(("[PASS]", "[MISS]", "[n/a]")) for l in proc.stdout.splitlines()) == 6

@@ -1,0 +1,88 @@
+"""Every class of user error, through the CLI: one clear message (file, row or key, and the fix),
+a non-zero exit status, no traceback; HYDRA_FULL_ERROR=1 brings the traceback back."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import FAST
+
+
+def _cli(tmp_path, module, *args, env=None):
+    res = subprocess.run([sys.executable, "-m", module, *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    return res.returncode, res.stderr
+
+
+def _pairs(n=4):
+    row = {"prompt": "What is 2 + 3?", "initial_reason_steps": "", "chosen": "2 + 3 = 5.", "rejected": "2 + 3 = 6.",
+           "full_chosen": "2 + 3 = 5.\n#### 5", "full_rejected": "2 + 3 = 6.\n#### 6", "answer": "5", "dataset": "toy"}
+    return [dict(row) for _ in range(n)]
+
+
+def _write_jsonl(path, rows, bad_line=None):
+    lines = [json.dumps(r) for r in rows]
+    if bad_line is not None:
+        lines[bad_line - 1] = '{"prompt": "x", "chosen": }'  # what a hand edit or a torn write leaves
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def case_invalid_json_line(tmp_path):
+    f = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(), bad_line=3)
+    return ["yfpo.train", *FAST, f"data.path={f}"], [r"pairs.jsonl: line 3 is not valid JSON", "fix or delete that line"]
+
+
+def case_malformed_row(tmp_path):
+    rows = _pairs()
+    del rows[1]["rejected"]
+    f = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    return ["yfpo.train", *FAST, f"data.path={f}"], [r"pairs.jsonl: row 1 field 'rejected' must be a string, got missing"]
+
+
+def case_missing_dataset(tmp_path):
+    return ["yfpo.train", *FAST, f"data.path={tmp_path / 'nope.jsonl'}"], [r"data.path=.*nope.jsonl: file does not exist"]
+
+
+def case_corrupt_neuron_file(tmp_path):
+    bad = tmp_path / "neurons.safetensors"
+    bad.write_bytes(b"\xff" * 64)
+    return ["yfpo.train", *FAST, "method=yfpo", f"neurons.path={bad}"], [r"neuron file .*neurons.safetensors cannot be read",
+                                                                        "delete it", "python -m yfpo.neurons"]
+
+
+def case_bad_config_value(tmp_path):
+    return ["yfpo.train", *FAST, "optim.schedule=cosin"], [r"optim.schedule='cosin': choose one of \('cosine', 'linear', 'constant'\)"]
+
+
+def case_missing_model(tmp_path):
+    return ["yfpo.train", *FAST, "model.prepare=null", f"model.path={tmp_path / 'no-model'}"], [r"model.path=.*no-model: no HF model directory"]
+
+
+def case_bad_neuron_selector(tmp_path):
+    return ["yfpo.neurons", *FAST, "neurons.selector=lrp"], [r"neurons.selector='lrp': choose one of"]
+
+
+CASES = [case_invalid_json_line, case_malformed_row, case_missing_dataset, case_corrupt_neuron_file, case_bad_config_value,
+         case_missing_model, case_bad_neuron_selector]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])
+def test_user_errors_end_with_one_clear_message(tmp_path, cache, case):
+    args, patterns = case(tmp_path)
+    code, err = _cli(tmp_path, *args)
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    message = [l for l in err.splitlines() if l.startswith("yfpo: error:")]
+    assert len(message) == 1, err[-2000:]
+    for p in patterns:
+        assert __import__("re").search(p, message[0]), (p, message[0])
+
+
+def test_full_error_brings_the_traceback_back(tmp_path, cache):
+    args, _ = case_missing_dataset(tmp_path)
+    code, err = _cli(tmp_path, *args, env={"HYDRA_FULL_ERROR": "1"})
+    assert code != 0 and "Traceback" in err and "DataError" in err

@@ -1,0 +1,50 @@
+"""Pre-emption: a training process killed with SIGKILL mid-epoch and started again with the same
+command ends bit-identical to a run that was never interrupted (same batches, optimizer, schedule, RNG)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import FAST
+from tests.test_scale import _run
+
+# 32 pairs, 4 per optimizer step (2 x accumulation 2): 8 steps an epoch, 18 steps = 2.25 epochs;
+# lengths grouped, the reference precomputed (the first run caches it, the others reuse it), and a
+# learning rate at which every step moves the weights.
+ARGS = [*FAST, "method=dpo", "reference=precompute", "optim.lr=3e-3", "data.batch_size=2", "data.global_batch_size=4", "data.group_by_length=8",
+        "trainer.max_steps=18", "checkpoints.count=2", "checkpoints.resume_every_n_steps=3"]
+STEPS_PER_EPOCH = 8
+
+
+def _weights(run):
+    return load_file(run / "checkpoints" / "ckpt-2" / "model.safetensors")
+
+
+def test_sigkill_mid_epoch_then_same_command_is_bit_identical(tmp_path, cache):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _run(tmp_path, "yfpo.train", *ARGS, f"hydra.run.dir={straight}")
+
+    cmd = [sys.executable, "-m", "yfpo.train", *ARGS, f"hydra.run.dir={killed}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "checkpoints" / "ckpt-1" / "yfpo_state.json"  # written at step 9
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "DONE").exists()
+    step = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < step < 18 and step % STEPS_PER_EPOCH, f"last.ckpt at step {step}: not a mid-epoch resume"
+
+    _run(tmp_path, "yfpo.train", *ARGS, f"hydra.run.dir={killed}")
+    assert (killed / "DONE").is_file()
+    a, b = _weights(straight), _weights(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
