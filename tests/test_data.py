@@ -9,7 +9,8 @@ import torch
 
 from tests.conftest import compose_cfg
 from yfpo import synthetic
-from yfpo.data import ALPACA, LEAD, DataError, Encoder, collate, format_prompt, load_rows, subset, truncate
+from yfpo.data import DataError, Encoder, collate, load_rows, subset, truncate
+from yfpo.prompts import ALPACA, LEAD, PromptError, format_prompt
 from yfpo.grading import gold_answer
 
 EQ = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)")
@@ -49,7 +50,7 @@ def test_alpaca_template_follows_step_dpo(tokenizer):
     assert format_prompt("alpaca", "Q?", "Step 1.\n") == ALPACA.format(instruction="Q?") + "\nStep 1.\n"
     chat = format_prompt("chat", "Q?", "Step 1.\n", tokenizer)
     assert chat.startswith("<|im_start|>user\nQ?\nPlease reason step by step") and chat.endswith("assistant\nStep 1.\n")
-    with pytest.raises(DataError, match="data.template"):
+    with pytest.raises(PromptError, match="data.template"):
         format_prompt("vicuna", "Q?", "")
 
 

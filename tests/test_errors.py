@@ -66,8 +66,13 @@ def case_bad_neuron_selector(tmp_path):
     return ["yfpo.neurons", *FAST, "neurons.selector=lrp"], [r"neurons.selector='lrp': choose one of"]
 
 
+def case_evaluate_without_checkpoints(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return ["yfpo.evaluate", *FAST, f"run_dir={tmp_path / 'empty'}"], [r"no HF checkpoints \(config.json\) under .*empty"]
+
+
 CASES = [case_invalid_json_line, case_malformed_row, case_missing_dataset, case_corrupt_neuron_file, case_bad_config_value,
-         case_missing_model, case_bad_neuron_selector]
+         case_missing_model, case_bad_neuron_selector, case_evaluate_without_checkpoints]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])

@@ -2,19 +2,15 @@
 
 import pytest
 
-from yfpo import data, prompts
+from yfpo import prompts
 from yfpo.grading import extract_answer
 from yfpo.prompts import FEWSHOT, PromptError, default_stops, eval_prompt, exemplars, stop_token_ids
-
-
-def test_data_reexports_the_prompt_names():
-    assert data.format_prompt is prompts.format_prompt and data.ALPACA is prompts.ALPACA and data.LEAD is prompts.LEAD
 
 
 def test_zero_shot_is_the_training_prompt(tokenizer):
     assert eval_prompt("alpaca", "Q?") == prompts.format_prompt("alpaca", "Q?", None)
     assert eval_prompt("chat", "Q?", tokenizer) == prompts.format_prompt("chat", "Q?", None, tokenizer)
-    with pytest.raises(data.DataError, match="eval.template='vicuna'"):
+    with pytest.raises(PromptError, match="eval.template='vicuna'"):
         eval_prompt("vicuna", "Q?")
 
 

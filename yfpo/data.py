@@ -28,13 +28,11 @@ from tqdm.auto import tqdm
 from yfpo import hub as hub_lib
 from yfpo.errors import UserError
 from yfpo.locks import file_lock
+from yfpo.prompts import format_prompt
 
 PAIR_FIELDS = ("prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen", "full_rejected")
 SFT_FIELDS = ("question", "answer")
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-# Prompt templates live in yfpo.prompts; re-exported here for callers of the old names.
-from yfpo.prompts import ALPACA, BOXED, LEAD, TEMPLATES, format_prompt  # noqa: E402,F401
 
 
 class DataError(UserError, ValueError):

@@ -24,6 +24,11 @@ class ConfigError(UserError, ValueError):
     """A config value that cannot be used; the message names the key and the accepted values."""
 
 
+class MissingError(UserError, FileNotFoundError):
+    """A file or directory the user named, or a stage's output, that is not there; the message says
+    which command makes it."""
+
+
 def run_cli(fn: Callable[..., T], *args, **kwargs) -> T:
     """``fn(*args, **kwargs)``; a :class:`UserError` ends the process with its message and status 2."""
     try:

@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 
 from yfpo import hub
 from yfpo.config import CONF_DIR
-from yfpo.data import load_rows
+from yfpo.data import DataError, load_rows
+from yfpo.errors import ConfigError, MissingError, run_cli
 from yfpo.generation import generate
 from yfpo.grading import gold_answer, score
 from yfpo.models import load_model, load_tokenizer
@@ -87,7 +88,7 @@ def find_checkpoints(target: Path, hub_cfg: DictConfig | None = None) -> list[tu
                 found.append(("ckpt-0", base, run))
         found += [(p.name, p, run) for p in ckpts]
     if not found:
-        raise FileNotFoundError(f"no HF checkpoints (config.json) under {target}: pass a run, multirun or checkpoint directory")
+        raise MissingError(f"no HF checkpoints (config.json) under {target}: pass a run, multirun or checkpoint directory")
     return found
 
 
@@ -99,7 +100,7 @@ def load_problems(cfg: DictConfig) -> list[dict]:
     out = []
     for i, r in enumerate(rows):
         if not isinstance(r.get(e.question_field), str) or not isinstance(r.get(e.gold_field), str):
-            raise ValueError(f"{e.path}: row {i} needs string fields {e.question_field!r} and {e.gold_field!r}")
+            raise DataError(f"{e.path}: row {i} needs string fields {e.question_field!r} and {e.gold_field!r}")
         gold = gold_answer(e.task, r[e.gold_field]) if e.gold_from_solution else r[e.gold_field]
         out.append({"id": r.get(e.id_field, i) if e.get("id_field") else i, "question": r[e.question_field], "gold": gold})
     return out
@@ -214,7 +215,7 @@ def _check_settings(path: Path, settings: dict) -> None:
     saved = json.loads(path.read_text())
     changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
     if changed:
-        raise ValueError(f"{path.parent} was evaluated with other settings {changed} (saved, now): delete that "
+        raise ConfigError(f"{path.parent} was evaluated with other settings {changed} (saved, now): delete that "
                          "directory, or keep both by giving this evaluation its own name with eval.name=NAME")
 
 
@@ -334,12 +335,12 @@ def run_settings(cfg: DictConfig, root: Path) -> DictConfig:
 def check_eval_config(e: DictConfig) -> None:
     """Raise ``ValueError`` naming the ``eval.*`` key that cannot work, and its fix."""
     if e.backend not in BACKENDS:
-        raise ValueError(f"eval.backend={e.backend!r}: choose one of {BACKENDS}")
+        raise ConfigError(f"eval.backend={e.backend!r}: choose one of {BACKENDS}")
     for key in ("num_fewshot", "compare_backends"):
         if not isinstance(e[key], int) or e[key] < 0:
-            raise ValueError(f"eval.{key}={e[key]!r}: give an integer >= 0 (0 turns it off)")
+            raise ConfigError(f"eval.{key}={e[key]!r}: give an integer >= 0 (0 turns it off)")
     if not 0 <= e.warn_rate <= 1:
-        raise ValueError(f"eval.warn_rate={e.warn_rate}: give a share between 0 and 1 (e.g. 0.05)")
+        raise ConfigError(f"eval.warn_rate={e.warn_rate}: give a share between 0 and 1 (e.g. 0.05)")
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
@@ -348,7 +349,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     e = cfg.eval
     check_eval_config(e)
     if not cfg.get("run_dir"):
-        raise ValueError("run_dir=PATH is required: a run directory, a multirun directory or one HF checkpoint")
+        raise ConfigError("run_dir=PATH is required: a run directory, a multirun directory or one HF checkpoint")
     ensure_synthetic(cfg)
     problems = load_problems(cfg)
     summaries, first_output = [], {}
@@ -382,7 +383,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
 def main(cfg: DictConfig) -> None:
     """A Hydra app, so that ``-m`` sweeps (``eval=gsm8k,math500``) run on any Hydra launcher."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    evaluate(cfg)
+    run_cli(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,15 @@ class StopOnText(StoppingCriteria):
 
     (transformers' own ``stop_strings`` also match text that starts in the prompt: a prompt ending
     in a newline plus two generated ones would hit "\\n\\n\\n".) Only the last ``window`` generated
-    tokens are decoded each step, enough to hold the longest stop string even at one byte per token.
+    tokens are decoded each step: a token holds at least one byte, so a stop string of B bytes
+    spans at most B + 1 tokens; the margin covers skipped special tokens.
     """
+
+    WINDOW_MARGIN = 8  # tokens beyond the longest stop string's byte count
 
     def __init__(self, tokenizer, stop: Sequence[str], prompt_len: int):
         self.tok, self.stop, self.prompt_len = tokenizer, list(stop), prompt_len
-        self.window = 4 * max(len(s.encode()) for s in stop) + 4
+        self.window = max(len(s.encode()) for s in stop) + self.WINDOW_MARGIN
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         tail = input_ids[:, self.prompt_len :][:, -self.window :]

@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
+from yfpo.errors import ConfigError
+
 TASKS = ("gsm8k", "synthetic", "math500")
 
 # A number; a "-" counts as a sign only where it cannot be a binary minus ("5-3" gives 5 and 3).
@@ -40,7 +42,7 @@ _FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 
 def _check(task: str) -> None:
     if task not in TASKS:
-        raise ValueError(f"task={task!r}: choose one of {TASKS}")
+        raise ConfigError(f"task={task!r}: choose one of {TASKS}")
 
 
 def _last_boxed(text: str) -> str | None:

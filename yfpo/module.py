@@ -130,6 +130,11 @@ class PreferenceModule(L.LightningModule):
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
     def setup(self, stage: str) -> None:
+        # Before the strategy moves or wraps the model (DDP, FSDP): a precomputed reference is
+        # computed and freed here, so no strategy ever holds a copy of it.
+        if self.pairwise and self.reference_mode == "precompute" and self.ref_table is None:
+            self.ref_table = self._precomputed_table()
+            self.reference = None  # from here on training holds one model
         if self.pairwise and self.neurons is not None and self.recorder is None:
             self.recorder = NeuronRecorder(self.policy, self.neurons.by_layer())
 
@@ -141,20 +146,21 @@ class PreferenceModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.neuron_stats is not None:
             self.neuron_stats = tuple(t.to(self.device) for t in self.neuron_stats)
-        if self.pairwise and self.reference_mode == "precompute":
-            self.ref_table = self._precomputed_table().to(self.device)
-            self.reference = None  # from here on training holds one model
 
     def _precomputed_table(self) -> torch.Tensor:
-        """The ``[rows, 2]`` reference table: from the cache, or computed over all ranks and cached."""
+        """The ``[rows, 2]`` reference table on this process's device: from the cache, or computed
+        over all ranks (the reference visits the device for that pass only) and cached."""
         trainer, cache = self.trainer, self.reference_cache
+        device = trainer.strategy.root_device
         table = cache.load() if cache is not None else None
         if table is not None:
-            return table
+            return table.to(device)
         data = trainer.datamodule
+        self.reference.to(device)
         with trainer.precision_plugin.forward_context():
-            table = compute_table(data.train_set, self.reference_logps, data.collate, data.cfg.batch_size, self.device,
+            table = compute_table(data.train_set, self.reference_logps, data.collate, data.cfg.batch_size, device,
                                   trainer.global_rank, trainer.world_size)
+        self.reference.to("cpu")
         table = trainer.strategy.reduce(table, reduce_op="sum")  # each rank filled its own rows
         if cache is not None and trainer.is_global_zero:
             cache.save(table)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from yfpo.errors import ConfigError
+
 # Step-DPO's prompt for base models; its evaluation prompt starts the response with LEAD.
 ALPACA = (
     "Below is an instruction that describes a task. Write a response that appropriately completes "
@@ -43,16 +45,12 @@ TEMPLATE_STOPS = {
 CHAT_END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
 
 
-class PromptError(ValueError):
+class PromptError(ConfigError):
     """A prompt setting that cannot be used; the message names the config key and the fix."""
 
 
-def _template_error(template: str, key: str) -> ValueError:
-    # DataError is the error every bad-data path of yfpo.data raises (and callers catch); it is
-    # imported here, not at the top, because yfpo.data imports this module.
-    from yfpo.data import DataError
-
-    return DataError(f"{key}={template!r}: choose one of {TEMPLATES}")
+def _template_error(template: str, key: str) -> PromptError:
+    return PromptError(f"{key}={template!r}: choose one of {TEMPLATES}")
 
 
 def format_prompt(template: str, question: str, steps: str | None, tokenizer: Any = None,

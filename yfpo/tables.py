@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from yfpo.errors import ConfigError, MissingError, run_cli
+
 LAYOUTS = ("checkpoints", "tasks")
 BOOTSTRAP_SAMPLES = 10_000
 WARN_RATE = 0.05  # default spec `warn_rate`: the evaluation's warning threshold (conf/eval/*.yaml warn_rate)
@@ -69,7 +71,7 @@ def read_run(run: Path, task: str) -> RunResults:
     """The evaluated checkpoints ``ckpt-1..N`` of ``run`` (``ckpt-0``, the start model, is left out)."""
     root = run / "eval" / task
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} not found: run `python -m yfpo.evaluate run_dir={run} eval={task}` first")
+        raise MissingError(f"{root} not found: run `python -m yfpo.evaluate run_dir={run} eval={task}` first")
     res = RunResults(run)
     for ckpt in sorted(root.glob("ckpt-*"), key=lambda p: int(p.name.split("-")[1])):
         if ckpt.name == "ckpt-0" or not (ckpt / "summary.json").is_file():
@@ -78,7 +80,7 @@ def read_run(run: Path, task: str) -> RunResults:
         res.by_ckpt[ckpt.name] = {r["id"]: float(r["correct"]) for r in rows}
         res.scoring[ckpt.name] = {name: _mean_of(rows, key) for name, key in SCORING_KEYS.items()}
     if not res.by_ckpt:
-        raise FileNotFoundError(f"no finished evaluations under {root}")
+        raise MissingError(f"no finished evaluations under {root}: run `python -m yfpo.evaluate run_dir=...` first")
     return res
 
 
@@ -99,7 +101,7 @@ def paired_bootstrap_p(row: dict, base: dict, seed: int = 0, samples: int = BOOT
     """
     ids = sorted(set(row) & set(base))
     if not ids:
-        raise ValueError("the row and its baseline share no problems: were they evaluated on the same task?")
+        raise ConfigError("the row and its baseline share no problems: were they evaluated on the same task?")
     d = np.array([row[i] - base[i] for i in ids])
     if not d.any():
         return 1.0
@@ -139,7 +141,7 @@ def build(spec: dict, base_dir: Path, task: str | None = None) -> tuple[list[str
 def _build(spec: dict, base_dir: Path, task: str) -> tuple[list[str], list[list[str]]]:
     layout = spec.get("layout", "checkpoints")
     if layout not in LAYOUTS:
-        raise ValueError(f"{spec['name']}: layout={layout!r}, choose one of {LAYOUTS}")
+        raise ConfigError(f"{spec['name']}: layout={layout!r}, choose one of {LAYOUTS}")
     tasks = spec["tasks"] if layout == "tasks" else [task]
     rows = spec["rows"]
     results = {(i, t): [read_run(base_dir / r, t) for r in row["runs"]] for i, row in enumerate(rows) for t in tasks}
@@ -266,7 +268,7 @@ def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit("usage: python -m yfpo.tables experiments/NAME.yaml [...]")
     for path in argv:
-        print(make_tables(Path(path)))
+        print(run_cli(make_tables, Path(path)))
 
 
 if __name__ == "__main__":
