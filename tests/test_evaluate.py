@@ -266,9 +266,12 @@ def test_compare_backends_writes_agreement(run, tmp_path, monkeypatch):
     ("eval.num_fewshot=-1", "eval.num_fewshot=-1"),
     ("eval.compare_backends=-2", "eval.compare_backends=-2"),
     ("eval.stop_token_ids=[a]", "eval.stop_token_ids"),
+    ("eval.template=vicuna", "eval.template='vicuna'"),
+    ("eval.backend=tgi", "eval.backend='tgi'"),
 ])
-def test_bad_eval_settings_name_the_key(run, override, match):
-    cfg = compose_cfg(*FAST, f"run_dir={run / 'checkpoints' / 'ckpt-1'}", "eval.limit=2", override)
+def test_bad_eval_settings_name_the_key(tmp_path, override, match):
+    # checked before any data or model is loaded
+    cfg = compose_cfg(*FAST, f"run_dir={tmp_path / 'missing'}", override)
     with pytest.raises((PromptError, ValueError), match=match):
         ev.evaluate(cfg)
 

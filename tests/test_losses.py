@@ -79,6 +79,11 @@ def test_nll_is_mean_per_token_negative_loglik_and_its_gradient():
     torch.testing.assert_close(grad, -1 / (2 * tokens))  # d/dlogp of -logp/|T| averaged over 2 rows
 
 
+def test_sft_loss_weighs_every_token_alike():
+    logps, tokens = torch.tensor([-6.0, -2.0]), torch.tensor([3.0, 1.0])
+    torch.testing.assert_close(losses.sft_loss(logps, tokens), torch.tensor(8.0 / 4))
+
+
 def test_neuron_scores_sum_in_fp32_even_for_bf16_activations():
     acts = torch.full((1, 512, 64), 1.001, dtype=torch.bfloat16)  # 1.0 in bf16 (8 bits of mantissa)
     acts[0, ::2] = 1.0078125  # the next bf16 value up: the mean must be their exact average

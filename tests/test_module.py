@@ -199,3 +199,15 @@ def test_normalised_neuron_score_uses_the_files_statistics(tokenizer, batch):
         acts = rec.activations()
     want = losses.neuron_scores((acts - mean) / std, batch["response_mask"])
     torch.testing.assert_close(m_norm["neuron/margin"], (want.chunk(2)[0] - want.chunk(2)[1]).mean())
+
+
+def test_sft_loss_is_the_token_mean_cross_entropy_of_the_response(synth_dir, tokenizer):
+    rows = [json.loads(l) for l in (synth_dir / "sft.jsonl").read_text().splitlines()[:4]]
+    cfg = compose_cfg("method=sft", "data=synthetic_sft")
+    b = collate(Encoder(cfg.data, tokenizer).encode_all(rows, "sft", "sft"), tokenizer.pad_token_id)
+    mod = PreferenceModule(make_model(tokenizer), cfg.method, cfg.optim, beta=0.1, lam=0.0)
+    loss, _ = mod.compute_loss(b)
+    logits = mod.policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+    mask = b["response_mask"][:, 1:]
+    want = torch.nn.functional.cross_entropy(logits[mask], b["input_ids"][:, 1:][mask])
+    torch.testing.assert_close(loss, want)

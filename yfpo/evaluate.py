@@ -124,8 +124,6 @@ def decoding(cfg: DictConfig, tok, model_dir: Path) -> dict:
     (``eval.stop``/``eval.stop_token_ids`` when given, else the prompt layout's defaults)."""
     e = cfg.eval
     stop = check_stops(e.stop)
-    if e.stop_token_ids is not None and not all(isinstance(i, int) for i in e.stop_token_ids):
-        raise PromptError(f"eval.stop_token_ids={e.stop_token_ids}: give null (the tokenizer's end-of-turn ids) or a list of ints")
     return {
         "temperature": 0.0, "top_p": 1.0, "max_new_tokens": e.max_new_tokens, "template": e.template,
         "num_fewshot": e.num_fewshot, "fewshot_set": e.fewshot_set if e.num_fewshot else None,
@@ -201,7 +199,8 @@ def health_warnings(summary: dict, limit: float) -> list[str]:
     out = []
     if summary["truncated_rate"] > limit:
         out.append(f"{summary['truncated_rate']:.1%} of completions hit max_new_tokens="
-                   f"{summary['decoding']['max_new_tokens']} without a stop: raise eval.max_new_tokens or check eval.stop")
+                   f"{summary['decoding']['max_new_tokens']} without a stop: read a few in predictions.jsonl (a repetition "
+                   "loop never ends; a solution cut short needs a larger eval.max_new_tokens; text past the answer needs eval.stop)")
     if 1 - summary["extracted_rate"] > limit:
         out.append(f"{1 - summary['extracted_rate']:.1%} of completions give no marked final answer "
                    "(\\boxed{}, 'The answer is', ####): check the prompt (eval.template, eval.num_fewshot)")
@@ -333,7 +332,7 @@ def run_settings(cfg: DictConfig, root: Path) -> DictConfig:
 
 
 def check_eval_config(e: DictConfig) -> None:
-    """Raise ``ValueError`` naming the ``eval.*`` key that cannot work, and its fix."""
+    """Raise :class:`ConfigError` naming the ``eval.*`` key that cannot work, and its fix (before anything loads)."""
     if e.backend not in BACKENDS:
         raise ConfigError(f"eval.backend={e.backend!r}: choose one of {BACKENDS}")
     for key in ("num_fewshot", "compare_backends"):
@@ -341,6 +340,11 @@ def check_eval_config(e: DictConfig) -> None:
             raise ConfigError(f"eval.{key}={e[key]!r}: give an integer >= 0 (0 turns it off)")
     if not 0 <= e.warn_rate <= 1:
         raise ConfigError(f"eval.warn_rate={e.warn_rate}: give a share between 0 and 1 (e.g. 0.05)")
+    check_stops(e.stop)
+    if e.stop_token_ids is not None and not all(isinstance(i, int) for i in e.stop_token_ids):
+        raise PromptError(f"eval.stop_token_ids={e.stop_token_ids}: give null (the tokenizer's EOS and end-of-turn "
+                          "ids) or a list of token ids")
+    default_stops(e.template, e.num_fewshot, e.fewshot_set)  # checks eval.template, eval.fewshot_set, eval.num_fewshot
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:

@@ -78,7 +78,10 @@ class HeadLogProbs(torch.autograd.Function):
                 if need_h:
                     grad_h[s : s + step] = c @ w
                 if need_w:
-                    grad_w += (c.T @ source[s : s + step].to(dtype)).to(acc)
+                    if dtype == acc:  # in place: no second [V, H] buffer
+                        grad_w.addmm_(c.T, source[s : s + step].to(dtype))
+                    else:  # half-precision matmul (as autocast would run it), summed in fp32
+                        grad_w += (c.T @ source[s : s + step].to(dtype)).to(acc)
         return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None, None
 
 

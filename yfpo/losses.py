@@ -111,8 +111,11 @@ def neuron_metrics(score_chosen: torch.Tensor, score_rejected: torch.Tensor) -> 
 
 
 def nll(logps: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean per-token negative log-likelihood ``-logp(y) / |T(y)|`` of ``[B]`` responses, averaged over the batch.
-
-    The SFT loss (over its rows) and the NLL/RPO term (over the chosen responses) of SPEC.
-    """
+    """SPEC's NLL/RPO term: ``-logp(y_w) / |T(y_w)|`` per chosen response, averaged over the ``[B]`` rows."""
     return (-logps / tokens.clamp(min=1)).mean()
+
+
+def sft_loss(logps: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged over all response tokens of the batch (``[B]`` summed
+    log-probs and token counts): every token weighs the same, whatever its row's length."""
+    return -logps.sum() / tokens.sum().clamp(min=1)

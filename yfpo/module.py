@@ -184,7 +184,7 @@ class PreferenceModule(L.LightningModule):
         """Loss and metrics of one batch (see :func:`yfpo.data.collate` for its layout)."""
         out = model_logps(self.policy, batch, self.chunk_tokens, fdt=bool(self.method.fdt))
         if not self.pairwise:
-            return losses.nll(out.logps, out.tokens), {}
+            return losses.sft_loss(out.logps, out.tokens), {}
         pc, pr = out.logps.chunk(2)
         rc, rr = self.reference_logps(batch).chunk(2)
         if self.method.loss == "yfpo":

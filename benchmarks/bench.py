@@ -1,0 +1,611 @@
+"""yfpo against TRL's ``DPOTrainer``: step time and peak memory on the same model and token ids.
+
+    python -m benchmarks.bench                     # the full run (`make bench`), ~10 min on 2 CPU cores
+    python -m benchmarks.bench --chunk-tokens 512,128,2048   # also yfpo DPO with other LM-head chunks
+    python -m benchmarks.bench --quick             # the harness on a tiny vocabulary, one variant pair
+
+The model is a randomly initialised Qwen2-architecture LM built in-process (4 layers, hidden 256,
+intermediate 1024, 4 heads / 2 KV heads, Qwen2's 151,936-token vocabulary, tied embeddings as in
+Qwen2-0.5B, fp32), trained on 2 preference pairs of random token ids (prompt ~64 tokens,
+chosen/rejected responses of unequal lengths, the longest sequence 256 tokens).
+
+Every measurement runs in a fresh subprocess (``--worker``), so the peak memory of one variant
+never includes another's. A step is forward + backward + ``torch.optim.AdamW.step`` on both
+sides: TRL's ``trainer.compute_loss(model, batch)`` on ``trainer.data_collator``'s batch, and
+yfpo's ``PreferenceModule.compute_loss`` on ``yfpo.data.collate``'s batch, both built from the
+same ids (TRL tokenizes the rows with a word-level tokenizer whose token ``t<i>`` is id ``i``;
+the worker asserts that the ids TRL trains on are exactly yfpo's). Before anything is timed, a
+parity worker checks that both sides give the same loss (live and precomputed reference).
+
+Peak memory growth = ``ru_maxrss`` after the steps - RSS before the first step, where the
+kernel's high-water mark (which ``ru_maxrss`` reports) is reset to the current RSS through
+``/proc/self/clear_refs`` right before the first step; so it is the peak growth during the
+steps. It includes what the first step allocates for good: gradients and AdamW state
+(3 x the parameters' size, the same on both sides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+RESULT_TAG = "BENCH_RESULT "
+EOS = "<|endoftext|>"
+GB = 1e9
+
+# Qwen2-0.5B's vocabulary and tied head on a 4-layer, 256-wide body (the issue's model).
+FULL_ARCH = dict(vocab_size=151_936, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2)
+QUICK_ARCH = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2)
+BETA, LAMBDA, NEURONS = 0.1, 0.1, 1024  # YFPO: lambda 0.1, the paper's Top-1024 (random here)
+
+# (label, worker spec) of the main table; "ref" is the reference: live model or precomputed log-probs.
+VARIANTS = {
+    "trl_live": ("TRL DPO (live ref)", dict(kind="trl", pre=False)),
+    "trl_pre": ("TRL DPO (precomputed ref)", dict(kind="trl", pre=True)),
+    "yfpo_dpo": ("yfpo DPO (live ref)", dict(kind="yfpo", method="dpo", pre=False)),
+    "yfpo_dpo_pre": ("yfpo DPO (precomputed ref)", dict(kind="yfpo", method="dpo", pre=True)),
+    "yfpo_yfpo": (f"yfpo YFPO (lambda {LAMBDA}, {NEURONS} neurons)", dict(kind="yfpo", method="yfpo", pre=False)),
+    "yfpo_fdt": ("yfpo FDT (live ref)", dict(kind="yfpo", method="fdt", pre=False)),
+}
+QUICK_VARIANTS = ("trl_live", "yfpo_dpo")
+
+
+# --- data: the same token ids for both sides -------------------------------------------------------
+def eos_id(vocab: int) -> int:
+    return min(151_643, vocab - 1)  # Qwen2's <|endoftext|> id on the full vocabulary
+
+
+def pair_shapes(seq_len: int) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) token counts of the 2 pairs; the longest sequence has ``seq_len`` tokens.
+
+    At 256: (64, 192, 163) and (56, 180, 200): unequal responses both ways and unequal prompts.
+    """
+    p0 = seq_len // 4
+    p1 = p0 - seq_len // 32
+    r0, r1 = seq_len - p0, seq_len - p1
+    return [(p0, r0, round(0.85 * r0)), (p1, round(0.9 * r1), r1)]
+
+
+def make_pairs(seq_len: int, vocab: int, seed: int = 0) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt, chosen, rejected) random token ids; responses end with EOS (TRL would append one)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    eos = eos_id(vocab)
+    ids = lambda n: torch.randint(0, eos, (n,), generator=g).tolist()  # noqa: E731 (never the EOS id)
+    return [(ids(p), ids(c - 1) + [eos], ids(r - 1) + [eos]) for p, c, r in pair_shapes(seq_len)]
+
+
+def yfpo_batch(pairs, vocab: int) -> dict:
+    """yfpo's batch: :func:`yfpo.data.collate` of the pairs as ``Encoded`` rows (row ``i`` = pair ``i``)."""
+    from yfpo.data import Encoded, collate  # imports lightning: only where yfpo runs
+
+    return collate([Encoded(prompt=p, chosen=c, rejected=r, index=i) for i, (p, c, r) in enumerate(pairs)],
+                   eos_id(vocab))
+
+
+def word_tokenizer(vocab: int):
+    """A word-level tokenizer whose word ``t<i>`` is token ``i`` (EOS at :func:`eos_id`): text made by
+    :func:`to_text` tokenizes back to exactly those ids, so TRL's own pipeline sees yfpo's ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    eos = eos_id(vocab)
+    words = {f"t{i}": i for i in range(vocab) if i != eos}
+    words[EOS] = eos
+    tok = Tokenizer(models.WordLevel(words, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+
+
+def to_text(ids: list[int], vocab: int) -> str:
+    eos = eos_id(vocab)
+    return " ".join(EOS if i == eos else f"t{i}" for i in ids)
+
+
+def build_policy(tokenizer, arch: dict, seed: int):
+    from yfpo import tiny
+
+    if len(tokenizer) != arch["vocab_size"]:
+        raise AssertionError(f"tokenizer has {len(tokenizer)} tokens, the model {arch['vocab_size']}")
+    body = {k: v for k, v in arch.items() if k != "vocab_size"}  # the vocabulary comes from the tokenizer
+    return tiny.build_model(tokenizer, seed=seed, attn_implementation="sdpa", **body)
+
+
+# --- worker side ----------------------------------------------------------------------------------
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak() -> bool:
+    """Reset the kernel's RSS high-water mark (``ru_maxrss``) to the current RSS; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def cpu_pressure_us() -> int | None:
+    """Total microseconds some task waited for a CPU (Linux PSI), or None where PSI is unavailable."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().split("total=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def make_trl(policy, ref, rows: list[dict], tokenizer, pre: bool, out_dir: str):
+    import datasets
+    import trl
+
+    args = trl.DPOConfig(output_dir=out_dir, beta=BETA, report_to=[], per_device_train_batch_size=len(rows),
+                         max_length=None, use_cpu=True, bf16=False, gradient_checkpointing=False,
+                         precompute_ref_log_probs=pre, disable_tqdm=True)
+    return trl.DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                          processing_class=tokenizer)
+
+
+def trl_batch(trainer, pairs) -> dict:
+    """TRL's collated batch of its own tokenized rows, after checking they hold exactly ``pairs``' ids."""
+    examples = [trainer.train_dataset[i] for i in range(len(pairs))]
+    for i, (ex, pair) in enumerate(zip(examples, pairs)):
+        if (ex["prompt_ids"], ex["chosen_ids"], ex["rejected_ids"]) != tuple(pair):
+            raise AssertionError(f"TRL tokenized pair {i} differently from yfpo's ids")
+    return trainer.data_collator(examples)
+
+
+def trl_rows(pairs, vocab: int) -> list[dict]:
+    return [{"prompt": to_text(p, vocab), "chosen": " " + to_text(c, vocab), "rejected": " " + to_text(r, vocab)}
+            for p, c, r in pairs]
+
+
+def make_yfpo(policy, method: str, pre: bool, chunk_tokens: int, arch: dict, batch: dict):
+    """yfpo's module as training sets it up: a precomputed reference is scored (on ``batch``) and freed
+    before ``setup("fit")``, which then only registers the neuron hooks (YFPO)."""
+    import torch
+
+    from yfpo.config import compose_config
+    from yfpo.module import PreferenceModule
+    from yfpo.neurons.io import NeuronSet
+
+    cfg = compose_config([f"method={method}"])
+    neurons = None
+    if method == "yfpo":
+        width, layers = arch["intermediate_size"], arch["num_hidden_layers"]
+        k = min(NEURONS, width * layers // 4)
+        flat = torch.randperm(width * layers, generator=torch.Generator().manual_seed(0))[:k]
+        neurons = NeuronSet(flat // width, flat % width, torch.ones(k))
+    module = PreferenceModule(policy, cfg.method, cfg.optim, beta=BETA, lam=LAMBDA if method == "yfpo" else 0.0,
+                              neurons=neurons, reference="precompute" if pre else "live", chunk_tokens=chunk_tokens)
+    if pre:
+        precompute_yfpo(module, batch)
+    module.setup("fit")
+    return module
+
+
+def precompute_yfpo(module, batch) -> None:
+    """What ``on_fit_start`` does with ``reference=precompute``: the reference's log-probs once, then no reference."""
+    import torch
+
+    with torch.inference_mode():
+        ref = module.reference_logps(batch)
+    b = len(batch["index"])
+    table = torch.zeros(int(batch["index"].max()) + 1, 2)
+    table[batch["index"]] = torch.stack([ref[:b], ref[b:]], dim=1)
+    module.ref_table = table
+    module.reference = None
+
+
+def worker_parity(spec: dict) -> dict:
+    """Loss of yfpo and of TRL on the same ids, with a reference that differs from the policy."""
+    import torch
+
+    arch, vocab = spec["arch"], spec["arch"]["vocab_size"]
+    tokenizer = word_tokenizer(vocab)
+    pairs = make_pairs(spec["seq_len"], vocab)
+    policy, ref = build_policy(tokenizer, arch, 0), build_policy(tokenizer, arch, 1)
+    batch = yfpo_batch(pairs, vocab)
+    module = make_yfpo(policy, "dpo", False, spec["chunk_tokens"], arch, batch)
+    module.reference.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        y_live = module.compute_loss(batch)[0].item()
+        precompute_yfpo(module, batch)
+        y_pre = module.compute_loss(batch)[0].item()
+    table = module.ref_table
+    out = {"yfpo_live": y_live, "yfpo_pre": y_pre}
+    with tempfile.TemporaryDirectory() as tmp:
+        for pre in (False, True):
+            trainer = make_trl(policy, ref, trl_rows(pairs, vocab), tokenizer, pre, tmp)
+            b = trl_batch(trainer, pairs)
+            policy.train()
+            with torch.no_grad():
+                out["trl_pre" if pre else "trl_live"] = trainer.compute_loss(policy, b).item()
+            if pre:  # TRL's cached reference log-probs against yfpo's table
+                theirs = torch.stack([b["ref_chosen_logps"], b["ref_rejected_logps"]], dim=1).float()
+                out["ref_logps_max_abs_diff"] = (theirs - table[: len(pairs)]).abs().max().item()
+    out["live_abs_diff"] = abs(out["yfpo_live"] - out["trl_live"])
+    out["pre_abs_diff"] = abs(out["yfpo_pre"] - out["trl_pre"])
+    return out
+
+
+def worker_measure(spec: dict) -> dict:
+    """Set up one variant, then time ``warmup + steps`` steps and take the peak RSS growth over them."""
+    import torch
+
+    arch, vocab, kind = spec["arch"], spec["arch"]["vocab_size"], spec["kind"]
+    tokenizer = word_tokenizer(vocab)
+    pairs = make_pairs(spec["seq_len"], vocab)
+    policy = build_policy(tokenizer, arch, 0)
+    tmp = tempfile.TemporaryDirectory()
+    if kind == "trl":
+        # Live: a frozen copy as the reference (TRL 1.16 needs it passed for an in-memory model).
+        # Precomputed: no ref_model, so TRL scores the reference with the initial policy and holds one model.
+        ref = None if spec["pre"] else copy.deepcopy(policy).requires_grad_(False).eval()
+        trainer = make_trl(policy, ref, trl_rows(pairs, vocab), tokenizer, spec["pre"], tmp.name)
+        batch = trl_batch(trainer, pairs)
+        policy.train()
+        loss_fn = lambda: trainer.compute_loss(policy, batch)  # noqa: E731
+        tokens = int(batch["attention_mask"].sum())
+    elif kind == "yfpo":
+        batch = yfpo_batch(pairs, vocab)
+        module = make_yfpo(policy, spec["method"], spec["pre"], spec["chunk_tokens"], arch, batch)
+        loss_fn = lambda: module.compute_loss(batch)[0]  # noqa: E731
+        tokens = batch["num_tokens"]
+    elif kind == "backbone":  # the decoder alone, no LM head: what memory growth cannot go below
+        batch = yfpo_batch(pairs, vocab)
+        loss_fn = lambda: policy.model(input_ids=batch["input_ids"],  # noqa: E731
+                                       attention_mask=batch["attention_mask"]).last_hidden_state.float().square().mean()
+        tokens = batch["num_tokens"]
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    torch.set_num_threads(spec["threads"])  # again: nothing above may have changed it
+    gc.collect()
+    base = rss_bytes()
+    exact = reset_peak()
+    base_max = max_rss_bytes()
+    times, cpu, losses, load = [], [], [], os.getloadavg()[0]
+    peak_fb = peak_opt = 0
+    for i in range(spec["warmup"] + spec["steps"]):
+        if i == spec["warmup"]:
+            wait0, wall0 = cpu_pressure_us(), time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
+        loss = loss_fn()
+        loss.backward()
+        if exact:  # the peak of forward + backward, then the high-water mark starts again for the optimizer step
+            peak_fb = max(peak_fb, max_rss_bytes() - base)
+            reset_peak()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        if exact:
+            peak_opt = max(peak_opt, max_rss_bytes() - base)
+            reset_peak()
+        losses.append(loss.item())
+    peak = max(peak_fb, peak_opt) if exact else max_rss_bytes() - base
+    wait1 = cpu_pressure_us()
+    # Share of the timed steps' wall time during which some task on the machine waited for a CPU:
+    # ~0 when nothing else ran, near 1 when the cores were contended (the times are then inflated).
+    contention = None if wait0 is None or wait1 is None else (wait1 - wait0) / 1e6 / (time.perf_counter() - wall0)
+    timed = times[spec["warmup"]:]
+    tmp.cleanup()
+    return {"step_s": statistics.median(timed), "step_times_s": times, "step_cpu_s": cpu, "cpu_wait_share": contention,
+            "peak_growth_bytes": peak, "peak_forward_backward_bytes": peak_fb if exact else None,
+            "peak_optimizer_bytes": peak_opt if exact else None,
+            "peak_exact": exact and base_max <= base + 4 * 2**20, "rss_before_bytes": base, "tokens": tokens,
+            "loss_first": losses[0], "threads": torch.get_num_threads(), "load_start": load,
+            "params": sum(p.numel() for p in policy.parameters())}
+
+
+def worker_main(spec: dict) -> None:
+    import warnings
+
+    import torch
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    result = worker_parity(spec) if spec["kind"] == "parity" else worker_measure(spec)
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+# --- driver side ----------------------------------------------------------------------------------
+def run_worker(spec: dict, timeout: float | None = None) -> dict:
+    env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
+    with tempfile.TemporaryDirectory() as cache:
+        env["HF_DATASETS_CACHE"] = cache  # TRL's precomputed reference log-probs are cached here
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--worker", json.dumps(spec)], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_TAG)]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"worker {spec['kind']} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len(RESULT_TAG):])
+
+
+def run_workers(specs: list[dict], jobs: int) -> list[dict]:
+    """:func:`run_worker` of each spec, ``jobs`` at a time (only ``--quick`` runs more than one at a time)."""
+    if jobs <= 1:
+        return [run_worker(s) for s in specs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(run_worker, specs))
+
+
+def machine_info(threads: int) -> dict:
+    from importlib.metadata import version  # not imported here: the driver stays light
+
+    model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                  if l.startswith("model name")), platform.processor())
+    mem = next((int(l.split()[1]) * 1024 for l in Path("/proc/meminfo").read_text().splitlines()
+                if l.startswith("MemTotal")), 0)
+    return {"cpu": model, "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
+            "ram_bytes": mem, "torch": version("torch"), "transformers": version("transformers"),
+            "trl": version("trl"), "python": platform.python_version(), "threads": threads,
+            "load_before": list(os.getloadavg())}
+
+
+def fmt_gb(b: float | None) -> str:
+    return "-" if b is None else f"{b / GB:.2f} GB"
+
+
+def fmt_peak(r: dict) -> str:
+    """Peak growth of a worker result; '>=' where the high-water mark could not be reset (a lower bound)."""
+    return ("" if r["peak_exact"] else ">=") + fmt_gb(r["peak_growth_bytes"])
+
+
+def fmt_share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def fmt_x(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}x"
+
+
+def ratio(a, b):
+    return None if a is None or b is None or not b else a / b
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
+def slope(points: list[tuple[int, float]]) -> float | None:
+    """Least-squares bytes per 1k tokens of sequence length."""
+    if len(points) < 2:
+        return None
+    xs, ys = [p[0] / 1000 for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny vocabulary, TRL DPO vs yfpo DPO only, 1 step, no sweep")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per variant after the warm-up (median reported)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch.set_num_threads in every worker")
+    ap.add_argument("--seq-len", type=int, default=256, help="longest sequence of the main table's batch")
+    ap.add_argument("--chunk-tokens", default="512",
+                    help="yfpo logprobs.chunk_tokens; a comma list adds 'yfpo DPO (chunk N)' rows for the others")
+    ap.add_argument("--lengths", default="256,512,1024,2048", help="sequence lengths of the memory sweep ('' skips it)")
+    ap.add_argument("--max-step-s", type=float, default=120.0,
+                    help="skip a TRL sweep point whose step would take longer (extrapolated from the last point)")
+    ap.add_argument("--out", default=None, help="JSON results (default: benchmarks/results/<date>.json; --quick: none)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker_main(json.loads(args.worker))
+        return 0
+
+    t_start = time.perf_counter()
+    arch = QUICK_ARCH if args.quick else FULL_ARCH
+    seq_len = 64 if args.quick else args.seq_len
+    steps, warmup = (1, 0) if args.quick else (args.steps, args.warmup)
+    chunks = [int(c) for c in args.chunk_tokens.split(",") if c.strip()]
+    lengths = [] if args.quick else [int(x) for x in args.lengths.split(",") if x.strip()]
+    base = dict(arch=arch, threads=args.threads, chunk_tokens=chunks[0])
+    info = machine_info(args.threads)
+    shapes = pair_shapes(seq_len)
+    params = (arch["vocab_size"] * arch["hidden_size"]
+              + arch["num_hidden_layers"] * (arch["hidden_size"] ** 2 * 2 + 2 * arch["hidden_size"] ** 2
+                                             * arch["num_key_value_heads"] // arch["num_attention_heads"]
+                                             + 3 * arch["hidden_size"] * arch["intermediate_size"]))
+    print("yfpo vs TRL DPOTrainer: step time and peak memory, one fresh process per variant")
+    print(f"machine: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
+          f"{info['ram_bytes'] / 2**30:.0f} GiB RAM; python {info['python']}, torch {info['torch']}, "
+          f"transformers {info['transformers']}, trl {info['trl']}; torch.set_num_threads({args.threads}); "
+          f"load average before: {' '.join(f'{x:.2f}' for x in info['load_before'])}")
+    print(f"model: random Qwen2 architecture, {arch['num_hidden_layers']} layers, hidden {arch['hidden_size']}, "
+          f"intermediate {arch['intermediate_size']}, {arch['num_attention_heads']} heads / "
+          f"{arch['num_key_value_heads']} KV heads, vocab {arch['vocab_size']:,}, tied embeddings, fp32, sdpa "
+          f"(~{params / 1e6:.1f}M parameters)")
+    print(f"batch: 2 pairs of random token ids, (prompt, chosen, rejected) tokens {shapes}, padded to {seq_len}; "
+          f"beta {BETA}; AdamW lr 1e-6; yfpo logprobs.chunk_tokens {chunks[0]}")
+    print(f"step: forward + backward + AdamW step; time = median of {steps} step(s) after {warmup} warm-up; "
+          "memory = peak RSS growth over all steps: ru_maxrss after the steps - RSS before the first step, the "
+          "high-water mark reset to the current RSS (/proc/self/clear_refs) just before it; it includes the "
+          "gradients and AdamW state the first step allocates (the same on both sides)")
+
+    names = QUICK_VARIANTS if args.quick else tuple(VARIANTS)
+    specs = [(n, VARIANTS[n][0], VARIANTS[n][1]) for n in names]
+    specs += [(f"yfpo_dpo_chunk{c}", f"yfpo DPO (live ref, chunk {c})", dict(kind="yfpo", method="dpo", pre=False,
+                                                                            chunk_tokens=c)) for c in chunks[1:]]
+    parity_spec = {**base, "kind": "parity", "seq_len": seq_len}
+    measure_specs = [{**base, **spec, "seq_len": seq_len, "steps": steps, "warmup": warmup} for _, _, spec in specs]
+    if args.quick:  # the harness only: all workers at once, so nothing below is a measurement
+        parity, *measured = run_workers([parity_spec] + measure_specs, jobs=len(measure_specs) + 1)
+        print("\n--quick: the workers ran concurrently on a tiny model; the numbers below only show the harness works")
+    else:
+        parity, measured = run_worker(parity_spec), None
+
+    # 1. Parity: both sides compute the same loss on the same ids, before anything is timed.
+    ok = parity["live_abs_diff"] <= 1e-4 and parity["pre_abs_diff"] <= 1e-4
+    print(f"\nparity (policy seed 0, reference seed 1, same ids): live ref: yfpo {parity['yfpo_live']:.6f}, "
+          f"TRL {parity['trl_live']:.6f}, |diff| {parity['live_abs_diff']:.1e}; precomputed ref: yfpo "
+          f"{parity['yfpo_pre']:.6f}, TRL {parity['trl_pre']:.6f}, |diff| {parity['pre_abs_diff']:.1e} "
+          f"(reference log-probs max |diff| {parity['ref_logps_max_abs_diff']:.1e}) -> "
+          f"{'OK (<= 1e-4)' if ok else 'MISMATCH'}")
+    if not ok:
+        print("the two sides do not compute the same loss: nothing timed")
+        return 1
+
+    # 2. The main table.
+    results = {}
+    for i, (name, label, spec) in enumerate(specs):
+        r = measured[i] if measured else run_worker(measure_specs[i])
+        results[name] = {"label": label, **r}
+        print(f"  measured {label}: {r['step_s']:.2f} s, {fmt_peak(r)}", flush=True)
+    trl_live = results["trl_live"]
+    rows = []
+    for name, r in results.items():
+        rows.append([r["label"], f"{r['step_s']:.2f} s", f"{r['tokens'] / r['step_s']:.0f}", fmt_peak(r),
+                     fmt_gb(r["peak_forward_backward_bytes"]), fmt_gb(r["peak_optimizer_bytes"]),
+                     fmt_x(ratio(r["step_s"], trl_live["step_s"])),
+                     fmt_x(ratio(r["peak_growth_bytes"], trl_live["peak_growth_bytes"])), f"{r['load_start']:.2f}",
+                     fmt_share(r["cpu_wait_share"])])
+    print()
+    print(table(["variant", "step time", "tokens/s", "peak mem growth", "in fwd+bwd", "in AdamW step",
+                 "time vs TRL live", "mem vs TRL live", "load", "cpu wait"], rows))
+    state = 3 * trl_live["params"] * 4
+    print(f"peak mem growth = max(in fwd+bwd, in AdamW step), each over all steps. Common to both sides: gradients + "
+          f"AdamW state = 3 x {trl_live['params'] / 1e6:.1f}M x 4 B = {fmt_gb(state)}, held from the first AdamW step "
+          "on, plus the AdamW step's own temporaries.\nload: 1-min load average when the variant's steps started; "
+          "cpu wait: share of its timed steps' wall time in which some task waited for a CPU (Linux PSI; ~0: the "
+          "cores were not contended, the times are clean)")
+    get = lambda n, k: results[n][k] if n in results else None  # noqa: E731
+    ratios = {
+        "yfpo_dpo_vs_trl_time": ratio(get("yfpo_dpo", "step_s"), get("trl_live", "step_s")),
+        "yfpo_dpo_vs_trl_memory": ratio(get("yfpo_dpo", "peak_growth_bytes"), get("trl_live", "peak_growth_bytes")),
+        "yfpo_pre_vs_trl_pre_time": ratio(get("yfpo_dpo_pre", "step_s"), get("trl_pre", "step_s")),
+        "yfpo_pre_vs_trl_pre_memory": ratio(get("yfpo_dpo_pre", "peak_growth_bytes"),
+                                            get("trl_pre", "peak_growth_bytes")),
+        "yfpo_pre_throughput_vs_live": ratio(get("yfpo_dpo", "step_s"), get("yfpo_dpo_pre", "step_s")),
+        "trl_pre_throughput_vs_live": ratio(get("trl_live", "step_s"), get("trl_pre", "step_s")),
+        "yfpo_vs_dpo_time": ratio(get("yfpo_yfpo", "step_s"), get("yfpo_dpo", "step_s")),
+        "fdt_vs_dpo_time": ratio(get("yfpo_fdt", "step_s"), get("yfpo_dpo", "step_s")),
+    }
+    print("\nratios:")
+    print(f"  yfpo DPO / TRL DPO (live ref):        time {fmt_x(ratios['yfpo_dpo_vs_trl_time'])}, "
+          f"peak memory {fmt_x(ratios['yfpo_dpo_vs_trl_memory'])}")
+    print(f"  yfpo DPO / TRL DPO (precomputed ref): time {fmt_x(ratios['yfpo_pre_vs_trl_pre_time'])}, "
+          f"peak memory {fmt_x(ratios['yfpo_pre_vs_trl_pre_memory'])}")
+    print(f"  throughput, precomputed / live ref:   yfpo {fmt_x(ratios['yfpo_pre_throughput_vs_live'])}, "
+          f"TRL {fmt_x(ratios['trl_pre_throughput_vs_live'])}")
+    print(f"  step time vs yfpo DPO:                YFPO {fmt_x(ratios['yfpo_vs_dpo_time'])}, "
+          f"FDT {fmt_x(ratios['fdt_vs_dpo_time'])}")
+
+    # 3. Memory vs sequence length.
+    sweep = {"lengths": lengths, "yfpo_dpo": {}, "trl": {}, "backbone": {}, "trl_skipped": {}}
+    logits_per_1k = 4 * 1000 * arch["vocab_size"] * 4  # fp32 [2B = 4, 1k, V]
+    if lengths:
+        print("\nmemory vs sequence length (DPO, live ref, 2 pairs, the longest row L tokens; one step per point, no "
+              "warm-up). Peak growth during the first forward + backward: activations, the LM head's buffers and "
+              "the gradients; AdamW state is not allocated yet, so what grows with L stands out.", flush=True)
+        last_trl = None
+        for L in lengths:
+            for key, spec in (("yfpo_dpo", dict(kind="yfpo", method="dpo", pre=False)),
+                              ("backbone", dict(kind="backbone"))):
+                sweep[key][L] = run_worker({**base, **spec, "seq_len": L, "steps": 1, "warmup": 0})
+            guess = None if last_trl is None else last_trl[1]["step_s"] * L / last_trl[0] * 1.2
+            if guess is not None and guess > args.max_step_s:
+                sweep["trl_skipped"][L] = (f"skipped: ~{guess:.0f} s/step expected ({last_trl[1]['step_s']:.0f} s at "
+                                           f"{last_trl[0]}) > --max-step-s {args.max_step_s:.0f}")
+            else:
+                sweep["trl"][L] = run_worker({**base, "kind": "trl", "pre": False, "seq_len": L, "steps": 1,
+                                              "warmup": 0}, timeout=max(300.0, 4 * args.max_step_s))
+                last_trl = (L, sweep["trl"][L])
+            print(f"  measured L={L}", flush=True)
+        fb = lambda r: r["peak_forward_backward_bytes"] if r["peak_forward_backward_bytes"] is not None \
+            else r["peak_growth_bytes"]  # noqa: E731
+        rows = []
+        for L in lengths:
+            y, t, bb = sweep["yfpo_dpo"][L], sweep["trl"].get(L), sweep["backbone"][L]
+            rows.append([str(L), fmt_gb(fb(y)), fmt_gb(fb(t)) if t else sweep["trl_skipped"][L], fmt_gb(fb(bb)),
+                         fmt_gb(logits_per_1k * L / 1000), f"{y['step_s']:.1f} s", f"{t['step_s']:.1f} s" if t else "-"])
+        print(table(["tokens L", "yfpo DPO", "TRL DPO", "backbone only (no LM head)", "fp32 [2B,L,V] logits",
+                     "yfpo 1st step", "TRL 1st step"], rows))
+        for key in ("yfpo_dpo", "trl", "backbone"):
+            sweep[f"{key}_slope_bytes_per_1k"] = slope([(L, fb(r)) for L, r in sweep[key].items()])
+        ys, ts, bs = (sweep[f"{k}_slope_bytes_per_1k"] for k in ("yfpo_dpo", "trl", "backbone"))
+        print(f"slope per 1k tokens of L (least squares): yfpo DPO {fmt_gb(ys)}, TRL DPO {fmt_gb(ts)}, backbone only "
+              f"{fmt_gb(bs)}; fp32 [2B,L,V] logits alone would add {fmt_gb(logits_per_1k)}. yfpo/TRL "
+              f"{fmt_x(ratio(ys, ts))}, yfpo/backbone {fmt_x(ratio(ys, bs))}, yfpo/logits {fmt_x(ratio(ys, logits_per_1k))}")
+    else:
+        print("\nmemory vs sequence length: skipped" + (" (--quick)" if args.quick else ""))
+
+    # 4. The issue's targets.
+    def target(name: str, value, limit: float, higher: bool = False, share: bool = False) -> dict:
+        status = "n/a" if value is None else ("PASS" if (value >= limit if higher else value <= limit) else "MISS")
+        shown = "-" if value is None else (f"{value:.2f}" if share else fmt_x(value))
+        return {"target": name, "value": value, "limit": limit, "status": status, "shown": shown}
+
+    targets = [
+        target("DPO peak memory <= 0.5x TRL's", ratios["yfpo_dpo_vs_trl_memory"], 0.5),
+        target("DPO step time <= 1.0x TRL's", ratios["yfpo_dpo_vs_trl_time"], 1.0),
+        target("precomputed-reference DPO >= 1.4x the throughput of live DPO",
+               ratios["yfpo_pre_throughput_vs_live"], 1.4, higher=True),
+        target("YFPO <= 1.05x DPO step time", ratios["yfpo_vs_dpo_time"], 1.05),
+        target("FDT <= 1.10x DPO step time", ratios["fdt_vs_dpo_time"], 1.10),
+    ]
+    ys, bs = sweep.get("yfpo_dpo_slope_bytes_per_1k"), sweep.get("backbone_slope_bytes_per_1k")
+    # "Dominated by the backbone": the decoder alone accounts for at least half of yfpo's growth per token.
+    head_share = None if ys is None or bs is None else max(0.0, (ys - bs) / ys) if ys > 0 else 0.0
+    targets.append(target("memory growth with length dominated by the backbone: share of yfpo's slope not "
+                          "explained by the backbone alone <= 0.5", head_share, 0.5, share=True))
+    print("\ntargets (issue 9):")
+    for t in targets:
+        print(f"  [{t['status']}] {t['target']}: {t['shown']}")
+    load_after = list(os.getloadavg())
+    wall = time.perf_counter() - t_start
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in load_after)}; wall time {wall / 60:.1f} min")
+
+    out = args.out or (None if args.quick else str(RESULTS / f"{dt.date.today().isoformat()}.json"))
+    if out:
+        payload = {"date": dt.datetime.now().isoformat(timespec="seconds"), "command": "python -m benchmarks.bench "
+                   + " ".join(sys.argv[1:] if argv is None else argv), "machine": {**info, "load_after": load_after},
+                   "model": {**arch, "tie_word_embeddings": True, "dtype": "float32", "params": params},
+                   "batch": {"pairs": shapes, "seq_len": seq_len, "beta": BETA, "lambda": LAMBDA, "neurons": NEURONS,
+                             "chunk_tokens": chunks},
+                   "timing": {"steps": steps, "warmup": warmup, "statistic": "median"},
+                   "memory_method": "ru_maxrss after the steps - RSS before the first step, high-water mark reset "
+                                    "via /proc/self/clear_refs before the first step",
+                   "parity": parity, "variants": results, "ratios": ratios,
+                   "sweep": {**sweep, "fp32_logits_bytes_per_1k": logits_per_1k}, "targets": targets,
+                   "wall_s": wall}
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        print(f"saved {Path(out).resolve().relative_to(ROOT) if Path(out).resolve().is_relative_to(ROOT) else out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
