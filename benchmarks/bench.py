@@ -491,16 +491,19 @@ def main(argv: list[str] | None = None) -> int:
     trl_live = results["trl_live"]
     rows = []
     for name, r in results.items():
-        rows.append([r["label"], f"{r['step_s']:.2f} s", f"{r['tokens'] / r['step_s']:.0f}", fmt_peak(r),
+        timed = r["step_times_s"][warmup:]
+        rows.append([r["label"], f"{r['step_s']:.2f} s", f"{min(timed):.2f}-{max(timed):.2f} s",
+                     f"{r['tokens'] / r['step_s']:.0f}", fmt_peak(r),
                      fmt_gb(r["peak_forward_backward_bytes"]), fmt_gb(r["peak_optimizer_bytes"]),
                      fmt_x(ratio(r["step_s"], trl_live["step_s"])),
                      fmt_x(ratio(r["peak_growth_bytes"], trl_live["peak_growth_bytes"])), f"{r['load_start']:.2f}",
                      fmt_share(r["cpu_wait_share"])])
     print()
-    print(table(["variant", "step time", "tokens/s", "peak mem growth", "in fwd+bwd", "in AdamW step",
+    print(table(["variant", "step time", "range", "tokens/s", "peak mem growth", "in fwd+bwd", "in AdamW step",
                  "time vs TRL live", "mem vs TRL live", "load", "cpu wait"], rows))
     state = 3 * trl_live["params"] * 4
-    print(f"peak mem growth = max(in fwd+bwd, in AdamW step), each over all steps. Common to both sides: gradients + "
+    print(f"step time: median of the timed steps (range: their min-max). "
+          f"peak mem growth = max(in fwd+bwd, in AdamW step), each over all steps. Common to both sides: gradients + "
           f"AdamW state = 3 x {trl_live['params'] / 1e6:.1f}M x 4 B = {fmt_gb(state)}, held from the first AdamW step "
           "on, plus the AdamW step's own temporaries.\nload: 1-min load average when the variant's steps started; "
           "cpu wait: share of its timed steps' wall time in which some task waited for a CPU (Linux PSI; ~0: the "
