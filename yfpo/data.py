@@ -17,7 +17,7 @@ import random
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import lightning as L
 import torch
