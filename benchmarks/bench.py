@@ -429,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker_main(json.loads(args.worker))
         return 0
+    if args.steps < 1 or args.warmup < 0:
+        ap.error("--steps must be >= 1 and --warmup >= 0")
 
     t_start = time.perf_counter()
     arch = QUICK_ARCH if args.quick else FULL_ARCH
