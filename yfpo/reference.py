@@ -129,7 +129,7 @@ def compute_table(rows: Sequence, logps_fn: Callable[[dict], torch.Tensor], coll
     ``logps_fn(batch)`` returns ``[2b]`` summed log-probs, chosen rows first (the layout of ``collate``).
     Rows are batched by length, so little compute goes to padding.
     """
-    mine = sorted(range(rank, len(rows), world), key=lambda i: len(rows[i].prompt) + max(len(rows[i].chosen), len(rows[i].rejected)))
+    mine = sorted(range(rank, len(rows), world), key=lambda i: rows[i].longest())
     table = torch.zeros(len(rows), 2, dtype=torch.float32, device=device)
     for s in tqdm(range(0, len(mine), batch_size), desc="reference log-probs", unit="batch", disable=rank != 0):
         idx = mine[s : s + batch_size]
