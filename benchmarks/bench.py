@@ -1,7 +1,7 @@
 """yfpo against TRL's ``DPOTrainer``: step time and peak memory on the same model and token ids.
 
     python -m benchmarks.bench                     # the full run (`make bench`), ~10 min on 2 CPU cores
-    python -m benchmarks.bench --chunk-tokens 512,128,2048   # also yfpo DPO with other LM-head chunks
+    python -m benchmarks.bench --chunk-tokens 128,512,2048   # also yfpo DPO with other LM-head chunks
     python -m benchmarks.bench --quick             # the harness on a tiny vocabulary, one variant pair
 
 The model is a randomly initialised Qwen2-architecture LM built in-process (4 layers, hidden 256,
@@ -10,8 +10,10 @@ Qwen2-0.5B, fp32), trained on 2 preference pairs of random token ids (prompt ~64
 chosen/rejected responses of unequal lengths, the longest sequence 256 tokens).
 
 Every measurement runs in a fresh subprocess (``--worker``), so the peak memory of one variant
-never includes another's. A step is forward + backward + ``torch.optim.AdamW.step`` on both
-sides: TRL's ``trainer.compute_loss(model, batch)`` on ``trainer.data_collator``'s batch, and
+never includes another's. A step is forward + backward + an AdamW step, each side with the
+optimizer its trainer builds by default (TRL: ``trainer.create_optimizer()``, transformers'
+``adamw_torch_fused``; yfpo: ``yfpo.module.build_optimizer``, fused AdamW): TRL's
+``trainer.compute_loss(model, batch)`` on ``trainer.data_collator``'s batch, and
 yfpo's ``PreferenceModule.compute_loss`` on ``yfpo.data.collate``'s batch, both built from the
 same ids (TRL tokenizes the rows with a word-level tokenizer whose token ``t<i>`` is id ``i``;
 the worker asserts that the ids TRL trains on are exactly yfpo's). Before anything is timed, a
@@ -57,7 +59,7 @@ FULL_ARCH = dict(vocab_size=151_936, hidden_size=256, intermediate_size=1024, nu
                  num_attention_heads=4, num_key_value_heads=2)
 QUICK_ARCH = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)
-BETA, LAMBDA, NEURONS = 0.1, 0.1, 1024  # YFPO: lambda 0.1, the paper's Top-1024 (random here)
+BETA, LAMBDA, NEURONS, LR = 0.1, 0.1, 1024, 1e-6  # YFPO: lambda 0.1, the paper's Top-1024 (random here)
 
 # (label, worker spec) of the main table; "ref" is the reference: live model or precomputed log-probs.
 VARIANTS = {
@@ -166,7 +168,7 @@ def make_trl(policy, ref, rows: list[dict], tokenizer, pre: bool, out_dir: str):
     import datasets
     import trl
 
-    args = trl.DPOConfig(output_dir=out_dir, beta=BETA, report_to=[], per_device_train_batch_size=len(rows),
+    args = trl.DPOConfig(output_dir=out_dir, beta=BETA, learning_rate=LR, report_to=[], per_device_train_batch_size=len(rows),
                          max_length=None, use_cpu=True, bf16=False, gradient_checkpointing=False,
                          precompute_ref_log_probs=pre, disable_tqdm=True)
     return trl.DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=datasets.Dataset.from_list(rows),
@@ -196,7 +198,7 @@ def make_yfpo(policy, method: str, pre: bool, chunk_tokens: int, arch: dict, bat
     from yfpo.module import PreferenceModule
     from yfpo.neurons.io import NeuronSet
 
-    cfg = compose_config([f"method={method}"])
+    cfg = compose_config([f"method={method}", f"optim.lr={LR}"])
     neurons = None
     if method == "yfpo":
         width, layers = arch["intermediate_size"], arch["num_hidden_layers"]
@@ -286,7 +288,14 @@ def worker_measure(spec: dict) -> dict:
         tokens = batch["num_tokens"]
     else:
         raise ValueError(f"unknown kind {kind!r}")
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    if kind == "trl":
+        opt = trainer.create_optimizer()
+    else:
+        from yfpo.config import compose_config
+        from yfpo.module import build_optimizer
+
+        opt = build_optimizer(policy, compose_config([f"optim.lr={LR}"]).optim)
+    optimizer = f"{type(opt).__name__}(fused={opt.defaults.get('fused')}, foreach={opt.defaults.get('foreach')})"
     torch.set_num_threads(spec["threads"])  # again: nothing above may have changed it
     gc.collect()
     base = rss_bytes()
@@ -322,7 +331,7 @@ def worker_measure(spec: dict) -> dict:
             "peak_growth_bytes": peak, "peak_forward_backward_bytes": peak_fb if exact else None,
             "peak_optimizer_bytes": peak_opt if exact else None,
             "peak_exact": exact and base_max <= base + 4 * 2**20, "rss_before_bytes": base, "tokens": tokens,
-            "loss_first": losses[0], "threads": torch.get_num_threads(), "load_start": load,
+            "loss_first": losses[0], "optimizer": optimizer, "threads": torch.get_num_threads(), "load_start": load,
             "params": sum(p.numel() for p in policy.parameters())}
 
 
@@ -418,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch.set_num_threads in every worker")
     ap.add_argument("--seq-len", type=int, default=256, help="longest sequence of the main table's batch")
-    ap.add_argument("--chunk-tokens", default="512",
-                    help="yfpo logprobs.chunk_tokens; a comma list adds 'yfpo DPO (chunk N)' rows for the others")
+    ap.add_argument("--chunk-tokens", default=None,
+                    help="yfpo logprobs.chunk_tokens (default: conf/config.yaml's); a comma list adds 'yfpo DPO (chunk N)' rows for the others")
     ap.add_argument("--lengths", default="256,512,1024,2048", help="sequence lengths of the memory sweep ('' skips it)")
     ap.add_argument("--max-step-s", type=float, default=120.0,
                     help="skip a TRL sweep point whose step would take longer (extrapolated from the last point)")
@@ -436,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     arch = QUICK_ARCH if args.quick else FULL_ARCH
     seq_len = 64 if args.quick else args.seq_len
     steps, warmup = (1, 0) if args.quick else (args.steps, args.warmup)
+    if args.chunk_tokens is None:
+        from yfpo.config import compose_config
+
+        args.chunk_tokens = str(compose_config([]).logprobs.chunk_tokens)
     chunks = [int(c) for c in args.chunk_tokens.split(",") if c.strip()]
     lengths = [] if args.quick else [int(x) for x in args.lengths.split(",") if x.strip()]
     base = dict(arch=arch, threads=args.threads, chunk_tokens=chunks[0])
@@ -455,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{arch['num_key_value_heads']} KV heads, vocab {arch['vocab_size']:,}, tied embeddings, fp32, sdpa "
           f"(~{params / 1e6:.1f}M parameters)")
     print(f"batch: 2 pairs of random token ids, (prompt, chosen, rejected) tokens {shapes}, padded to {seq_len}; "
-          f"beta {BETA}; AdamW lr 1e-6; yfpo logprobs.chunk_tokens {chunks[0]}")
+          f"beta {BETA}; AdamW lr {LR} as each trainer builds it by default; yfpo logprobs.chunk_tokens {chunks[0]}")
     print(f"step: forward + backward + AdamW step; time = median of {steps} step(s) after {warmup} warm-up; "
           "memory = peak RSS growth over all steps: ru_maxrss after the steps - RSS before the first step, the "
           "high-water mark reset to the current RSS (/proc/self/clear_refs) just before it; it includes the "
@@ -489,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (name, label, spec) in enumerate(specs):
         r = measured[i] if measured else run_worker(measure_specs[i])
         results[name] = {"label": label, **r}
-        print(f"  measured {label}: {r['step_s']:.2f} s, {fmt_peak(r)}", flush=True)
+        print(f"  measured {label}: {r['step_s']:.2f} s, {fmt_peak(r)}; {r['optimizer']}", flush=True)
     trl_live = results["trl_live"]
     rows = []
     for name, r in results.items():

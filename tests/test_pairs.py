@@ -42,6 +42,16 @@ def test_full_and_step_pairs_for_one_question():
     assert pairs_mod.pairs_for_question(Q, [LUCKY], c, f, "full", 1, random.Random(0)) == ([], "no correct sample")
 
 
+def test_a_completion_that_stops_before_its_answer_gives_no_step_pair():
+    """Its first "wrong" line is one past its last (no '#### N'): there is no step to contrast."""
+    unfinished = "20 + 5 = 25 books."
+    completions = [RIGHT, unfinished]
+    correct, first = _judge(completions)
+    assert correct == [True, False] and first[1] == 1
+    assert pairs_mod.pairs_for_question(Q, completions, correct, first, "step", 1, random.Random(0)) == (
+        [], "no shared correct prefix")
+
+
 def _canned(calls):
     """A stand-in sampler: per prompt, a right or a wrong worked solution drawn from the torch RNG."""
 

@@ -132,3 +132,20 @@ def test_scoring_table_is_blank_for_older_evaluations(spec, tmp_path):
     header, table, warnings = tables.scoring_table(yaml.safe_load(spec.read_text()), tmp_path, ["gsm8k"])
     assert header[4:9] == ["Avg", "Avg strict", "Avg flexible", "truncated", "extracted"]
     assert table[0][4] == "0.6000" and table[0][5:9] == ["", "", "", ""] and warnings == []
+
+
+def test_a_start_row_reads_ckpt_0_and_can_be_the_baseline(tmp_path):
+    """The demo's SFT row: the runs' starting model (ckpt-0), every other row compared with it."""
+    run = make_run(tmp_path, "dpo", "synthetic", [correct(7, 40)])
+    start = tmp_path / run / "eval" / "synthetic" / "ckpt-0"
+    start.mkdir(parents=True)
+    (start / "predictions.jsonl").write_text("".join(json.dumps({"id": i, "correct": i < 20}) + "\n" for i in range(40)))
+    (start / "summary.json").write_text(json.dumps({"accuracy": 0.5}))
+    spec = {"name": "d", "task": "synthetic", "baseline": "SFT", "rows": [
+        {"data": "s", "method": "SFT", "start": True, "runs": [run]},
+        {"data": "s", "method": "DPO", "runs": [run]}]}
+    header, (sft, dpo) = tables.build(spec, tmp_path)
+    col = {h: i for i, h in enumerate(header)}
+    assert sft[col["Avg"]] == "0.5000" and sft[col["Ckpt-1"]] == "" and sft[col["dAvg"]] == ""
+    assert dpo[col["Avg"]] == "0.1750" and dpo[col["dAvg"]] == "-0.3250"
+    assert dpo[col["p (vs baseline)"]] == "<0.0001"  # 13 problems lost, none gained: no resample reaches 0

@@ -1,25 +1,36 @@
-"""``python -m yfpo.demo``: the whole pipeline on the embedded offline default, then a table.
+"""``python -m yfpo.demo``: the whole pipeline on the embedded offline default, then the tables.
 
-Stages run as the CLI commands a user would type (see ``conf/experiment/demo.yaml``):
-``python -m yfpo.neurons`` (which first builds and SFT-trains the tiny model when it is not
-cached), one ``python -m yfpo.train +experiment=demo ...`` per run, ``python -m yfpo.evaluate``
-over every checkpoint, then the tables (``yfpo/tables.py``, spec ``experiments/demo.yaml``).
-Finished stages are skipped on a re-run.
+Stages run as the CLI commands a user would type (settings: ``conf/experiment/demo.yaml``):
+
+1. ``python -m yfpo.neurons neurons=attnlrp`` and ``neurons=random`` (the first builds and
+   SFT-trains the tiny model when it is not cached);
+2. ``python -m yfpo.pairs``: on-policy pairs sampled from the SFT model, every step checked;
+3. ``python -m yfpo.train -m +variant=...`` : one sweep (one process) of the arms in
+   ``conf/variant/`` x ``demo.seeds``;
+4. ``python -m yfpo.evaluate run_dir=multirun/demo``: every arm and the SFT model on all test problems;
+5. the tables (:mod:`yfpo.tables`): SFT as the baseline (intervals, paired bootstrap p-values) and
+   the curves (the paper's Figure 2), plus what the logged metrics show of each mechanism.
+
+Finished stages are skipped on a re-run, and an interrupted one resumes.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from yfpo.config import CONF_DIR, compose_config, run_dirname
+import yaml
+
+from yfpo.config import compose_config, run_dirname
 from yfpo.tables import make_tables
 
-TABLE_KEYS = ("rewards/margins", "rewards/accuracies", "neuron/margin")
+# Logged metrics whose first and last values say what each arm did (TRL's names).
+MECHANISMS = ("logps/chosen", "logps/rejected", "rewards/margins", "neuron/margin", "train/nll")
+LABELS = {"dpo": ("DPO", None), "dpo_nll": ("DPO+NLL", None), "yfpo_attnlrp": ("YFPO (AttnLRP)", "lambda"),
+          "yfpo_random": ("YFPO (random)", "lambda"), "fdt": ("FDT", None)}
 
 
 def sh(module: str, overrides: list[str]) -> None:
@@ -31,51 +42,63 @@ def sh(module: str, overrides: list[str]) -> None:
         sys.exit(done.returncode)
 
 
-def tail_metrics(metrics_csv: Path, keys: tuple[str, ...], rows: int) -> dict[str, float]:
-    """Mean of each metric over its last ``rows`` logged values."""
+def first_last(metrics_csv: Path, keys: tuple[str, ...], rows: int) -> dict[str, tuple[float, float]]:
+    """Mean of each metric over its first and over its last ``rows`` logged values."""
     values: dict[str, list[float]] = {k: [] for k in keys}
     with open(metrics_csv) as f:
         for row in csv.DictReader(f):
             for k in keys:
                 if row.get(k):
                     values[k].append(float(row[k]))
-    return {k: sum(v[-rows:]) / len(v[-rows:]) for k, v in values.items() if v}
+    return {k: (sum(v[:rows]) / len(v[:rows]), sum(v[-rows:]) / len(v[-rows:])) for k, v in values.items() if v}
+
+
+def table_spec(cfg, runs: dict[str, list[str]]) -> dict:
+    """The paper-style table of the arms (``runs``: variant -> run directories, one per seed), SFT first."""
+    rows = [{"data": "synthetic", "method": "SFT", "lambda": None, "start": True, "runs": runs[cfg.demo.variants[0]][:1]}]
+    for v in cfg.demo.variants:
+        method, lam = LABELS.get(v, (v, None))
+        rows.append({"data": "synthetic", "method": method, "lambda": cfg.demo[lam] if lam else None, "runs": runs[v]})
+    return {"name": cfg.name, "task": cfg.eval.task, "layout": "checkpoints", "baseline": "SFT",
+            "title": f"Demo: tiny Qwen2 after SFT, then one epoch of each method on on-policy pairs; "
+                     f"{cfg.eval.task} test (all problems), seeds {list(cfg.demo.seeds)}",
+            "rows": rows}
+
+
+def mechanisms(cfg, runs: dict[str, list[str]], tail: int) -> str:
+    """Markdown: first -> last logged value of :data:`MECHANISMS` per arm (first seed)."""
+    header = ["arm", *MECHANISMS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for v in cfg.demo.variants:
+        m = first_last(Path(runs[v][0]) / "logs" / "metrics.csv", MECHANISMS, tail)
+        cells = [f"{m[k][0]:.4g} -> {m[k][1]:.4g}" if k in m else "" for k in MECHANISMS]
+        lines.append("| " + " | ".join([LABELS.get(v, (v,))[0], *cells]) + " |")
+    return (f"What training did (first seed; mean of the first -> last {tail} logged steps):\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def main(argv: list[str]) -> None:
     start = time.perf_counter()
     base = ["+experiment=demo", *argv]
     cfg = compose_config(base)
-    sh("yfpo.neurons", base)  # prepares the tiny SFT model on first use
-    results = []
-    for run in cfg.demo.runs:
-        sh("yfpo.train", [*base, *run])
-        rdir = Path("runs") / cfg.name / run_dirname(",".join(sorted(run)))  # hydra.run.dir of conf/config.yaml
-        if not (rdir / "DONE").is_file():
-            raise RuntimeError(f"expected the finished run in {rdir}; was hydra.run.dir changed?")
-        results.append((" ".join(run), rdir))
-    out = Path("runs") / cfg.name
-    sh("yfpo.evaluate", [*base, f"run_dir={out}"])
-
-    def accuracy(rdir: Path, ckpt: str) -> str:
-        summary = json.loads((rdir / "eval" / cfg.eval.task / ckpt / "summary.json").read_text())
-        return f"{summary['accuracy']:.2f}"
-
-    header = ["run", "final rewards/margins", "final rewards/accuracies", "final neuron/margin", "accuracy"]
-    table = [["SFT model (start)", "", "", "", accuracy(results[0][1], "ckpt-0")]]
-    for name, rdir in results:
-        m = tail_metrics(rdir / "logs" / "metrics.csv", TABLE_KEYS, cfg.demo.tail_rows)
-        last = f"ckpt-{cfg.checkpoints.count}"
-        table.append([name, *(f"{m[k]:.4g}" if k in m else "n/a" for k in TABLE_KEYS), accuracy(rdir, last)])
-    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *table]]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    text = "\n".join(lines)
-    (out / "summary.md").write_text(text + "\n")
-    spec = Path(cfg.demo.table)
-    spec = spec if spec.is_absolute() else Path(CONF_DIR).parent / spec  # the project's own spec, from any cwd
-    paper_style = make_tables(spec, out=out)
-    print(f"\n{text}\n\n{paper_style}\n[demo] tables and curves saved under {out}; total {time.perf_counter() - start:.0f} s")
+    sh("yfpo.neurons", [*base, "neurons=attnlrp"])  # prepares the tiny SFT model on first use
+    sh("yfpo.neurons", [*base, "neurons=random"])
+    sh("yfpo.pairs", base)
+    variants, seeds = ",".join(cfg.demo.variants), ",".join(str(s) for s in cfg.demo.seeds)
+    sh("yfpo.train", ["-m", *base, f"+variant={variants}", f"seed={seeds}"])
+    sweep = Path("multirun") / cfg.name  # hydra.sweep.dir of conf/config.yaml
+    runs = {v: [str(sweep / run_dirname(f"+variant={v},seed={s}")) for s in cfg.demo.seeds] for v in cfg.demo.variants}
+    missing = [r for rs in runs.values() for r in rs if not (Path(r) / "DONE").is_file()]
+    if missing:
+        raise RuntimeError(f"expected finished runs in {missing}; was hydra.sweep.dir changed?")
+    sh("yfpo.evaluate", [*base, f"run_dir={sweep}"])
+    spec_path = sweep / f"{cfg.name}_spec.yaml"
+    spec_path.write_text(yaml.safe_dump(table_spec(cfg, runs), sort_keys=False))
+    paper_style = make_tables(spec_path, out=sweep)
+    text = mechanisms(cfg, runs, cfg.demo.tail_rows)
+    (sweep / "mechanisms.md").write_text(text)
+    print(f"\n{paper_style}\n{text}\n[demo] tables, curves and spec under {sweep}; "
+          f"total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

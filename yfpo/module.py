@@ -8,6 +8,8 @@ import random
 import time
 
 import lightning as L
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 import numpy as np
 import torch
 from omegaconf import DictConfig
@@ -41,6 +43,16 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, min_ratio: flo
         return min_ratio + (1 - min_ratio) * decay
 
     return f
+
+
+def build_optimizer(model: torch.nn.Module, o, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over ``model``'s trainable parameters from the ``optim`` config. Fused AdamW (default
+    ``optim.fused``) updates each tensor in one kernel, so the step makes no full-size temporaries
+    (transformers' default, adamw_torch_fused); ``fused=False`` overrides the config."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = o.fused if fused is None else fused
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps,
+                             fused=True if fused else None)
 
 
 class PreferenceModule(L.LightningModule):
@@ -226,10 +238,26 @@ class PreferenceModule(L.LightningModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 
+    def _own_strategy(self) -> bool:
+        """Single device or DDP: the strategy steps and clips the optimizer as Lightning's loop does."""
+        return not isinstance(self.trainer.strategy, (FSDPStrategy, DeepSpeedStrategy))
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        plugin = self.trainer.precision_plugin
+        if (gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None and self._own_strategy()
+                and gradient_clip_algorithm in (None, "norm")):
+            # bf16 autocast scales no loss, so the gradients are final here; Lightning refuses to clip
+            # with any optimizer that may unscale internally (fused AdamW) for fp16's sake.
+            torch.nn.utils.clip_grad_norm_([p for p in self.policy.parameters() if p.requires_grad], gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         o = self.optim_cfg
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+        plugin = self.trainer.precision_plugin
+        # foreach where the optimizer is wrapped (FSDP, DeepSpeed) or fp16's loss scaler has to unscale before clipping
+        fp16_clip = getattr(plugin, "scaler", None) is not None and bool(self.trainer.gradient_clip_val)
+        opt = build_optimizer(self.policy, o, fused=bool(o.fused) and self._own_strategy() and not fp16_clip)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = max(1, round(o.warmup_ratio * total))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.schedule, warmup, total, o.min_lr_ratio))

@@ -78,10 +78,9 @@ def pairs_for_question(question: str, completions: list[str], correct: list[bool
                          "full_chosen": completions[g], "full_rejected": completions[b]})
     else:
         for b in bad:
-            k = first_wrong[b]
-            if k is None:
-                continue  # graded wrong but no wrong step found: no step to contrast
-            rejected = _steps(completions[b])
+            k, rejected = first_wrong[b], _steps(completions[b])
+            if k is None or k >= len(rejected):
+                continue  # graded wrong but no wrong step (none found, or it stops before its answer): nothing to contrast
             for g in good:
                 chosen = _steps(completions[g])
                 if len(chosen) > k and chosen[:k] == rejected[:k] and chosen[k] != rejected[k]:

@@ -4,7 +4,10 @@ Each problem is a start amount followed by ``num_steps`` add/subtract events. Th
 written in the field layouts of the real datasets:
 
 - ``sft.jsonl`` and ``test.jsonl``: GSM8K layout, ``question`` and ``answer`` (a worked solution
-  ending in ``#### N``);
+  ending in ``#### N``). With ``slip_rate > 0`` the SFT demonstrations are those of a careless
+  solver: a step whose result crosses a multiple of ten forgets the carry or borrow with that
+  probability (``17 + 5 = 12``), and the slip propagates to the final answer. Test solutions are
+  always right;
 - ``preference.jsonl``: Math-Step-DPO-10K layout (``dataset``, ``prompt``,
   ``initial_reason_steps``, ``chosen``, ``rejected``, ``full_chosen``, ``full_rejected``,
   ``answer``). The rejected step has exactly one arithmetic error; ``full_rejected`` carries the
@@ -49,6 +52,26 @@ class Problem:
 def _step_text(prev: int, delta: int, result: int, item: str) -> str:
     op = "+" if delta >= 0 else "-"
     return f"{prev} {op} {abs(delta)} = {result} {item}."
+
+
+def crosses_ten(value: int, delta: int) -> bool:
+    """Whether ``value + delta`` needs a carry or a borrow (its tens digit differs from ``value``'s)."""
+    return value // 10 != (value + delta) // 10
+
+
+def slipped(p: Problem, rng: random.Random, slip_rate: float) -> Problem:
+    """``p`` as a careless solver writes it: at each step that crosses a ten, with probability
+    ``slip_rate``, the carry or borrow is forgotten (the tens digit is kept: ``17 + 5 = 12``,
+    ``23 - 5 = 28``); later steps carry on from the slipped value."""
+    value, values = p.values[0], [p.values[0]]
+    for delta in p.deltas:
+        result = value + delta
+        if crosses_ten(value, delta) and rng.random() < slip_rate:
+            result = (value // 10) * 10 + result % 10
+        values.append(result)
+        value = result
+    steps = tuple(_step_text(values[k], p.deltas[k], values[k + 1], p.item) for k in range(len(p.deltas)))
+    return Problem(p.question, steps, tuple(values), p.deltas, p.item)
 
 
 def make_problem(rng: random.Random, num_steps: int, max_start: int, max_delta: int) -> Problem:
@@ -157,9 +180,11 @@ def generate(
     num_steps: int = 2,
     max_start: int = 20,
     max_delta: int = 9,
+    slip_rate: float = 0.0,
     seed: int = 0,
 ) -> dict[str, Path]:
-    """Write ``sft.jsonl``, ``preference.jsonl`` and ``test.jsonl`` under ``out_dir``.
+    """Write ``sft.jsonl``, ``preference.jsonl`` and ``test.jsonl`` under ``out_dir``; ``slip_rate``:
+    the share of ten-crossing steps whose carry the SFT demonstrations forget (see :func:`slipped`).
 
     Returns the three paths. Writing is atomic per file, so an interrupted run leaves no
     half-written file behind.
@@ -180,9 +205,10 @@ def generate(
 
     test = fresh(num_test)  # drawn first so that training files can never contain them
     sft, pref = fresh(num_sft), fresh(num_preference)
+    slips = random.Random(seed + 1)  # its own stream: slip_rate changes no question
     files = {
         "test": [{"question": p.question, "answer": p.solution} for p in test],
-        "sft": [{"question": p.question, "answer": p.solution} for p in sft],
+        "sft": [{"question": p.question, "answer": slipped(p, slips, slip_rate).solution} for p in sft],
         "preference": [preference_row(rng, p) for p in pref],
     }
     paths = {}

@@ -13,6 +13,8 @@ A table spec (YAML) names its rows and the run directories behind each (several 
     rows:
       - {data: synthetic, method: DPO, lambda: null, runs: [runs/demo/method=dpo],
          paper: {Avg: 0.36, Best: 0.37}}   # optional: published numbers, shown as "paper <key>"
+      - {data: synthetic, method: SFT, start: true, runs: [runs/demo/method=dpo]}
+                               # start: the runs' starting model (their ckpt-0), e.g. as the baseline
 
 (``experiments:`` and ``evals:`` name the runs' recipes for :mod:`yfpo.reproduce`.)
 
@@ -67,14 +69,15 @@ def _mean_of(rows: list[dict], key: str) -> float | None:
     return None if not values or any(v is None for v in values) else float(np.mean([float(v) for v in values]))
 
 
-def read_run(run: Path, task: str) -> RunResults:
-    """The evaluated checkpoints ``ckpt-1..N`` of ``run`` (``ckpt-0``, the start model, is left out)."""
+def read_run(run: Path, task: str, start: bool = False) -> RunResults:
+    """The evaluated checkpoints ``ckpt-1..N`` of ``run`` (``ckpt-0``, the start model, is left out),
+    or with ``start`` only ``ckpt-0``: a row for the model training started from (e.g. SFT)."""
     root = run / "eval" / task
     if not root.is_dir():
         raise MissingError(f"{root} not found: run `python -m yfpo.evaluate run_dir={run} eval={task}` first")
     res = RunResults(run)
     for ckpt in sorted(root.glob("ckpt-*"), key=lambda p: int(p.name.split("-")[1])):
-        if ckpt.name == "ckpt-0" or not (ckpt / "summary.json").is_file():
+        if (ckpt.name == "ckpt-0") != start or not (ckpt / "summary.json").is_file():
             continue
         rows = [json.loads(l) for l in (ckpt / "predictions.jsonl").read_text().splitlines() if l.strip()]
         res.by_ckpt[ckpt.name] = {r["id"]: float(r["correct"]) for r in rows}
@@ -144,7 +147,8 @@ def _build(spec: dict, base_dir: Path, task: str) -> tuple[list[str], list[list[
         raise ConfigError(f"{spec['name']}: layout={layout!r}, choose one of {LAYOUTS}")
     tasks = spec["tasks"] if layout == "tasks" else [task]
     rows = spec["rows"]
-    results = {(i, t): [read_run(base_dir / r, t) for r in row["runs"]] for i, row in enumerate(rows) for t in tasks}
+    results = {(i, t): [read_run(base_dir / r, t, row.get("start", False)) for r in row["runs"]]
+               for i, row in enumerate(rows) for t in tasks}
     baseline = {row["data"]: i for i, row in enumerate(rows) if row["method"] == spec["baseline"]}
     if layout == "tasks":
         header = ["data", "method", "lambda", "seeds"] + [f"{t} (best)" for t in tasks]
@@ -158,12 +162,13 @@ def _build(spec: dict, base_dir: Path, task: str) -> tuple[list[str], list[list[
     table = []
     for i, row in enumerate(rows):
         s, b = stats[i], baseline.get(row["data"])
-        ckpts = [f"{s['ckpts'].get(f'ckpt-{k}', float('nan')):.4f}" for k in range(1, n_ckpts + 1)]
+        ckpts = [f"{s['ckpts'][f'ckpt-{k}']:.4f}" if f"ckpt-{k}" in s["ckpts"] else "" for k in range(1, n_ckpts + 1)]
         if b is None or b == i:
             delta = ["", "", ""]
         else:
             p = paired_bootstrap_p(per_problem(results[(i, task)]), per_problem(results[(b, task)]), seed=spec.get("seed", 0))
-            delta = [f"{s['avg'] - stats[b]['avg']:+.4f}", f"{s['best'] - stats[b]['best']:+.4f}", f"{p:.3f}"]
+            delta = [f"{s['avg'] - stats[b]['avg']:+.4f}", f"{s['best'] - stats[b]['best']:+.4f}",
+                     f"{p:.3f}" if p >= 1e-3 else f"<{1 / BOOTSTRAP_SAMPLES:g}" if p == 0 else "<0.001"]
         lo, hi = s["ci95"]
         table.append([str(row["data"]), row["method"], _fmt_lambda(row), str(s["seeds"]), *ckpts,
                       f"{s['avg']:.4f}", f"[{lo:.3f}, {hi:.3f}]", f"{s['best']:.4f}", *delta])
@@ -186,7 +191,7 @@ def scoring_table(spec: dict, base_dir: Path, tasks: list[str]) -> tuple[list[st
     table, warnings = [], []
     for row in spec["rows"]:
         for task in tasks:
-            runs = [read_run(base_dir / r, task) for r in row["runs"]]
+            runs = [read_run(base_dir / r, task, row.get("start", False)) for r in row["runs"]]
             per_ckpt = [r.scoring[c] for r in runs for c in r.by_ckpt]
             means = [_mean_of(per_ckpt, k) for k in SCORING_KEYS]
             over = [what for what, bad in checks.items() if any(bad(c) for c in per_ckpt)]
@@ -212,6 +217,8 @@ def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     task = spec_tasks(spec)[0]
     for row in spec["rows"]:
+        if row.get("start"):
+            continue  # the starting model has no training curves
         label = row["method"] + (f" λ={row['lambda']}" if row.get("lambda") is not None else "")
         run = base_dir / row["runs"][0]
         metrics = run / "logs" / "metrics.csv"
