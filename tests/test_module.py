@@ -211,3 +211,29 @@ def test_sft_loss_is_the_token_mean_cross_entropy_of_the_response(synth_dir, tok
     mask = b["response_mask"][:, 1:]
     want = torch.nn.functional.cross_entropy(logits[mask], b["input_ids"][:, 1:][mask])
     torch.testing.assert_close(loss, want)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fused_adamw_and_gradient_clipping_in_a_real_step(tokenizer, batch, precision):
+    """The default optimizer is fused AdamW, and gradients are clipped to gradient_clip_val before it
+    steps, also under bf16-mixed (where Lightning itself refuses to clip with a fused optimizer)."""
+    import lightning as L
+
+    mod, seen = module(tokenizer, "dpo", neurons=None), {}
+    clip, configure = mod.configure_gradient_clipping, mod.configure_optimizers
+
+    def clip_and_measure(*args, **kwargs):
+        clip(*args, **kwargs)
+        seen["norm"] = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in mod.policy.parameters()])).item()
+
+    def configure_and_keep():
+        out = configure()
+        seen["fused"] = out["optimizer"].defaults["fused"]
+        return out
+
+    mod.configure_gradient_clipping, mod.configure_optimizers = clip_and_measure, configure_and_keep
+    trainer = L.Trainer(max_steps=1, precision=precision, gradient_clip_val=1e-3, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(mod, torch.utils.data.DataLoader([batch], batch_size=None))
+    assert seen["fused"] is True
+    assert 0 < seen["norm"] <= 1e-3 * 1.001

@@ -149,3 +149,7 @@ def test_a_start_row_reads_ckpt_0_and_can_be_the_baseline(tmp_path):
     assert sft[col["Avg"]] == "0.5000" and sft[col["Ckpt-1"]] == "" and sft[col["dAvg"]] == ""
     assert dpo[col["Avg"]] == "0.1750" and dpo[col["dAvg"]] == "-0.3250"
     assert dpo[col["p (vs baseline)"]] == "<0.0001"  # 13 problems lost, none gained: no resample reaches 0
+
+
+def test_smooth_is_a_trailing_mean():
+    assert tables.smooth([0.0, 2.0, 4.0, 6.0], 2) == [0.0, 1.0, 3.0, 5.0]

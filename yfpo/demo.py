@@ -27,7 +27,7 @@ import yaml
 from yfpo.config import compose_config, run_dirname
 from yfpo.tables import make_tables
 
-# Logged metrics whose first and last values say what each arm did (TRL's names).
+# Logged metrics whose first- and last-epoch means say what each arm did (TRL's names).
 MECHANISMS = ("logps/chosen", "logps/rejected", "rewards/margins", "neuron/margin", "train/nll")
 LABELS = {"dpo": ("DPO", None), "dpo_nll": ("DPO+NLL", None), "yfpo_attnlrp": ("YFPO (AttnLRP)", "lambda"),
           "yfpo_random": ("YFPO (random)", "lambda"), "fdt": ("FDT", None)}
@@ -42,15 +42,16 @@ def sh(module: str, overrides: list[str]) -> None:
         sys.exit(done.returncode)
 
 
-def first_last(metrics_csv: Path, keys: tuple[str, ...], rows: int) -> dict[str, tuple[float, float]]:
-    """Mean of each metric over its first and over its last ``rows`` logged values."""
-    values: dict[str, list[float]] = {k: [] for k in keys}
+def epoch_means(metrics_csv: Path, keys: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """Mean of each metric over the first and over the last epoch's logged steps."""
+    by_epoch: dict[str, dict[int, list[float]]] = {k: {} for k in keys}
     with open(metrics_csv) as f:
         for row in csv.DictReader(f):
             for k in keys:
                 if row.get(k):
-                    values[k].append(float(row[k]))
-    return {k: (sum(v[:rows]) / len(v[:rows]), sum(v[-rows:]) / len(v[-rows:])) for k, v in values.items() if v}
+                    by_epoch[k].setdefault(int(row["epoch"]), []).append(float(row[k]))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    return {k: (mean(e[min(e)]), mean(e[max(e)])) for k, e in by_epoch.items() if e}
 
 
 def table_spec(cfg, runs: dict[str, list[str]]) -> dict:
@@ -65,15 +66,16 @@ def table_spec(cfg, runs: dict[str, list[str]]) -> dict:
             "rows": rows}
 
 
-def mechanisms(cfg, runs: dict[str, list[str]], tail: int) -> str:
-    """Markdown: first -> last logged value of :data:`MECHANISMS` per arm (first seed)."""
+def mechanisms(cfg, runs: dict[str, list[str]]) -> str:
+    """Markdown: first -> last epoch's mean of :data:`MECHANISMS` per arm (first seed)."""
     header = ["arm", *MECHANISMS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in cfg.demo.variants:
-        m = first_last(Path(runs[v][0]) / "logs" / "metrics.csv", MECHANISMS, tail)
+        m = epoch_means(Path(runs[v][0]) / "logs" / "metrics.csv", MECHANISMS)
         cells = [f"{m[k][0]:.4g} -> {m[k][1]:.4g}" if k in m else "" for k in MECHANISMS]
         lines.append("| " + " | ".join([LABELS.get(v, (v,))[0], *cells]) + " |")
-    return (f"What training did (first seed; mean of the first -> last {tail} logged steps):\n\n"
+    return ("What training did (first seed; mean over the first epoch's logged steps -> over the last's; "
+            "each arm's neuron/margin is on its own neuron set):\n\n"
             + "\n".join(lines) + "\n")
 
 
@@ -95,7 +97,7 @@ def main(argv: list[str]) -> None:
     spec_path = sweep / f"{cfg.name}_spec.yaml"
     spec_path.write_text(yaml.safe_dump(table_spec(cfg, runs), sort_keys=False))
     paper_style = make_tables(spec_path, out=sweep)
-    text = mechanisms(cfg, runs, cfg.demo.tail_rows)
+    text = mechanisms(cfg, runs)
     (sweep / "mechanisms.md").write_text(text)
     print(f"\n{paper_style}\n{text}\n[demo] tables, curves and spec under {sweep}; "
           f"total {time.perf_counter() - start:.0f} s")

@@ -207,8 +207,15 @@ def markdown(title: str, header: list[str], table: list[list[str]], note: str = 
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table] + ([("\n" + note)] if note else [])) + "\n"
 
 
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing mean over ``window`` points (fewer at the start): a trend under per-batch noise."""
+    return [float(np.mean(values[max(0, i + 1 - window) : i + 1])) for i in range(len(values))]
+
+
 def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
-    """Reward margin, neuron margin (over steps) and accuracy per checkpoint, one line per row."""
+    """Reward margin and neuron margin over steps (faint: as logged per batch; solid: a trailing mean
+    over a tenth of the points), and accuracy per checkpoint from the start model (``ckpt-0``) on,
+    one line per row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,10 +223,9 @@ def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     task = spec_tasks(spec)[0]
-    for row in spec["rows"]:
-        if row.get("start"):
-            continue  # the starting model has no training curves
+    for n, row in enumerate(r for r in spec["rows"] if not r.get("start")):  # the start model has no curves
         label = row["method"] + (f" λ={row['lambda']}" if row.get("lambda") is not None else "")
+        color = f"C{n}"
         run = base_dir / row["runs"][0]
         metrics = run / "logs" / "metrics.csv"
         if metrics.is_file():
@@ -228,11 +234,16 @@ def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
             for ax, key in zip(axes[:2], ("rewards/margins", "neuron/margin")):
                 pts = [(int(r["step"]), float(r[key])) for r in logged if r.get(key)]
                 if pts:
-                    ax.plot(*zip(*pts), label=label, alpha=0.8)
+                    steps, values = zip(*pts)
+                    ax.plot(steps, values, color=color, alpha=0.2, linewidth=0.8)
+                    ax.plot(steps, smooth(list(values), max(1, len(values) // 10)), color=color, label=label)
         res = read_run(run, task)
-        ks = sorted(res.by_ckpt, key=lambda n: int(n.split("-")[1]))
-        axes[2].plot([int(k.split("-")[1]) for k in ks], [np.mean(list(res.by_ckpt[k].values())) for k in ks], "o-", label=label)
-    for ax, title in zip(axes, ("rewards/margins", "neuron/margin", f"{task} accuracy per checkpoint")):
+        start = read_run(run, task, start=True).by_ckpt if (run / "eval" / task / "ckpt-0" / "summary.json").is_file() else {}
+        points = {**start, **res.by_ckpt}
+        ks = sorted(points, key=lambda n: int(n.split("-")[1]))
+        axes[2].plot([int(k.split("-")[1]) for k in ks], [np.mean(list(points[k].values())) for k in ks], "o-",
+                     color=color, label=label)
+    for ax, title in zip(axes, ("rewards/margins", "neuron/margin", f"{task} accuracy per checkpoint (0: start)")):
         ax.set_title(title)
         ax.legend(fontsize=7)
     axes[0].set_xlabel("step")
