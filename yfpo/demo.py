@@ -61,8 +61,8 @@ def table_spec(cfg, runs: dict[str, list[str]]) -> dict:
         method, lam = LABELS.get(v, (v, None))
         rows.append({"data": "synthetic", "method": method, "lambda": cfg.demo[lam] if lam else None, "runs": runs[v]})
     return {"name": cfg.name, "task": cfg.eval.task, "layout": "checkpoints", "baseline": "SFT",
-            "title": f"Demo: tiny Qwen2 after SFT, then one epoch of each method on on-policy pairs; "
-                     f"{cfg.eval.task} test (all problems), seeds {list(cfg.demo.seeds)}",
+            "title": f"Demo: tiny Qwen2 after SFT, then {cfg.trainer.max_epochs} epoch(s) of each method on "
+                     f"on-policy pairs; {cfg.eval.task} test (all problems), seeds {list(cfg.demo.seeds)}",
             "rows": rows}
 
 
