@@ -120,3 +120,15 @@ def test_step_checker_rejects_a_right_answer_reached_through_a_wrong_step(synth_
         assert first_wrong_step(r["prompt"], r["initial_reason_steps"] + r["full_chosen"]) is None
         given = len(r["initial_reason_steps"].strip().splitlines()) - 1  # minus the LEAD line
         assert first_wrong_step(r["prompt"], r["initial_reason_steps"] + r["full_rejected"]) == given
+
+
+def test_a_careless_solver_forgets_the_carry_and_the_slip_propagates():
+    import random
+
+    p = synthetic.Problem("q", ("17 + 5 = 22 pens.", "22 + 3 = 25 pens."), (17, 22, 25), (5, 3), "pens")
+    slipped = synthetic.slipped(p, random.Random(0), slip_rate=1.0)
+    assert slipped.steps == ("17 + 5 = 12 pens.", "12 + 3 = 15 pens.")  # the carry forgotten, then carried on
+    question = "Mia has 17 pens. Mia buys 5 more, then gets 3 more. How many pens does Mia have now?"
+    assert synthetic.first_wrong_step(question, slipped.solution) == 0 and synthetic.first_wrong_step(question, p.solution) is None
+    assert synthetic.slipped(p, random.Random(0), slip_rate=0.0) == p
+    assert synthetic.crosses_ten(17, 5) and synthetic.crosses_ten(23, -5) and not synthetic.crosses_ten(22, 3)
