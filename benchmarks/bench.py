@@ -294,7 +294,8 @@ def worker_measure(spec: dict) -> dict:
         from yfpo.config import compose_config
         from yfpo.module import build_optimizer
 
-        opt = build_optimizer(policy, compose_config([f"optim.lr={LR}"]).optim)
+        optim = compose_config([f"optim.lr={LR}"]).optim
+        opt = build_optimizer(policy, optim, fused=optim.fused)
     optimizer = f"{type(opt).__name__}(fused={opt.defaults.get('fused')}, foreach={opt.defaults.get('foreach')})"
     torch.set_num_threads(spec["threads"])  # again: nothing above may have changed it
     gc.collect()

@@ -45,12 +45,11 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, min_ratio: flo
     return f
 
 
-def build_optimizer(model: torch.nn.Module, o, fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW over ``model``'s trainable parameters from the ``optim`` config. Fused AdamW (default
-    ``optim.fused``) updates each tensor in one kernel, so the step makes no full-size temporaries
-    (transformers' default, adamw_torch_fused); ``fused=False`` overrides the config."""
+def build_optimizer(model: torch.nn.Module, o, fused: bool) -> torch.optim.AdamW:
+    """AdamW over ``model``'s trainable parameters from the ``optim`` config. Fused AdamW (``optim.fused``
+    where the strategy allows it) updates each tensor in one kernel, so the step makes no full-size
+    temporaries (transformers' default, adamw_torch_fused)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = o.fused if fused is None else fused
     return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps,
                              fused=True if fused else None)
 
@@ -244,11 +243,14 @@ class PreferenceModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         plugin = self.trainer.precision_plugin
-        if (gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None and self._own_strategy()
-                and gradient_clip_algorithm in (None, "norm")):
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None and self._own_strategy():
             # bf16 autocast scales no loss, so the gradients are final here; Lightning refuses to clip
             # with any optimizer that may unscale internally (fused AdamW) for fp16's sake.
-            torch.nn.utils.clip_grad_norm_([p for p in self.policy.parameters() if p.requires_grad], gradient_clip_val)
+            params = [p for p in self.policy.parameters() if p.requires_grad]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:  # Lightning's default, "norm"
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

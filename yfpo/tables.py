@@ -237,9 +237,11 @@ def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
                     steps, values = zip(*pts)
                     ax.plot(steps, values, color=color, alpha=0.2, linewidth=0.8)
                     ax.plot(steps, smooth(list(values), max(1, len(values) // 10)), color=color, label=label)
-        res = read_run(run, task)
-        start = read_run(run, task, start=True).by_ckpt if (run / "eval" / task / "ckpt-0" / "summary.json").is_file() else {}
-        points = {**start, **res.by_ckpt}
+        try:
+            start = read_run(run, task, start=True).by_ckpt
+        except MissingError:  # the start model was not evaluated: the line begins at ckpt-1
+            start = {}
+        points = {**start, **read_run(run, task).by_ckpt}
         ks = sorted(points, key=lambda n: int(n.split("-")[1]))
         axes[2].plot([int(k.split("-")[1]) for k in ks], [np.mean(list(points[k].values())) for k in ks], "o-",
                      color=color, label=label)
