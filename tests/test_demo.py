@@ -4,6 +4,10 @@ import subprocess
 import sys
 
 import pytest
+import yaml
+
+from yfpo.demo import find_runs
+from yfpo.errors import MissingError
 
 
 def check_demo_outputs(out):
@@ -17,6 +21,31 @@ def check_demo_outputs(out):
     assert (out / "demo_curves.png").stat().st_size > 0
     mech = (out / "mechanisms.md").read_text()
     assert all(f"| {arm} |" in mech for arm in ("DPO", "DPO+NLL", "YFPO (AttnLRP)", "YFPO (random)", "FDT"))
+    assert "| YFPO (AttnLRP) |" in mech.split("Arms against each other")[1], "the arms tested against each other"
+
+
+def fake_run(sweep, name, overrides, done=True):
+    run = sweep / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if done:
+        (run / "DONE").touch()
+
+
+def test_demo_finds_its_runs_whatever_overrides_the_user_added(tmp_path):
+    """`make demo ARGS="optim.lr=3e-5"`: Hydra names the run directories after every override and
+    rewrites values (3e-05), so the runs are matched on what each job recorded, not on a guessed name."""
+    base = ["+experiment=demo", "optim.lr=3e-5"]
+    for v in ("dpo", "fdt"):
+        for s in (1, 2):
+            fake_run(tmp_path, f"+variant={v},optim.lr=3e-05,seed={s}", ["+experiment=demo", "optim.lr=3e-05", f"+variant={v}", f"seed={s}"])
+    fake_run(tmp_path, "+variant=dpo,seed=1", ["+experiment=demo", "+variant=dpo", "seed=1"])  # an earlier sweep's run
+    runs = find_runs(tmp_path, base, ["dpo", "fdt"], [1, 2])
+    assert runs["dpo"] == [str(tmp_path / f"+variant=dpo,optim.lr=3e-05,seed={s}") for s in (1, 2)]
+    assert find_runs(tmp_path, ["+experiment=demo"], ["dpo"], [1])["dpo"] == [str(tmp_path / "+variant=dpo,seed=1")]
+    fake_run(tmp_path, "+variant=dpo,seed=2", ["+experiment=demo", "+variant=dpo", "seed=2"], done=False)  # crashed
+    with pytest.raises(MissingError, match=r"\+variant=dpo seed=2"):
+        find_runs(tmp_path, ["+experiment=demo"], ["dpo"], [1, 2])
 
 
 @pytest.mark.slow

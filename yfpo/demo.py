@@ -24,8 +24,11 @@ from pathlib import Path
 
 import yaml
 
-from yfpo.config import compose_config, run_dirname
-from yfpo.tables import make_tables
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from yfpo.config import compose_config
+from yfpo.errors import ConfigError, MissingError, run_cli
+from yfpo.tables import BOOTSTRAP_SAMPLES, make_tables, paired_bootstrap_p, per_problem, read_run
 
 # Logged metrics whose first- and last-epoch means say what each arm did (TRL's names).
 MECHANISMS = ("logps/chosen", "logps/rejected", "rewards/margins", "neuron/margin", "train/nll")
@@ -54,6 +57,31 @@ def epoch_means(metrics_csv: Path, keys: tuple[str, ...]) -> dict[str, tuple[flo
     return {k: (mean(e[min(e)]), mean(e[max(e)])) for k, e in by_epoch.items() if e}
 
 
+def parsed(overrides: list[str]) -> dict[str, object]:
+    """Command-line overrides as {key: value}, so that ``3e-5`` and Hydra's rewritten ``3e-05`` compare equal."""
+    return {o.get_key_element(): o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+
+
+def find_runs(sweep: Path, base: list[str], variants, seeds) -> dict[str, list[str]]:
+    """variant -> the finished run directory of each seed, as recorded by Hydra in each job's
+    ``.hydra/overrides.yaml`` (the directory names depend on every override the user added)."""
+    by_overrides = {}
+    for done in sweep.glob("*/DONE"):
+        recorded = yaml.safe_load((done.parent / ".hydra" / "overrides.yaml").read_text())
+        by_overrides[repr(sorted(parsed(recorded).items(), key=str))] = str(done.parent)
+    runs, missing = {}, []
+    for v in variants:
+        for s in seeds:
+            want = repr(sorted(parsed([*base, f"+variant={v}", f"seed={s}"]).items(), key=str))
+            if want in by_overrides:
+                runs.setdefault(v, []).append(by_overrides[want])
+            else:
+                missing.append(f"+variant={v} seed={s}")
+    if missing:
+        raise MissingError(f"no finished run under {sweep} for {missing}; was hydra.sweep.dir changed?")
+    return runs
+
+
 def table_spec(cfg, runs: dict[str, list[str]]) -> dict:
     """The paper-style table of the arms (``runs``: variant -> run directories, one per seed), SFT first."""
     rows = [{"data": "synthetic", "method": "SFT", "lambda": None, "start": True, "runs": runs[cfg.demo.variants[0]][:1]}]
@@ -79,29 +107,46 @@ def mechanisms(cfg, runs: dict[str, list[str]]) -> str:
             + "\n".join(lines) + "\n")
 
 
+def versus(cfg, runs: dict[str, list[str]]) -> str:
+    """Markdown: the arm pairs of ``demo.compare`` on the same problems (last checkpoint, seeds
+    pooled): the differences between the methods, which the SFT-baseline table does not test."""
+    ckpt = f"ckpt-{cfg.checkpoints.count}"
+    acc = {v: per_problem([read_run(Path(r), cfg.eval.task) for r in rs], [ckpt]) for v, rs in runs.items()}
+    mean = {v: sum(a.values()) / len(a) for v, a in acc.items()}
+    label = lambda v: LABELS.get(v, (v,))[0]  # noqa: E731
+    lines = ["| arm | accuracy | against | its accuracy | difference | p |", "|---|---|---|---|---|---|"]
+    for arm, other in cfg.demo.compare:
+        p = paired_bootstrap_p(acc[arm], acc[other], seed=0)
+        p_text = f"<{1 / BOOTSTRAP_SAMPLES:g}" if p == 0 else f"{p:.4f}"
+        lines.append(f"| {label(arm)} | {mean[arm]:.4f} | {label(other)} | {mean[other]:.4f} | "
+                     f"{mean[arm] - mean[other]:+.4f} | {p_text} |")
+    return (f"Arms against each other ({ckpt}, seeds pooled; two-sided paired bootstrap over problems):\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def main(argv: list[str]) -> None:
     start = time.perf_counter()
     base = ["+experiment=demo", *argv]
     cfg = compose_config(base)
+    unknown = sorted({a for pair in cfg.demo.compare for a in pair} - set(cfg.demo.variants))
+    if unknown:  # before any training, not after it
+        raise ConfigError(f"demo.compare names {unknown}, which are not in demo.variants={list(cfg.demo.variants)}")
     sh("yfpo.neurons", [*base, "neurons=attnlrp"])  # prepares the tiny SFT model on first use
     sh("yfpo.neurons", [*base, "neurons=random"])
     sh("yfpo.pairs", base)
     variants, seeds = ",".join(cfg.demo.variants), ",".join(str(s) for s in cfg.demo.seeds)
     sh("yfpo.train", ["-m", *base, f"+variant={variants}", f"seed={seeds}"])
     sweep = Path("multirun") / cfg.name  # hydra.sweep.dir of conf/config.yaml
-    runs = {v: [str(sweep / run_dirname(f"+variant={v},seed={s}")) for s in cfg.demo.seeds] for v in cfg.demo.variants}
-    missing = [r for rs in runs.values() for r in rs if not (Path(r) / "DONE").is_file()]
-    if missing:
-        raise RuntimeError(f"expected finished runs in {missing}; was hydra.sweep.dir changed?")
+    runs = find_runs(sweep, base, cfg.demo.variants, cfg.demo.seeds)
     sh("yfpo.evaluate", [*base, f"run_dir={sweep}"])
     spec_path = sweep / f"{cfg.name}_spec.yaml"
     spec_path.write_text(yaml.safe_dump(table_spec(cfg, runs), sort_keys=False))
     paper_style = make_tables(spec_path, out=sweep)
-    text = mechanisms(cfg, runs)
+    text = mechanisms(cfg, runs) + "\n" + versus(cfg, runs)
     (sweep / "mechanisms.md").write_text(text)
     print(f"\n{paper_style}\n{text}\n[demo] tables, curves and spec under {sweep}; "
           f"total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main, sys.argv[1:])
