@@ -9,7 +9,8 @@ Stages run as the CLI commands a user would type (settings: ``conf/experiment/de
    ``conf/variant/`` x ``demo.seeds``;
 4. ``python -m yfpo.evaluate run_dir=multirun/demo``: every arm and the SFT model on all test problems;
 5. the tables (:mod:`yfpo.tables`): SFT as the baseline (intervals, paired bootstrap p-values) and
-   the curves (the paper's Figure 2), plus what the logged metrics show of each mechanism.
+   the curves (the paper's Figure 2), plus what the logged metrics show of each mechanism and the
+   arm pairs of ``demo.compare`` tested against each other.
 
 Finished stages are skipped on a re-run, and an interrupted one resumes.
 """
@@ -23,12 +24,11 @@ import time
 from pathlib import Path
 
 import yaml
-
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from yfpo.config import compose_config
 from yfpo.errors import ConfigError, MissingError, run_cli
-from yfpo.tables import BOOTSTRAP_SAMPLES, make_tables, paired_bootstrap_p, per_problem, read_run
+from yfpo.tables import format_p, make_tables, paired_bootstrap_p, per_problem, read_run
 
 # Logged metrics whose first- and last-epoch means say what each arm did (TRL's names).
 MECHANISMS = ("logps/chosen", "logps/rejected", "rewards/margins", "neuron/margin", "train/nll")
@@ -116,10 +116,9 @@ def versus(cfg, runs: dict[str, list[str]]) -> str:
     label = lambda v: LABELS.get(v, (v,))[0]  # noqa: E731
     lines = ["| arm | accuracy | against | its accuracy | difference | p |", "|---|---|---|---|---|---|"]
     for arm, other in cfg.demo.compare:
-        p = paired_bootstrap_p(acc[arm], acc[other], seed=0)
-        p_text = f"<{1 / BOOTSTRAP_SAMPLES:g}" if p == 0 else f"{p:.4f}"
+        p = format_p(paired_bootstrap_p(acc[arm], acc[other], seed=0))
         lines.append(f"| {label(arm)} | {mean[arm]:.4f} | {label(other)} | {mean[other]:.4f} | "
-                     f"{mean[arm] - mean[other]:+.4f} | {p_text} |")
+                     f"{mean[arm] - mean[other]:+.4f} | {p} |")
     return (f"Arms against each other ({ckpt}, seeds pooled; two-sided paired bootstrap over problems):\n\n"
             + "\n".join(lines) + "\n")
 

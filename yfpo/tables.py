@@ -113,6 +113,11 @@ def paired_bootstrap_p(row: dict, base: dict, seed: int = 0, samples: int = BOOT
     return float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
 
 
+def format_p(p: float) -> str:
+    """A p-value as the tables print it; 0 (no resample on the other side) is below the bootstrap's resolution."""
+    return f"{p:.3f}" if p >= 1e-3 else f"<{1 / BOOTSTRAP_SAMPLES:g}" if p == 0 else "<0.001"
+
+
 def checkpoint_row(runs: list[RunResults]) -> dict:
     """Ckpt-k accuracies (mean over seeds), Avg, Best, Avg's 95 % interval (normal, over problems)."""
     names = sorted(set.intersection(*(set(r.by_ckpt) for r in runs)), key=lambda n: int(n.split("-")[1]))
@@ -168,7 +173,7 @@ def _build(spec: dict, base_dir: Path, task: str) -> tuple[list[str], list[list[
         else:
             p = paired_bootstrap_p(per_problem(results[(i, task)]), per_problem(results[(b, task)]), seed=spec.get("seed", 0))
             delta = [f"{s['avg'] - stats[b]['avg']:+.4f}", f"{s['best'] - stats[b]['best']:+.4f}",
-                     f"{p:.3f}" if p >= 1e-3 else f"<{1 / BOOTSTRAP_SAMPLES:g}" if p == 0 else "<0.001"]
+                     format_p(p)]
         lo, hi = s["ci95"]
         table.append([str(row["data"]), row["method"], _fmt_lambda(row), str(s["seeds"]), *ckpts,
                       f"{s['avg']:.4f}", f"[{lo:.3f}, {hi:.3f}]", f"{s['best']:.4f}", *delta])
