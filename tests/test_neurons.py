@@ -102,3 +102,29 @@ def test_selection_stores_activation_statistics_that_make_the_score_scale_free(s
 def test_normalised_score_needs_a_file_with_statistics():
     with pytest.raises(io.NeuronFileError, match="no activation statistics.*neurons.overwrite=true"):
         io.NeuronSet(torch.tensor([0]), torch.tensor([1]), torch.ones(1)).stats_by_layer()
+
+
+def test_a_cached_neuron_file_is_reused_only_for_the_same_weights(cache, monkeypatch, capsys):
+    """The file name keys on model.name; a retrained model under the same name gets its own neurons."""
+    from tests.conftest import FAST
+    from yfpo.neurons import __main__ as stage
+
+    args = [*FAST, "neurons=random", "neurons.num_samples=4"]
+    first = io.load(stage.select(compose_cfg(*args)))
+    assert len(first.meta["weights"]) == 40
+    stage.select(compose_cfg(*args))
+    assert "exists; keeping it" in capsys.readouterr().out
+
+    load = stage.load_model
+
+    def retrained(*a, **k):  # the same model name and path, other weights
+        model = load(*a, **k)
+        with torch.no_grad():
+            model.model.layers[0].mlp.up_proj.weight.mul_(2.0)
+        return model
+
+    monkeypatch.setattr(stage, "load_model", retrained)
+    again = io.load(stage.select(compose_cfg(*args)))
+    assert "was computed from other weights" in capsys.readouterr().out
+    assert again.meta["weights"] != first.meta["weights"]
+    assert not torch.equal(again.mean, first.mean)  # the statistics are those of the new weights

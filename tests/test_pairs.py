@@ -118,3 +118,27 @@ def test_sampling_from_the_real_model_runs(tmp_path, cache):
 def test_step_mode_needs_a_checker(cache):
     with pytest.raises(pairs_mod.ConfigError, match="pairs.mode=step needs a step checker"):
         pairs_mod.make_pairs(compose_cfg(*FAST, "pairs.mode=step", "pairs.checker=null"))
+
+
+def test_a_cached_pairs_file_is_reused_only_for_the_same_weights(tmp_path, cache, monkeypatch, capsys):
+    """Pairs are on-policy only for the weights they were sampled from; the file name keys on model.name."""
+    calls = []
+    monkeypatch.setattr(pairs_mod, "generate", _canned(calls))
+    cfg = compose_cfg(*FAST, "pairs.num_questions=8", "pairs.samples=4", f"pairs.out={tmp_path / 'p.jsonl'}")
+    pairs_mod.make_pairs(cfg)
+    pairs_mod.make_pairs(cfg)
+    assert len(calls) == 1 and "exists; keeping it" in capsys.readouterr().out
+    before = json.loads((tmp_path / "p.jsonl.meta.json").read_text())["weights"]
+
+    load = pairs_mod.load_model
+
+    def retrained(*a, **k):
+        model = load(*a, **k)
+        with torch.no_grad():
+            model.lm_head.weight.add_(1e-3)
+        return model
+
+    monkeypatch.setattr(pairs_mod, "load_model", retrained)
+    pairs_mod.make_pairs(cfg)
+    assert len(calls) == 2 and "sampled from other weights" in capsys.readouterr().out
+    assert json.loads((tmp_path / "p.jsonl.meta.json").read_text())["weights"] != before

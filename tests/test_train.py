@@ -84,6 +84,17 @@ def test_resuming_with_another_config_is_refused(tmp_path, cache):
         fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1", "beta=0.3"), tmp_path / "run")
 
 
+def test_a_finished_run_of_another_config_is_refused_not_reported_done(tmp_path, cache, monkeypatch):
+    """A finished run directory is kept only for the config that made it: after a default or the cached
+    model changes (here model.path), the old result must not pass for the new one. A moved cache is fine."""
+    fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1"), tmp_path / "run")
+    with pytest.raises(UserError, match=r"holds a finished run with another config \(model.path: .*Delete .*run to train it again"):
+        fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1", "model.path=${cache_dir}/other"),
+            tmp_path / "run")
+    monkeypatch.setenv("YFPO_CACHE", str(tmp_path / "moved-cache"))
+    fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1"), tmp_path / "run")  # still done
+
+
 def test_yfpo_without_neuron_file_names_the_command(tmp_path, cache):
     with pytest.raises(NeuronFileError, match=r"does not exist.*python -m yfpo.neurons .*model=tiny_base neurons=random"):
         fit(compose_cfg(*FAST, "method=yfpo"), tmp_path / "run")

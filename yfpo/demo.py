@@ -39,10 +39,12 @@ LABELS = {"dpo": ("DPO", None), "dpo_nll": ("DPO+NLL", None), "yfpo_attnlrp": ("
 def sh(module: str, overrides: list[str]) -> None:
     cmd = [sys.executable, "-m", module, *overrides]
     print(f"\n[demo] $ python -m {module} {' '.join(overrides)}", flush=True)
+    start = time.perf_counter()
     done = subprocess.run(cmd)
     if done.returncode:  # the stage has printed its own error
         print(f"[demo] stopped: `python -m {module}` exited with status {done.returncode}", file=sys.stderr)
         sys.exit(done.returncode)
+    print(f"[demo] python -m {module}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def epoch_means(metrics_csv: Path, keys: tuple[str, ...]) -> dict[str, tuple[float, float]]:

@@ -3,6 +3,7 @@ making the offline models and data is :mod:`yfpo.prepare`'s job)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -49,3 +50,13 @@ def load_model(m: DictConfig, path: Path | str, autocast: bool = False):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return model
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of every parameter's name, shape, dtype and float64 sums; cheap next to one forward pass."""
+    h = hashlib.sha1()
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            x = p.detach().double()
+            h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|{x.sum().item():.12e}|{x.abs().sum().item():.12e}".encode())
+    return h.hexdigest()

@@ -37,7 +37,7 @@ from yfpo.data import DataError, load_rows, sft_fields, validate_rows, write_jso
 from yfpo.errors import ConfigError, run_cli
 from yfpo.generation import generate
 from yfpo.grading import gold_answer, grade
-from yfpo.models import load_model, load_tokenizer
+from yfpo.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.neurons.__main__ import device_for
 from yfpo.prepare import ensure_model, ensure_synthetic
 from yfpo.prompts import LEAD, default_stops, format_prompt, stop_token_ids
@@ -104,13 +104,21 @@ def make_pairs(cfg: DictConfig) -> Path:
     if p.mode == "step" and p.checker is None:
         raise ConfigError("pairs.mode=step needs a step checker (pairs.checker) to find the first wrong step")
     out = Path(p.out)
-    if out.is_file():
-        print(f"[yfpo] pairs file {out} exists; keeping it (delete it to sample again)")
-        return out
     ensure_synthetic(cfg)
     path = ensure_model(cfg)
+    model = load_model(cfg.model, path)
+    weights = weights_fingerprint(model)
+    if out.is_file():
+        meta = out.with_name(out.name + ".meta.json")
+        made_from = json.loads(meta.read_text()).get("weights") if meta.is_file() else None
+        if made_from == weights:
+            print(f"[yfpo] pairs file {out} exists; keeping it (delete it to sample again)")
+            return out
+        # The name keys on model.name only: pairs from a retrained or replaced model are not on-policy.
+        print(f"[yfpo] pairs file {out} was sampled from other weights of {cfg.model.name!r} "
+              f"({made_from or 'not recorded'}, now {weights}); sampling again")
     tokenizer = load_tokenizer(cfg.model, path)
-    model = load_model(cfg.model, path).to(device_for(p.device)).eval()
+    model = model.to(device_for(p.device)).eval()
     q_field, a_field = sft_fields(p)
     rows = load_rows(p.questions, hub=cfg.hub, key="pairs.questions")
     validate_rows(rows, (q_field, a_field), p.questions)
@@ -121,7 +129,7 @@ def make_pairs(cfg: DictConfig) -> Path:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial, progress = out.with_name(out.name + ".partial.jsonl"), out.with_name(out.name + ".progress.json")
-    identity = {"model": cfg.model.name, "config": OmegaConf.to_container(p, resolve=True)}
+    identity = {"model": cfg.model.name, "weights": weights, "config": OmegaConf.to_container(p, resolve=True)}
     state = json.loads(progress.read_text()) if progress.is_file() else {"identity": identity, "done": 0, "counts": {}}
     if state["identity"] != identity:
         raise DataError(f"{partial} was started with other settings; delete it and {progress} to start again")
@@ -167,7 +175,7 @@ def make_pairs(cfg: DictConfig) -> Path:
         "sampled_accuracy_all_steps_right": counts["correct"] / max(counts["samples"], 1) if check else None,
         "right_answer_wrong_step": counts["right_answer_wrong_step"],
         "skipped": {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped: ") and v},
-        "model": cfg.model.name, "settings": identity["config"],
+        "model": cfg.model.name, "weights": weights, "settings": identity["config"],
     }
     rows_out = [json.loads(l) for l in partial.read_text().splitlines()]
     write_jsonl(out, rows_out, summary)  # the summary goes to <out>.meta.json

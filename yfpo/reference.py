@@ -36,16 +36,6 @@ class ReferenceCacheError(UserError, ValueError):
     """A cached reference table that does not belong to this run; the message names the file and the fix."""
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of every parameter's name, shape, dtype and float64 sums; cheap next to one forward pass."""
-    h = hashlib.sha1()
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            x = p.detach().double()
-            h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|{x.sum().item():.12e}|{x.abs().sum().item():.12e}".encode())
-    return h.hexdigest()
-
-
 def rows_fingerprint(rows: Sequence) -> str:
     """A hash of the token ids of every row (:class:`yfpo.data.Encoded`), in order."""
     h = hashlib.sha1()

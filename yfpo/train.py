@@ -23,18 +23,19 @@ from yfpo.config import CONF_DIR
 from yfpo.data import PreferenceDataModule
 from yfpo.errors import ConfigError, UserError, run_cli
 from yfpo.loggers import make_loggers
-from yfpo.models import load_model, load_tokenizer
+from yfpo.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.prepare import ensure_model, ensure_synthetic
 from yfpo.module import PreferenceModule
 from yfpo.neurons import io as neuron_io
-from yfpo.reference import ReferenceCache, rows_fingerprint, weights_fingerprint
+from yfpo.reference import ReferenceCache, rows_fingerprint
 from yfpo.strategies import build_strategy
 
 DONE = "DONE"
 RUN_CONFIG = "run_config.yaml"
 # Keys that may differ between the first start of a run and its resumption.
 RESUME_FREE = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "trainer.accumulate_grad_batches",
-               "trainer.enable_progress_bar", "logger", "cache_dir", "hub")
+               "trainer.enable_progress_bar", "logger", "cache_dir", "hub",
+               "eval.", "ablate.", "demo.")  # read by other stages only (demo.lambda reaches training as `lambda`)
 
 
 def load_neurons(cfg: DictConfig, policy):
@@ -61,19 +62,28 @@ def _flat(cfg: DictConfig) -> dict:
     return out
 
 
-def check_resume(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse to resume a run directory whose saved config differs from this one."""
+def _cache_relative(flat: dict) -> dict:
+    """Paths under ``cache_dir`` written relative to it: a moved cache (YFPO_CACHE) is not another config."""
+    cache = flat.get("cache_dir")
+    return {k: v.replace(cache, "${cache_dir}", 1) if cache and isinstance(v, str) and v.startswith(cache) else v
+            for k, v in flat.items()}
+
+
+def check_resume(cfg: DictConfig, run_dir: Path, finished: bool = False) -> None:
+    """Refuse to resume, or to call finished, a run directory whose saved config differs from this one."""
     saved_path = run_dir / RUN_CONFIG
     if not saved_path.is_file():
         OmegaConf.save(cfg, saved_path, resolve=True)
         return
-    old, new = _flat(OmegaConf.load(saved_path)), _flat(cfg)
+    old, new = _cache_relative(_flat(OmegaConf.load(saved_path))), _cache_relative(_flat(cfg))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(RESUME_FREE))
     if changed:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        fix = (f"delete {run_dir} to train it again" if finished  # e.g. a default or a cached model changed since
+               else "resume it with the same overrides")
         raise UserError(
-            f"{run_dir} holds a run with another config ({diff}). Resume it with the same overrides, "
-            f"or give this run another directory (name=... or hydra.run.dir=...)."
+            f"{run_dir} holds a {'finished ' if finished else ''}run with another config ({diff}). "
+            f"{fix[0].upper() + fix[1:]}, or give this run another directory (name=... or hydra.run.dir=...)."
         )
 
 
@@ -91,6 +101,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> Path:
     """Train according to ``cfg`` in ``run_dir``; returns the directory of the HF checkpoints."""
     ckpt_dir = run_dir / "checkpoints"
     if (run_dir / DONE).is_file():
+        check_resume(cfg, run_dir, finished=True)
         print(f"[yfpo] {run_dir} is complete; nothing to do (delete {run_dir / DONE} to train again)")
         return ckpt_dir
     run_dir.mkdir(parents=True, exist_ok=True)

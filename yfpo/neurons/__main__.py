@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from yfpo.config import compose_config
 from yfpo.errors import ConfigError, run_cli
-from yfpo.models import load_model, load_tokenizer
+from yfpo.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.prepare import ensure_model, ensure_synthetic
 from yfpo.neurons import io
 from yfpo.neurons.attribution import ActivationStats
@@ -48,16 +48,23 @@ def select(cfg: DictConfig) -> Path:
     """Select neurons for ``cfg.model`` with ``cfg.neurons.selector`` and save them; skip if present."""
     n = cfg.neurons
     out = Path(n.path)
-    if out.is_file() and not n.overwrite:
-        print(f"[yfpo] neuron file {out} exists; keeping it (neurons.overwrite=true recomputes it)")
-        return out
     if n.selector not in SELECTORS:
         raise ConfigError(f"neurons.selector={n.selector!r}: choose one of {SELECTORS}")
     ensure_synthetic(cfg)
     path = ensure_model(cfg)
+    model = load_model(cfg.model, path)
+    weights = weights_fingerprint(model)
+    if out.is_file() and not n.overwrite:
+        made_from = io.load(out).meta.get("weights")
+        if made_from == weights:
+            print(f"[yfpo] neuron file {out} exists; keeping it (neurons.overwrite=true recomputes it)")
+            return out
+        # The name keys on model.name only: a retrained or replaced model must not reuse old neurons.
+        print(f"[yfpo] neuron file {out} was computed from other weights of {cfg.model.name!r} "
+              f"({made_from or 'not recorded'}, now {weights}); recomputing it")
     start = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model, path)
-    model = load_model(cfg.model, path).to(device_for(n.device)).eval()
+    model = model.to(device_for(n.device)).eval()
     num_layers, width = model.config.num_hidden_layers, model.config.intermediate_size
     samples = math_samples(cfg, tokenizer, n.data, n.num_samples)
     # Every selector also measures the activation statistics of the normalised score (SPEC).
@@ -70,6 +77,7 @@ def select(cfg: DictConfig) -> Path:
     meta = dict(
         model=cfg.model.name, num_layers=num_layers, intermediate_size=width, selector=n.selector, top_k=n.top_k,
         data=n.get("data", ""), num_samples=num_samples, seed=n.seed, lrp_variant=n.get("lrp_variant", ""),
+        weights=weights,
     )
     io.save(out, neurons, **meta)
     counts = {l: len(i) for l, i in neurons.by_layer().items()}
