@@ -59,9 +59,16 @@ def epoch_means(metrics_csv: Path, keys: tuple[str, ...]) -> dict[str, tuple[flo
     return {k: (mean(e[min(e)]), mean(e[max(e)])) for k, e in by_epoch.items() if e}
 
 
-def parsed(overrides: list[str]) -> dict[str, object]:
-    """Command-line overrides as {key: value}, so that ``3e-5`` and Hydra's rewritten ``3e-05`` compare equal."""
-    return {o.get_key_element(): o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+def label(variant: str) -> str:
+    """The arm's name in the tables (``LABELS``; the variant's own name otherwise)."""
+    return LABELS.get(variant, (variant,))[0]
+
+
+def identity(overrides: list[str]) -> str:
+    """Command-line overrides as a comparable key: parsed by Hydra, so that ``3e-5`` and Hydra's
+    rewritten ``3e-05`` are the same, and sorted, so that their order does not matter."""
+    parsed = {o.get_key_element(): o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+    return repr(sorted(parsed.items(), key=str))
 
 
 def find_runs(sweep: Path, base: list[str], variants, seeds) -> dict[str, list[str]]:
@@ -70,11 +77,11 @@ def find_runs(sweep: Path, base: list[str], variants, seeds) -> dict[str, list[s
     by_overrides = {}
     for done in sweep.glob("*/DONE"):
         recorded = yaml.safe_load((done.parent / ".hydra" / "overrides.yaml").read_text())
-        by_overrides[repr(sorted(parsed(recorded).items(), key=str))] = str(done.parent)
+        by_overrides[identity(recorded)] = str(done.parent)
     runs, missing = {}, []
     for v in variants:
         for s in seeds:
-            want = repr(sorted(parsed([*base, f"+variant={v}", f"seed={s}"]).items(), key=str))
+            want = identity([*base, f"+variant={v}", f"seed={s}"])
             if want in by_overrides:
                 runs.setdefault(v, []).append(by_overrides[want])
             else:
@@ -103,7 +110,7 @@ def mechanisms(cfg, runs: dict[str, list[str]]) -> str:
     for v in cfg.demo.variants:
         m = epoch_means(Path(runs[v][0]) / "logs" / "metrics.csv", MECHANISMS)
         cells = [f"{m[k][0]:.4g} -> {m[k][1]:.4g}" if k in m else "" for k in MECHANISMS]
-        lines.append("| " + " | ".join([LABELS.get(v, (v,))[0], *cells]) + " |")
+        lines.append("| " + " | ".join([label(v), *cells]) + " |")
     return ("What training did (first seed; mean over the first epoch's logged steps -> over the last's; "
             "each arm's neuron/margin is on its own neuron set):\n\n"
             + "\n".join(lines) + "\n")
@@ -115,7 +122,6 @@ def versus(cfg, runs: dict[str, list[str]]) -> str:
     ckpt = f"ckpt-{cfg.checkpoints.count}"
     acc = {v: per_problem([read_run(Path(r), cfg.eval.task) for r in rs], [ckpt]) for v, rs in runs.items()}
     mean = {v: sum(a.values()) / len(a) for v, a in acc.items()}
-    label = lambda v: LABELS.get(v, (v,))[0]  # noqa: E731
     lines = ["| arm | accuracy | against | its accuracy | difference | p |", "|---|---|---|---|---|---|"]
     for arm, other in cfg.demo.compare:
         p = format_p(paired_bootstrap_p(acc[arm], acc[other], seed=0))

@@ -79,11 +79,11 @@ def check_resume(cfg: DictConfig, run_dir: Path, finished: bool = False) -> None
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(RESUME_FREE))
     if changed:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        fix = (f"delete {run_dir} to train it again" if finished  # e.g. a default or a cached model changed since
-               else "resume it with the same overrides")
+        fix = (f"Delete {run_dir} to train it again" if finished  # e.g. a default or a cached model changed since
+               else "Resume it with the same overrides")
         raise UserError(
             f"{run_dir} holds a {'finished ' if finished else ''}run with another config ({diff}). "
-            f"{fix[0].upper() + fix[1:]}, or give this run another directory (name=... or hydra.run.dir=...)."
+            f"{fix}, or give this run another directory (name=... or hydra.run.dir=...)."
         )
 
 
