@@ -132,3 +132,19 @@ def test_a_careless_solver_forgets_the_carry_and_the_slip_propagates():
     assert synthetic.first_wrong_step(question, slipped.solution) == 0 and synthetic.first_wrong_step(question, p.solution) is None
     assert synthetic.slipped(p, random.Random(0), slip_rate=0.0) == p
     assert synthetic.crosses_ten(17, 5) and synthetic.crosses_ten(23, -5) and not synthetic.crosses_ten(22, 3)
+
+
+def test_cached_synthetic_data_follows_its_settings(cache, capsys):
+    """The directory is named by no setting: a changed synthetic.* (e.g. slip_rate) regenerates the
+    files instead of silently reusing those made with the old settings; the same settings reuse them."""
+    from yfpo.prepare import ensure_synthetic
+
+    args = ["synthetic.num_sft=40", "synthetic.num_preference=8", "synthetic.num_test=8"]
+    paths = ensure_synthetic(compose_cfg(*args))
+    clean, test, stamp = paths["sft"].read_text(), paths["test"].read_text(), paths["sft"].stat().st_mtime_ns
+    assert ensure_synthetic(compose_cfg(*args)) == paths and paths["sft"].stat().st_mtime_ns == stamp
+    ensure_synthetic(compose_cfg(*args, "synthetic.slip_rate=1.0"))
+    assert "generated with other synthetic.* settings" in capsys.readouterr().out
+    assert paths["sft"].read_text() != clean and paths["test"].read_text() == test  # slips touch SFT demonstrations only
+    ensure_synthetic(compose_cfg(*args))
+    assert paths["sft"].read_text() == clean

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from yfpo import hub, synthetic, tiny
@@ -24,17 +24,26 @@ from yfpo.prompts import format_prompt
 
 
 def ensure_synthetic(cfg: DictConfig) -> dict[str, Path]:
-    """Generate the synthetic SFT/preference/test files into ``cfg.synthetic.dir`` unless present."""
-    s = cfg.synthetic
-    out = Path(s.dir)
-    names = ("sft", "preference", "test")
-    if all((out / f"{n}.jsonl").is_file() for n in names):
-        return {n: out / f"{n}.jsonl" for n in names}
+    """Generate the synthetic SFT/preference/test files into ``cfg.synthetic.dir`` unless they are
+    there from the same ``cfg.synthetic`` settings (recorded in ``settings.json``, written last)."""
+    out = Path(cfg.synthetic.dir)
+    params = {k: v for k, v in OmegaConf.to_container(cfg.synthetic, resolve=True).items() if k != "dir"}
+    paths = {n: out / f"{n}.jsonl" for n in ("sft", "preference", "test")}
+    settings = out / "settings.json"
+
+    def current() -> bool:
+        return settings.is_file() and json.loads(settings.read_text()) == params and all(p.is_file() for p in paths.values())
+
+    if current():
+        return paths
     with file_lock(out.with_name(out.name + ".lock")):
-        if all((out / f"{n}.jsonl").is_file() for n in names):
-            return {n: out / f"{n}.jsonl" for n in names}
-        params = {k: v for k, v in s.items() if k != "dir"}
-        return synthetic.generate(out, **params)
+        if current():
+            return paths
+        if settings.is_file():  # the directory is named by no setting, so e.g. slip_rate would be ignored
+            print(f"[yfpo] {out} was generated with other synthetic.* settings; generating it again", flush=True)
+        synthetic.generate(out, **params)
+        settings.write_text(json.dumps(params))
+    return paths
 
 
 def ensure_model(cfg: DictConfig) -> Path:
