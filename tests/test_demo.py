@@ -11,17 +11,21 @@ from yfpo.errors import MissingError
 
 
 def check_demo_outputs(out):
-    """The demo's table (SFT once, every arm with 2 seeds and a p-value against SFT), curves and mechanisms."""
+    """The demo's table (SFT once, every arm with 3 seeds and a p-value against SFT), curves and mechanisms."""
     table = (out / "demo.md").read_text().split("\n\n")[1]  # the paper-style table, before the scoring table
     rows = {cells[1]: cells for cells in ([c.strip() for c in l.strip("|").split("|")] for l in table.splitlines()[2:])}
     assert set(rows) == {"SFT", "DPO", "DPO+NLL", "YFPO (AttnLRP)", "YFPO (random)", "FDT"}
-    assert rows["SFT"][3] == "1" and all(rows[m][3] == "2" for m in rows if m != "SFT"), "SFT once, every arm 2 seeds"
-    p_values = [float(rows[m][-1].lstrip("<")) for m in rows if m != "SFT"]  # "<0.0001" below the bootstrap's resolution
+    assert rows["SFT"][3] == "start" and all(rows[m][3] == "3" for m in rows if m != "SFT"), "SFT once, every arm 3 seeds"
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    p_values = [float(rows[m][header.index("p (Avg)")].lstrip("<")) for m in rows if m != "SFT"]
     assert all(0.0 < p <= 1.0 for p in p_values), "a p-value against SFT for every arm"
     assert (out / "demo_curves.png").stat().st_size > 0
     mech = (out / "mechanisms.md").read_text()
     assert all(f"| {arm} |" in mech for arm in ("DPO", "DPO+NLL", "YFPO (AttnLRP)", "YFPO (random)", "FDT"))
-    assert "| YFPO (AttnLRP) |" in mech.split("Arms against each other")[1], "the arms tested against each other"
+    versus = mech.split("Arms against each other")[1]
+    assert "| YFPO (AttnLRP) |" in versus, "the arms tested against each other"
+    assert all(l.rstrip(" |").rsplit("|", 1)[1].strip() in ("higher", "lower", "unresolved")
+               for l in versus.splitlines() if l.startswith("| ") and "verdict" not in l)
 
 
 def fake_run(sweep, name, overrides, done=True):

@@ -97,6 +97,23 @@ def test_vllm_backend_with_a_fake_vllm(run, tmp_path, monkeypatch):
     assert all(s["backend"] == "vllm" and s["n"] == 10 for s in summaries)
 
 
+def test_dev_slices_are_seeded_samples_that_keep_their_row_ids(tmp_path, cache):
+    """eval=gsm8k_dev: a fixed seeded slice of the train split, the same on every call."""
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"question": f"Q{i}?", "answer": f"#### {i}"}) + "\n"
+                                                  for i in range(50)))
+    cfg = compose_cfg("eval=gsm8k_dev", f"eval.path={tmp_path / 'train.jsonl'}", "eval.sample=10")
+    assert cfg.eval.name == "gsm8k_dev" and cfg.eval.split == "train"
+    problems = ev.load_problems(cfg)
+    ids = [p["id"] for p in problems]
+    assert len(ids) == 10 and ids == sorted(ids) and ids != list(range(10))
+    assert all(p["gold"] == str(p["id"]) for p in problems)  # each keeps its own row
+    assert [p["id"] for p in ev.load_problems(cfg)] == ids
+    other = compose_cfg("eval=gsm8k_dev", f"eval.path={tmp_path / 'train.jsonl'}", "eval.sample=10", "eval.sample_seed=1")
+    assert [p["id"] for p in ev.load_problems(other)] != ids
+    with pytest.raises(ValueError, match="eval.sample=60: give a number of problems between 1 and the 50 rows"):
+        ev.load_problems(compose_cfg("eval=gsm8k_dev", f"eval.path={tmp_path / 'train.jsonl'}", "eval.sample=60"))
+
+
 @pytest.mark.parametrize("task,fields", [
     ("gsm8k", {"question": "Q{i}?", "answer": "step\n#### {i}"}),
     ("math500", {"problem": "Q{i}?", "solution": "so \\boxed{{{i}}}", "answer": "{i}", "subject": "Algebra",

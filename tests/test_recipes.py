@@ -29,9 +29,9 @@ def test_real_model_configs(name, hub_id, cache):
 @pytest.mark.parametrize("experiment", YFPO)
 def test_yfpo_paper_experiments(experiment, cache):
     runs = jobs(experiment)
-    lambdas = sorted(float(c["lambda"]) for c in runs)
     expected = {"dpo_10k": [0.0], "yfpo_10k": [0.05, 1.0], "dpo_2k": [0.0]}.get(experiment, [0.1, 0.2, 0.3, 1.0])
-    assert lambdas == expected
+    # every lambda with 3 training seeds
+    assert sorted((float(c["lambda"]), c.seed) for c in runs) == [(lam, s) for lam in expected for s in (1, 2, 3)]
     for c in runs:
         assert c.name == experiment and c.model.path == "Qwen/Qwen2-0.5B"
         assert c.data.path == "xinlai/Math-Step-DPO-10K" and c.data.pair_mode == "step"
@@ -51,7 +51,7 @@ def test_yfpo_paper_experiments(experiment, cache):
 @pytest.mark.parametrize("experiment", FDT)
 def test_fdt_paper_experiments(experiment, cache):
     runs = jobs(experiment)
-    assert sorted(c.model.name for c in runs) == sorted(FDT_MODELS)
+    assert sorted((c.model.name, c.seed) for c in runs) == [(m, s) for m in sorted(FDT_MODELS) for s in (1, 2, 3)]
     fdt = experiment.endswith("_fdt")
     for c in runs:
         assert c.model.path.endswith(f"sft/{c.model.name}-numinamath-cot")  # starts from the SFT model
@@ -63,8 +63,14 @@ def test_fdt_paper_experiments(experiment, cache):
         assert c.trainer.max_epochs == 8 and c.optim.schedule == "cosine" and c.optim.warmup_ratio == 0.1
 
 
+def test_seeds_change_with_one_override(cache):
+    assert sorted(c.seed for c in sweep_jobs("config", ["+experiment=dpo_2k", "seed=1,2,3,4,5"])) == [1, 2, 3, 4, 5]
+    assert [c.seed for c in sweep_jobs("config", ["+experiment=dpo_2k", "seed=7"])] == [7]
+    assert len(sweep_jobs("config", ["+experiment=yfpo_2k", "seed=1,2"])) == 8  # 4 lambdas x 2 seeds
+
+
 def test_fdt_sft_experiment(cache):
-    runs = jobs("fdt_sft")
+    runs = jobs("fdt_sft")  # the one SFT model every seed of the preference stage starts from
     assert sorted(c.model.path for c in runs) == sorted(FDT_MODELS.values())
     for c in runs:
         assert c.data.path == "AI-MO/NuminaMath-CoT" and (c.data.question_field, c.data.answer_field) == ("problem", "solution")
@@ -90,7 +96,7 @@ def test_reproduce_plan_order_and_neurons(cache):
     trained = [a[1] for m, a in commands if m == "yfpo.train"]
     assert trained.index("+experiment=fdt_sft") < trained.index("+experiment=fdt_dpo")  # SFT model first
     assert all(a[-1] == "hydra/launcher=slurm" for m, a in commands if m == "yfpo.train")
-    assert ["-m", "run_dir=multirun/yfpo_2k", "eval=gsm8k,math500", "eval.backend=vllm"] in [a for m, a in commands]
+    assert ["-m", "run_dir=multirun/yfpo_2k", "eval=gsm8k,gsm8k_dev,math500", "eval.backend=vllm"] in [a for m, a in commands]
 
 
 def test_make_reproduce_tables_dry_run_lists_composed_commands():

@@ -49,27 +49,27 @@ def test_checkpoint_layout_by_hand(spec, tmp_path):
     col = {h: i for i, h in enumerate(header)}
     dpo, y1, y2 = rows
     assert [dpo[col[f"Ckpt-{k}"]] for k in (1, 2, 3)] == ["0.5000", "0.6000", "0.7000"]
-    assert dpo[col["Avg"]] == "0.6000" and dpo[col["Best"]] == "0.7000" and dpo[col["dAvg"]] == ""
-    assert y1[col["Avg"]] == "0.7000" and y1[col["Best"]] == "0.8000"
-    assert y1[col["dAvg"]] == "+0.1000" and y1[col["dBest"]] == "+0.1000"
+    assert dpo[col["Avg"]] == "0.6000" and dpo[col["Best (test-sel.)"]] == "0.7000" and dpo[col["dAvg"]] == ""
+    assert y1[col["Avg"]] == "0.7000" and y1[col["Best (test-sel.)"]] == "0.8000"
+    assert y1[col["dAvg"]] == "+0.1000" and y1[col["dBest (test-sel.)"]] == "+0.1000"
+    # one seed each: the between-run variance is unknown, so no interval, p-value or verdict
+    assert dpo[col["Avg 95% CI"]] == tables.UNKNOWN and y1[col["p (Avg)"]] == tables.UNKNOWN
+    assert y1[col["vs baseline"]] == tables.UNKNOWN and y1[col["Avg per seed"]] == "0.700"
     # two seeds: per-checkpoint means (0.5, 0.6, 0.7), so Avg 0.6 and Best 0.7, identical to DPO
     assert y2[col["seeds"]] == "2" and [y2[col[f"Ckpt-{k}"]] for k in (1, 2, 3)] == ["0.5000", "0.6000", "0.7000"]
-    assert y2[col["dAvg"]] == "+0.0000"
+    assert y2[col["dAvg"]] == "+0.0000" and y2[col["Avg per seed"]] == "0.600 / 0.600"
+    assert y2[col["Avg 95% CI"]].startswith("[")  # two seeds: estimable
 
 
-def test_paired_bootstrap_p_values():
-    base = {i: 0.0 for i in range(20)}
-    assert tables.paired_bootstrap_p(base, base) == 1.0
-    assert tables.paired_bootstrap_p({i: 1.0 for i in range(20)}, base) == 0.0  # every resample favours the row
-    mixed = {i: float(i % 2) for i in range(20)}
-    assert 0.0 < tables.paired_bootstrap_p(mixed, {i: 1 - float(i % 2) for i in range(20)}) <= 1.0
-    with pytest.raises(ValueError, match="share no problems"):
-        tables.paired_bootstrap_p({0: 1.0}, {1: 1.0})
+def test_one_seed_table_says_the_between_run_variance_is_unknown(spec, tmp_path):
+    md = tables.make_tables(spec, base_dir=tmp_path)
+    assert f"`{tables.UNKNOWN}`: between-run variance unknown with one training run" in md
+    assert "selected on the test set itself" in md  # what Best is
 
 
 def test_outputs_and_tasks_layout(spec, tmp_path):
     md = tables.make_tables(spec, base_dir=tmp_path)
-    assert "| 2K | YFPO | 0.1 | 1 | 0.6000 | 0.8000 | 0.7000 | 0.7000 |" in md
+    assert "| 2K | YFPO | 0.1 | 1 | 0.6000 | 0.8000 | 0.7000 | 0.7000 | unknown (1 seed) | 0.700 | 0.8000 |" in md
     assert (tmp_path / "t.csv").is_file() and (tmp_path / "t_curves.png").is_file()
     make_run(tmp_path, "dpo_m", "math500", [correct(2), correct(3)], metrics=False)
     fdt = {"name": "f", "layout": "tasks", "tasks": ["gsm8k", "math500"], "baseline": "DPO",
@@ -79,7 +79,8 @@ def test_outputs_and_tasks_layout(spec, tmp_path):
     fdt["rows"][0]["runs"] = ["dpo"]
     (tmp_path / "dpo" / "eval" / "math500").symlink_to(tmp_path / "dpo_m" / "eval" / "math500")
     header, rows = tables.build(fdt, tmp_path)
-    assert header[-2:] == ["gsm8k (best)", "math500 (best)"] and rows[0][-2:] == ["0.7000", "0.3000"]
+    assert header[4:6] == ["gsm8k Avg", "gsm8k Best (test-sel.)"] and rows[0][4:6] == ["0.6000", "0.7000"]
+    assert header[8:10] == ["math500 Avg", "math500 Best (test-sel.)"] and rows[0][8:10] == ["0.2500", "0.3000"]
 
 
 def test_paper_columns_and_one_table_per_task(spec, tmp_path):
@@ -147,9 +148,69 @@ def test_a_start_row_reads_ckpt_0_and_can_be_the_baseline(tmp_path):
     header, (sft, dpo) = tables.build(spec, tmp_path)
     col = {h: i for i, h in enumerate(header)}
     assert sft[col["Avg"]] == "0.5000" and sft[col["Ckpt-1"]] == "" and sft[col["dAvg"]] == ""
+    assert sft[col["seeds"]] == "start" and sft[col["Avg 95% CI"]].startswith("[")  # one fixed model: problems only
     assert dpo[col["Avg"]] == "0.1750" and dpo[col["dAvg"]] == "-0.3250"
-    assert dpo[col["p (vs baseline)"]] == "<0.0001"  # 13 problems lost, none gained: no resample reaches 0
+    assert dpo[col["p (Avg)"]] == tables.UNKNOWN  # the trained row has one seed
+    spec["rows"][1]["runs"].append(make_run(tmp_path, "dpo2", "synthetic", [correct(9, 40)]))  # a second seed
+    header, (sft, dpo) = tables.build(spec, tmp_path)
+    assert dpo[col["Avg per seed"]] == "0.175 / 0.225" and dpo[col["vs baseline"]] == "lower"
+    assert float(dpo[col["p (Avg)"]].lstrip("<")) < 0.05
 
 
 def test_smooth_is_a_trailing_mean():
     assert tables.smooth([0.0, 2.0, 4.0, 6.0], 2) == [0.0, 1.0, 3.0, 5.0]
+
+
+def test_dev_selection_picks_the_dev_argmax_and_reports_its_test_score(tmp_path):
+    """Each seed's checkpoint is chosen on dev (ckpt-1 for seed 1, ckpt-2 for seed 2), while Best takes
+    the test maximum (ckpt-3); Dev-sel. is the test score of the dev choices."""
+    for seed, dev_best in ((1, 1), (2, 2)):
+        for arm, test in (("dpo", [correct(4), correct(5), correct(6)]), ("yfpo", [correct(5), correct(7), correct(9)])):
+            make_run(tmp_path, f"{arm}/seed={seed}", "gsm8k", test, metrics=False)
+            make_run(tmp_path / f"{arm}/seed={seed}", "", "gsm8k_dev",
+                     [correct(8 if k == dev_best else 3) for k in (1, 2, 3)], metrics=False)
+    spec = {"name": "d", "task": "gsm8k", "baseline": "DPO", "dev": {"gsm8k": "gsm8k_dev"}, "rows": [
+        {"data": "2K", "method": "DPO", "runs": ["dpo/seed=*"]},
+        {"data": "2K", "method": "YFPO", "lambda": 0.1, "runs": ["yfpo/seed=*"]}]}
+    header, (dpo, yfpo) = tables.build(spec, tmp_path)
+    col = {h: i for i, h in enumerate(header)}
+    rows = [tables.Row.read(r, tmp_path, "gsm8k", "gsm8k_dev") for r in spec["rows"]]
+    assert rows[1].dev_choice == ["ckpt-1", "ckpt-2"]
+    assert yfpo[col["Best (test-sel.)"]] == "0.9000" and yfpo[col["Dev-sel."]] == "0.6000"  # mean of 0.5 and 0.7
+    assert dpo[col["Dev-sel."]] == "0.4500" and yfpo[col["dDev-sel."]] == "+0.1500"
+    assert yfpo[col["p (Dev-sel.)"]] != "" and yfpo[col["seeds"]] == "2"
+
+
+def test_rows_that_would_mix_different_evaluations_are_refused(tmp_path):
+    make_run(tmp_path, "a/seed=1", "gsm8k", [correct(5), correct(6)], metrics=False)
+    make_run(tmp_path, "a/seed=2", "gsm8k", [correct(5)], metrics=False)  # only ckpt-1 evaluated
+    spec = {"name": "m", "task": "gsm8k", "baseline": "DPO", "rows": [{"data": "2K", "method": "DPO", "runs": ["a/seed=*"]}]}
+    with pytest.raises(ValueError, match=r"checkpoints \['ckpt-1'\].*evaluate the missing ones"):
+        tables.build(spec, tmp_path)
+    make_run(tmp_path, "b/seed=1", "gsm8k", [correct(5)], metrics=False)
+    make_run(tmp_path, "b/seed=2", "gsm8k", [correct(5, 20)], metrics=False)  # eval.limit differs
+    spec["rows"][0]["runs"] = ["b/seed=*"]
+    with pytest.raises(ValueError, match="on 20 problems.*eval.limit or eval.path differ"):
+        tables.build(spec, tmp_path)
+    spec["rows"][0]["runs"] = ["c/seed=*"]
+    with pytest.raises(FileNotFoundError, match="no run directory matches"):
+        tables.build(spec, tmp_path)
+
+
+def test_seeds_for_answers_how_many_seeds_an_effect_needs(tmp_path, capsys, monkeypatch):
+    rng = __import__("numpy").random.default_rng(0)
+    for arm, p in (("dpo", 0.6), ("yfpo", 0.65)):
+        for seed in (1, 2, 3):
+            acc = p + rng.normal(0, 0.03)  # runs that differ by ~3 points
+            make_run(tmp_path, f"{arm}/seed={seed}", "gsm8k", [list((rng.random(400) < acc).astype(int))], metrics=False)
+    spec = {"name": "pw", "task": "gsm8k", "baseline": "DPO", "rows": [
+        {"data": "2K", "method": "DPO", "runs": ["dpo/seed=*"]}, {"data": "2K", "method": "YFPO", "runs": ["yfpo/seed=*"]}]}
+    (tmp_path / "pw.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(tmp_path)  # the CLI reads runs relative to the working directory, as users run it
+    tables.main(["pw.yaml", "--seeds-for", "0.05", "--problems", "1319"])
+    small = capsys.readouterr().out
+    tables.main(["pw.yaml", "--seeds-for", "0.0076", "--problems", "1319"])
+    tiny = capsys.readouterr().out
+    need = lambda md: md.split("| gsm8k | 2K | YFPO |")[1].split("|")[3].strip()  # noqa: E731
+    assert "seeds per arm to detect dAvg = +0.05" in small and int(need(small)) < int(need(tiny))
+    assert "1319" in small

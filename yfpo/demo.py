@@ -8,9 +8,9 @@ Stages run as the CLI commands a user would type (settings: ``conf/experiment/de
 3. ``python -m yfpo.train -m +variant=...`` : one sweep (one process) of the arms in
    ``conf/variant/`` x ``demo.seeds``;
 4. ``python -m yfpo.evaluate run_dir=multirun/demo``: every arm and the SFT model on all test problems;
-5. the tables (:mod:`yfpo.tables`): SFT as the baseline (intervals, paired bootstrap p-values) and
+5. the tables (:mod:`yfpo.tables`): SFT as the baseline (seed-level intervals and p-values) and
    the curves (the paper's Figure 2), plus what the logged metrics show of each mechanism and the
-   arm pairs of ``demo.compare`` tested against each other.
+   arm pairs of ``demo.compare`` tested against each other at the seed level.
 
 Finished stages are skipped on a re-run, and an interrupted one resumes.
 """
@@ -28,7 +28,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from yfpo.config import compose_config
 from yfpo.errors import ConfigError, MissingError, run_cli
-from yfpo.tables import format_p, make_tables, paired_bootstrap_p, per_problem, read_run
+from yfpo import stats
+from yfpo.tables import Row, format_interval, format_p, make_tables, per_seed, verdict
 
 # Logged metrics whose first- and last-epoch means say what each arm did (TRL's names).
 MECHANISMS = ("logps/chosen", "logps/rejected", "rewards/margins", "neuron/margin", "train/nll")
@@ -104,30 +105,43 @@ def table_spec(cfg, runs: dict[str, list[str]]) -> dict:
 
 
 def mechanisms(cfg, runs: dict[str, list[str]]) -> str:
-    """Markdown: first -> last epoch's mean of :data:`MECHANISMS` per arm (first seed)."""
+    """Markdown: per arm, the first -> last epoch's mean of :data:`MECHANISMS` (mean over seeds), and
+    on how many seeds it moved that way: a direction is stated only where every seed agrees."""
     header = ["arm", *MECHANISMS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in cfg.demo.variants:
-        m = epoch_means(Path(runs[v][0]) / "logs" / "metrics.csv", MECHANISMS)
-        cells = [f"{m[k][0]:.4g} -> {m[k][1]:.4g}" if k in m else "" for k in MECHANISMS]
+        per_seed = [epoch_means(Path(r) / "logs" / "metrics.csv", MECHANISMS) for r in runs[v]]
+        cells = []
+        for k in MECHANISMS:
+            pairs = [m[k] for m in per_seed if k in m]
+            if len(pairs) < len(per_seed):
+                cells.append("")
+                continue
+            first, last = (sum(p[j] for p in pairs) / len(pairs) for j in (0, 1))
+            up = sum(p[1] > p[0] for p in pairs)
+            trend = "up on every seed" if up == len(pairs) else "down on every seed" if up == 0 else f"up on {up} of {len(pairs)} seeds"
+            cells.append(f"{first:.4g} -> {last:.4g} ({trend})")
         lines.append("| " + " | ".join([label(v), *cells]) + " |")
-    return ("What training did (first seed; mean over the first epoch's logged steps -> over the last's; "
-            "each arm's neuron/margin is on its own neuron set):\n\n"
-            + "\n".join(lines) + "\n")
+    return (f"What training did (mean over the {len(cfg.demo.seeds)} seeds of the first epoch's logged steps -> "
+            "the last's; each arm's neuron/margin is on its own neuron set):\n\n" + "\n".join(lines) + "\n")
 
 
 def versus(cfg, runs: dict[str, list[str]]) -> str:
-    """Markdown: the arm pairs of ``demo.compare`` on the same problems (last checkpoint, seeds
-    pooled): the differences between the methods, which the SFT-baseline table does not test."""
-    ckpt = f"ckpt-{cfg.checkpoints.count}"
-    acc = {v: per_problem([read_run(Path(r), cfg.eval.task) for r in rs], [ckpt]) for v, rs in runs.items()}
-    mean = {v: sum(a.values()) / len(a) for v, a in acc.items()}
-    lines = ["| arm | accuracy | against | its accuracy | difference | p |", "|---|---|---|---|---|---|"]
-    for arm, other in cfg.demo.compare:
-        p = format_p(paired_bootstrap_p(acc[arm], acc[other], seed=0))
-        lines.append(f"| {label(arm)} | {mean[arm]:.4f} | {label(other)} | {mean[other]:.4f} | "
-                     f"{mean[arm] - mean[other]:+.4f} | {p} |")
-    return (f"Arms against each other ({ckpt}, seeds pooled; two-sided paired bootstrap over problems):\n\n"
+    """Markdown: the arm pairs of ``demo.compare`` on the same problems (Avg over checkpoints), tested
+    at the seed level (:mod:`yfpo.stats`) and Holm-adjusted over the pairs: the differences between
+    the methods, which the SFT-baseline table does not test. Only resolved ones get a direction."""
+    arms = {v: Row.read({"data": "synthetic", "method": label(v), "runs": rs}, Path("."), cfg.eval.task)
+            for v, rs in runs.items()}
+    diffs = [stats.difference(arms[a].avg(), arms[b].avg()) for a, b in cfg.demo.compare]
+    adjusted = stats.holm([d.p() for d in diffs])
+    lines = ["| arm | accuracy per seed | against | its accuracy per seed | difference | 95% CI | p | p Holm | detectable | verdict |",
+             "|" + "---|" * 10]
+    for (a, b), d, p_holm in zip(cfg.demo.compare, diffs, adjusted):
+        lines.append(f"| {label(a)} | {per_seed(arms[a].avg())} | {label(b)} | {per_seed(arms[b].avg())} | "
+                     f"{d.value:+.4f} | {format_interval(d.interval())} | {format_p(d.p())} | {format_p(p_holm)} | "
+                     f"{'' if d.se is None else f'{d.detectable():.4f}'} | {verdict(d, p_holm)} |")
+    return ("Arms against each other (Avg over checkpoints; the seed-level test of yfpo/stats.py, paired on "
+            "problems, Holm-adjusted over these pairs; `unresolved`: the seeds do not tell the arms apart):\n\n"
             + "\n".join(lines) + "\n")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from yfpo.grading import gold_answer, score
 from yfpo.models import load_model, load_tokenizer
 from yfpo.prepare import ensure_synthetic
 from yfpo.prompts import PromptError, check_stops, default_stops, eval_prompt, stop_token_ids
+from yfpo.tables import ckpt_index
 
 BACKENDS = ("hf", "vllm")
 RUN_MODEL_KEYS = ("name", "template", "add_bos", "dtype", "attn_implementation", "trust_remote_code")
@@ -76,7 +78,7 @@ def find_checkpoints(target: Path, hub_cfg: DictConfig | None = None) -> list[tu
     for ckpt_dir in sorted(target.rglob("checkpoints")):
         run = ckpt_dir.parent
         ckpts = sorted((p for p in ckpt_dir.glob("ckpt-*") if (p / "config.json").is_file()),
-                       key=lambda p: int(p.name.split("-")[1]))
+                       key=lambda p: ckpt_index(p.name))
         if not ckpts:
             continue
         saved = run / "run_config.yaml"
@@ -93,12 +95,20 @@ def find_checkpoints(target: Path, hub_cfg: DictConfig | None = None) -> list[tu
 
 
 def load_problems(cfg: DictConfig) -> list[dict]:
-    """``[{id, question, gold}]`` of ``cfg.eval`` (first ``eval.limit`` problems)."""
+    """``[{id, question, gold}]`` of ``cfg.eval``: the first ``eval.limit`` problems, of which, with
+    ``eval.sample``, a seeded random ``sample`` (in row order; ids stay the rows' indices)."""
     e = cfg.eval
     rows = load_rows(e.path, split=e.split, name=e.get("hub_config"), hub=cfg.hub, key="eval.path")
     rows = rows[: e.limit] if e.limit else rows
+    keep = range(len(rows))
+    if e.get("sample"):
+        if not isinstance(e.sample, int) or not 0 < e.sample <= len(rows):
+            raise ConfigError(f"eval.sample={e.sample!r}: give a number of problems between 1 and the {len(rows)} "
+                              f"rows of {e.path} ({e.split}), or null for all")
+        keep = sorted(random.Random(e.sample_seed).sample(range(len(rows)), e.sample))
     out = []
-    for i, r in enumerate(rows):
+    for i in keep:
+        r = rows[i]
         if not isinstance(r.get(e.question_field), str) or not isinstance(r.get(e.gold_field), str):
             raise DataError(f"{e.path}: row {i} needs string fields {e.question_field!r} and {e.gold_field!r}")
         gold = gold_answer(e.task, r[e.gold_field]) if e.gold_from_solution else r[e.gold_field]

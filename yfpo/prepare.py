@@ -24,11 +24,11 @@ from yfpo.prompts import format_prompt
 
 
 def ensure_synthetic(cfg: DictConfig) -> dict[str, Path]:
-    """Generate the synthetic SFT/preference/test files into ``cfg.synthetic.dir`` unless they are
+    """Generate the synthetic SFT/preference/test/dev files into ``cfg.synthetic.dir`` unless they are
     there from the same ``cfg.synthetic`` settings (recorded in ``settings.json``, written last)."""
     out = Path(cfg.synthetic.dir)
     params = {k: v for k, v in OmegaConf.to_container(cfg.synthetic, resolve=True).items() if k != "dir"}
-    paths = {n: out / f"{n}.jsonl" for n in ("sft", "preference", "test")}
+    paths = {n: out / f"{n}.jsonl" for n in ("sft", "preference", "test", "dev")}
     settings = out / "settings.json"
 
     def current() -> bool:

@@ -55,6 +55,8 @@ def _sweep_jobs(config_name: str, overrides: tuple[str, ...]) -> list[DictConfig
         key, _, value = o.partition("=")
         if "," in value:
             axes[key] = value.split(",")
+        elif key in axes:  # as in Hydra, the command line replaces a sweep of hydra.sweeper.params
+            axes[key] = [value]
         else:
             fixed.append(o)
     jobs = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
@@ -71,7 +73,8 @@ def plan(specs: list[Path], train_args: list[str], eval_args: list[str]) -> list
         experiments += [e for e in spec["experiments"] if e not in experiments]
         for e in spec["experiments"]:
             evals.setdefault(e, [])
-            evals[e] += [t for t in spec.get("evals", [spec.get("task")]) if t not in evals[e]]
+            wanted = [*spec.get("evals", [spec.get("task")]), *(spec.get("dev") or {}).values()]
+            evals[e] = list(dict.fromkeys([*evals[e], *wanted]))
     neurons, train, evaluate = [], [], []
     seen_neuron_files = set()
     for e in experiments:

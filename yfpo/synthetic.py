@@ -3,7 +3,7 @@
 Each problem is a start amount followed by ``num_steps`` add/subtract events. Three files are
 written in the field layouts of the real datasets:
 
-- ``sft.jsonl`` and ``test.jsonl``: GSM8K layout, ``question`` and ``answer`` (a worked solution
+- ``sft.jsonl``, ``test.jsonl`` and ``dev.jsonl`` (for choosing checkpoints): GSM8K layout, ``question`` and ``answer`` (a worked solution
   ending in ``#### N``). With ``slip_rate > 0`` the SFT demonstrations are those of a careless
   solver: a step whose result crosses a multiple of ten forgets the carry or borrow with that
   probability (``17 + 5 = 12``), and the slip propagates to the final answer. Test solutions are
@@ -177,16 +177,17 @@ def generate(
     num_sft: int = 20000,
     num_preference: int = 4000,
     num_test: int = 500,
+    num_dev: int = 500,
     num_steps: int = 2,
     max_start: int = 20,
     max_delta: int = 9,
     slip_rate: float = 0.0,
     seed: int = 0,
 ) -> dict[str, Path]:
-    """Write ``sft.jsonl``, ``preference.jsonl`` and ``test.jsonl`` under ``out_dir``; ``slip_rate``:
+    """Write ``sft.jsonl``, ``preference.jsonl``, ``test.jsonl`` and ``dev.jsonl`` under ``out_dir``; ``slip_rate``:
     the share of ten-crossing steps whose carry the SFT demonstrations forget (see :func:`slipped`).
 
-    Returns the three paths. Writing is atomic per file, so an interrupted run leaves no
+    Returns the four paths. Writing is atomic per file, so an interrupted run leaves no
     half-written file behind.
     """
     rng = random.Random(seed)
@@ -211,6 +212,8 @@ def generate(
         "sft": [{"question": p.question, "answer": slipped(p, slips, slip_rate).solution} for p in sft],
         "preference": [preference_row(rng, p) for p in pref],
     }
+    # drawn after every other use of rng, so that adding the dev set changed no other file
+    files["dev"] = [{"question": p.question, "answer": p.solution} for p in fresh(num_dev)]
     paths = {}
     for name, rows in files.items():
         path = out / f"{name}.jsonl"

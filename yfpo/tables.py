@@ -1,4 +1,5 @@
-"""``python -m yfpo.tables experiments/NAME.yaml ...``: paper-style tables and plots from evaluated runs.
+"""``python -m yfpo.tables experiments/NAME.yaml ... [--seeds-for D]``: paper-style tables and plots
+from evaluated runs.
 
 A table spec (YAML) names its rows and the run directories behind each (several = seeds):
 
@@ -6,30 +7,43 @@ A table spec (YAML) names its rows and the run directories behind each (several 
     title: ...
     task: synthetic            # which eval/<task>/ results to read; a list gives one table each
     layout: checkpoints        # checkpoints: Ckpt-1..N, Avg, Best, dAvg, dBest (YFPO Tables 1-2)
-                               # tasks: one column per task in `tasks` (the FDT table)
+                               # tasks: one column group per task in `tasks` (the FDT table)
     tasks: [gsm8k, math500]    # tasks layout only
     baseline: DPO              # the method every row is compared with, on the same data
     paper_task: gsm8k          # the task of the rows' published numbers (default: the first)
+    dev: {gsm8k: gsm8k_dev}    # optional: per task, the evaluation (eval.name) that selects checkpoints
     rows:
-      - {data: synthetic, method: DPO, lambda: null, runs: [runs/demo/method=dpo],
+      - {data: synthetic, method: DPO, lambda: null, runs: ["multirun/demo/method=dpo,seed=*"],
          paper: {Avg: 0.36, Best: 0.37}}   # optional: published numbers, shown as "paper <key>"
       - {data: synthetic, method: SFT, start: true, runs: [runs/demo/method=dpo]}
                                # start: the runs' starting model (their ckpt-0), e.g. as the baseline
 
-(``experiments:`` and ``evals:`` name the runs' recipes for :mod:`yfpo.reproduce`.)
+``runs`` entries are paths relative to the base directory, or glob patterns (``seed=*``): each
+match is one seed. (``experiments:`` and ``evals:`` name the runs' recipes for :mod:`yfpo.reproduce`.)
 
-Beyond the paper: the number of seeds, the 95 % interval of Avg, and a paired bootstrap p-value
-of each row against the baseline row on the same problems. The paper-style table uses the headline
-score (``correct`` in predictions.jsonl, see :mod:`yfpo.grading`); below it a scoring table gives,
-per row and task, Avg under the headline, strict and flexible conventions and the truncated and
-extracted rates, flagging rows above ``warn_rate`` (spec key, default 5 %). Writes
-``<out>/<name>.md``, ``<name>.csv``, ``<name>_scoring.csv`` and ``<name>_curves.png`` (reward and
-neuron margins over steps, accuracy per checkpoint: the paper's Figure 2) next to the spec.
+Beyond the paper, inference whose unit is the training run (:mod:`yfpo.stats`): each row's seeds
+and per-seed Avg, Avg's 95 % interval over seeds and problems, and against the baseline row on the
+same data the difference with its interval, a p-value, its Holm adjustment over the table's rows,
+the smallest difference the comparison could detect (80 % power, alpha 0.05), and a verdict. One
+seed leaves the between-run variance unknown, and then the table says so instead of a p-value. Best
+is the maximum over checkpoints of the test score itself (selected on test): shown for the paper,
+never tested. With ``dev``, each seed's checkpoint is chosen on the dev evaluation and its test
+score reported (``Dev-sel.``) and tested. All seeds of a row must have the same checkpoints and
+problems, and a row the same problems as its baseline; anything else is refused, not averaged.
+
+The paper-style table uses the headline score (``correct`` in predictions.jsonl, see
+:mod:`yfpo.grading`); below it a scoring table gives, per row and task, Avg under the headline,
+strict and flexible conventions and the truncated and extracted rates, flagging rows above
+``warn_rate`` (spec key, default 5 %). Writes ``<out>/<name>.md``, ``<name>.csv``,
+``<name>_scoring.csv`` and ``<name>_curves.png`` (reward and neuron margins over steps, accuracy per
+checkpoint: the paper's Figure 2) next to the spec.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import glob
 import json
 import sys
 from dataclasses import dataclass, field
@@ -38,11 +52,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from yfpo import stats
 from yfpo.errors import ConfigError, MissingError, run_cli
 
 LAYOUTS = ("checkpoints", "tasks")
-BOOTSTRAP_SAMPLES = 10_000
 WARN_RATE = 0.05  # default spec `warn_rate`: the evaluation's warning threshold (conf/eval/*.yaml warn_rate)
+UNKNOWN = "unknown (1 seed)"  # a cell whose between-run variance cannot be estimated
 # Per-checkpoint means read from predictions.jsonl for the scoring table (None: not recorded).
 SCORING_KEYS = {"strict": "correct_strict", "flexible": "correct_flexible", "truncated": "truncated",
                 "extracted": "extracted"}
@@ -51,6 +66,16 @@ SCORING_NOTE = ("Ckpt-k, Avg and Best above use the headline score: the answer a
                 "answer). strict: marked answers only; flexible: the last number (lm-eval's flexible-extract). "
                 "truncated: share of completions that hit max_new_tokens; extracted: share with a marked answer. "
                 "Means over checkpoints and seeds; blank: not recorded (an evaluation by an older yfpo).")
+STATS_NOTE = ("Statistics (yfpo/stats.py): the unit of replication is the training run. Intervals and p-values "
+              "combine the variance between seeds and between problems (t on Welch-Satterthwaite degrees of "
+              "freedom), paired on problems against the baseline; a start row (the model every run starts from) "
+              "has no between-run variance. Read `p Holm` when scanning several rows against one baseline, "
+              "`p` for one planned comparison; `vs baseline` is the Holm verdict at 0.05. `detectable` is the "
+              "smallest true dAvg this comparison finds with 80 % power at 0.05. "
+              f"`{UNKNOWN}`: between-run variance unknown with one training run per row, so no interval or "
+              "p-value is given: train more seeds (e.g. seed=1,2,3). Best is the maximum over checkpoints "
+              "selected on the test set itself, so it is biased upwards and never tested; Dev-sel. is the test "
+              "score of each seed's checkpoint chosen on the dev evaluation.")
 
 
 @dataclass
@@ -61,6 +86,11 @@ class RunResults:
     run: Path
     by_ckpt: dict[str, dict] = field(default_factory=dict)
     scoring: dict[str, dict] = field(default_factory=dict)
+
+
+def ckpt_index(name: str) -> int:
+    """The k of a checkpoint directory name ``ckpt-k``."""
+    return int(name.split("-")[1])
 
 
 def _mean_of(rows: list[dict], key: str) -> float | None:
@@ -76,7 +106,7 @@ def read_run(run: Path, task: str, start: bool = False) -> RunResults:
     if not root.is_dir():
         raise MissingError(f"{root} not found: run `python -m yfpo.evaluate run_dir={run} eval={task}` first")
     res = RunResults(run)
-    for ckpt in sorted(root.glob("ckpt-*"), key=lambda p: int(p.name.split("-")[1])):
+    for ckpt in sorted(root.glob("ckpt-*"), key=lambda p: ckpt_index(p.name)):
         if (ckpt.name == "ckpt-0") != start or not (ckpt / "summary.json").is_file():
             continue
         rows = [json.loads(l) for l in (ckpt / "predictions.jsonl").read_text().splitlines() if l.strip()]
@@ -87,45 +117,146 @@ def read_run(run: Path, task: str, start: bool = False) -> RunResults:
     return res
 
 
-def per_problem(runs: list[RunResults], ckpts: list[str] | None = None) -> dict:
-    """Mean correctness per problem over the given checkpoints (default: all) and over seeds."""
-    acc: dict = {}
+def row_runs(row: dict, base_dir: Path) -> list[Path]:
+    """The run directories of a spec row, one per seed: its ``runs`` entries, glob patterns expanded."""
+    out = []
+    for entry in row["runs"]:
+        if glob.has_magic(entry):
+            matches = sorted(Path(p) for p in glob.glob(str(base_dir / entry)))
+            if not matches:
+                raise MissingError(f"row {_label(row)}: no run directory matches {base_dir / entry}: "
+                                   "train those runs first (see experiments/README.md)")
+            out += matches
+        else:
+            out.append(base_dir / entry)
+    return out
+
+
+def read_row(row: dict, base_dir: Path, task: str) -> list[RunResults]:
+    """Every seed's results of a spec row for ``task``."""
+    return [read_run(r, task, row.get("start", False)) for r in row_runs(row, base_dir)]
+
+
+def common(runs: list[RunResults], label: str) -> tuple[list[str], list]:
+    """The checkpoints and problem ids every seed of a row shares; seeds evaluated on other
+    checkpoints or other problems are refused, since a mean over them would mix different things."""
+    ckpts = list(runs[0].by_ckpt)
+    ids = sorted(runs[0].by_ckpt[ckpts[0]], key=str)
     for r in runs:
-        for name in ckpts or r.by_ckpt:
-            for pid, c in r.by_ckpt[name].items():
-                acc.setdefault(pid, []).append(c)
-    return {pid: float(np.mean(v)) for pid, v in acc.items()}
+        if list(r.by_ckpt) != ckpts:
+            raise ConfigError(f"row {label}: {r.run} has evaluated checkpoints {list(r.by_ckpt)}, {runs[0].run} has "
+                              f"{ckpts}: evaluate the missing ones (python -m yfpo.evaluate run_dir=...) or leave the run out")
+        for name, scores in r.by_ckpt.items():
+            if sorted(scores, key=str) != ids:
+                raise ConfigError(f"row {label}: {r.run} {name} was evaluated on {len(scores)} problems, "
+                                  f"{runs[0].run} {ckpts[0]} on {len(ids)} other ones (eval.limit or eval.path differ): "
+                                  "evaluate every run on the same problems")
+    return ckpts, ids
 
 
-def paired_bootstrap_p(row: dict, base: dict, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> float:
-    """Two-sided paired bootstrap p-value of ``mean(row - base)`` over the problems both have.
-
-    Resamples problems with replacement; ``p = 2 * min(P(mean* <= 0), P(mean* >= 0))`` capped at 1.
-    """
-    ids = sorted(set(row) & set(base))
-    if not ids:
-        raise ConfigError("the row and its baseline share no problems: were they evaluated on the same task?")
-    d = np.array([row[i] - base[i] for i in ids])
-    if not d.any():
-        return 1.0
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(samples, len(d)))].mean(axis=1)
-    return float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
+def matrix(runs: list[RunResults], ckpts: list[str], ids: list) -> np.ndarray:
+    """``c[seed, checkpoint, problem]`` of one row."""
+    return np.array([[[r.by_ckpt[k][i] for i in ids] for k in ckpts] for r in runs], dtype=float)
 
 
-def format_p(p: float) -> str:
-    """A p-value as the tables print it; 0 (no resample on the other side) is below the bootstrap's resolution."""
-    return f"{p:.3f}" if p >= 1e-3 else f"<{1 / BOOTSTRAP_SAMPLES:g}" if p == 0 else "<0.001"
+@dataclass
+class Row:
+    """One spec row on one task: its seeds' correctness ``c[seed, checkpoint, problem]``."""
+
+    label: str
+    ckpts: list[str]
+    ids: list
+    c: np.ndarray
+    fixed: bool  # the start model: one model, no between-run variance
+    dev_choice: list[str] | None = None  # per seed, the checkpoint chosen on dev
+
+    @classmethod
+    def read(cls, row: dict, base_dir: Path, task: str, dev: str | None = None) -> "Row":
+        runs = read_row(row, base_dir, task)
+        ckpts, ids = common(runs, _label(row))
+        out = cls(_label(row), ckpts, ids, matrix(runs, ckpts, ids), bool(row.get("start")))
+        if dev and not row.get("start"):
+            dev_runs = read_row(row, base_dir, dev)
+            out.dev_choice = [max(ckpts, key=lambda k: (np.mean(list(d.by_ckpt[k].values())) if k in d.by_ckpt
+                                                      else _missing_dev(d, dev, k), -ckpt_index(k)))
+                              for d in dev_runs]
+        return out
+
+    @property
+    def seeds(self) -> int:
+        return self.c.shape[0]
+
+    def ckpt_acc(self) -> dict[str, float]:
+        """Per checkpoint, the accuracy (mean over seeds)."""
+        return {k: float(self.c[:, j].mean()) for j, k in enumerate(self.ckpts)}
+
+    def avg(self) -> stats.Arm:
+        """Each seed's per-problem mean over the checkpoints (the paper's Avg)."""
+        return stats.Arm(self.c.mean(axis=1), self.fixed)
+
+    def dev_selected(self) -> stats.Arm | None:
+        """Each seed's per-problem test correctness at its dev-chosen checkpoint."""
+        if self.dev_choice is None:
+            return None
+        return stats.Arm(np.stack([self.c[s, self.ckpts.index(k)] for s, k in enumerate(self.dev_choice)]))
+
+    def best(self) -> float:
+        """The paper's Best: the maximum over checkpoints of the test accuracy (selected on test)."""
+        return max(self.ckpt_acc().values())
 
 
-def checkpoint_row(runs: list[RunResults]) -> dict:
-    """Ckpt-k accuracies (mean over seeds), Avg, Best, Avg's 95 % interval (normal, over problems)."""
-    names = sorted(set.intersection(*(set(r.by_ckpt) for r in runs)), key=lambda n: int(n.split("-")[1]))
-    ckpt_acc = {n: float(np.mean([np.mean(list(r.by_ckpt[n].values())) for r in runs])) for n in names}
-    avg_pp = np.array(list(per_problem(runs, names).values()))
-    half = 1.96 * avg_pp.std(ddof=1) / np.sqrt(len(avg_pp)) if len(avg_pp) > 1 else 0.0
-    return {"ckpts": ckpt_acc, "avg": float(np.mean(list(ckpt_acc.values()))), "best": max(ckpt_acc.values()),
-            "ci95": (float(avg_pp.mean() - half), float(avg_pp.mean() + half)), "seeds": len(runs)}
+def _missing_dev(run: RunResults, dev: str, ckpt: str):
+    raise MissingError(f"{run.run / 'eval' / dev / ckpt} not found: evaluate the dev set "
+                       f"(python -m yfpo.evaluate run_dir={run.run} eval={dev})")
+
+
+def _label(row: dict) -> str:
+    return f"{row['data']} {row['method']}" + (f" λ={row['lambda']}" if row.get("lambda") is not None else "")
+
+
+def _fmt_lambda(row: dict) -> str:
+    return "" if row.get("lambda") is None else str(row["lambda"])
+
+
+def format_p(p: float | None) -> str:
+    """A p-value as the tables print it."""
+    return UNKNOWN if p is None else f"{p:.3f}" if p >= 1e-3 else "<0.001"
+
+
+def format_interval(ci: tuple[float, float] | None) -> str:
+    return UNKNOWN if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def verdict(diff: stats.Estimate, p_adjusted: float | None, alpha: float = stats.ALPHA) -> str:
+    """``higher``/``lower`` when the (adjusted) p-value resolves the difference, else ``unresolved``."""
+    if p_adjusted is None:
+        return UNKNOWN
+    if p_adjusted >= alpha:
+        return "unresolved"
+    return "higher" if diff.value > 0 else "lower"
+
+
+def per_seed(arm: stats.Arm) -> str:
+    """The runs' accuracies, as the tables print them."""
+    return " / ".join(f"{m:.3f}" for m in arm.seed_means())
+
+
+def compare(rows: list[Row], pairs: list[tuple[int, int]], dev: bool = False) -> dict[int, dict]:
+    """For each ``(row, baseline)`` index pair, the difference of Avg (or of the dev-selected score)
+    and its test, Holm-adjusted over the family ``pairs``: ``{row: {diff, p, p_holm, verdict}}``."""
+    out = {}
+    for i, b in pairs:
+        if rows[i].ids != rows[b].ids:
+            raise ConfigError(f"row {rows[i].label} and its baseline {rows[b].label} were evaluated on different "
+                              f"problems ({len(rows[i].ids)} vs {len(rows[b].ids)}): evaluate both with the same eval settings")
+        arm, base = (rows[i].dev_selected(), rows[b].dev_selected() or rows[b].avg()) if dev else (rows[i].avg(), rows[b].avg())
+        if arm is None:
+            continue
+        out[i] = {"diff": stats.difference(arm, base)}
+    adjusted = stats.holm([r["diff"].p() for r in out.values()])
+    for r, p_holm in zip(out.values(), adjusted):
+        r.update(p=r["diff"].p(), p_holm=p_holm, verdict=verdict(r["diff"], p_holm))
+    return out
 
 
 def spec_tasks(spec: dict) -> list[str]:
@@ -135,12 +266,19 @@ def spec_tasks(spec: dict) -> list[str]:
     return spec["task"] if isinstance(spec["task"], list) else [spec["task"]]
 
 
+def baseline_pairs(spec: dict) -> list[tuple[int, int]]:
+    """``(row, baseline row)`` for every row that has a baseline on its data (the baseline itself excluded)."""
+    baseline = {row["data"]: i for i, row in enumerate(spec["rows"]) if row["method"] == spec["baseline"]}
+    return [(i, baseline[r["data"]]) for i, r in enumerate(spec["rows"]) if baseline.get(r["data"], i) != i]
+
+
 def build(spec: dict, base_dir: Path, task: str | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the table described by ``spec`` (paths relative to ``base_dir``) for
     ``task`` (default: the first of :func:`spec_tasks`)."""
-    header, table = _build(spec, base_dir, task or spec_tasks(spec)[0])
+    task = task or spec_tasks(spec)[0]
+    header, table = _build(spec, base_dir, task)
     keys = list(dict.fromkeys(k for r in spec["rows"] for k in (r.get("paper") or {})))
-    if keys and (spec.get("layout") == "tasks" or (task or spec_tasks(spec)[0]) == spec.get("paper_task", spec_tasks(spec)[0])):
+    if keys and (spec.get("layout") == "tasks" or task == spec.get("paper_task", spec_tasks(spec)[0])):
         header = header + [f"paper {k}" for k in keys]
         table = [t + [str((r.get("paper") or {}).get(k, "")) for k in keys] for t, r in zip(table, spec["rows"])]
     return header, table
@@ -150,38 +288,71 @@ def _build(spec: dict, base_dir: Path, task: str) -> tuple[list[str], list[list[
     layout = spec.get("layout", "checkpoints")
     if layout not in LAYOUTS:
         raise ConfigError(f"{spec['name']}: layout={layout!r}, choose one of {LAYOUTS}")
-    tasks = spec["tasks"] if layout == "tasks" else [task]
-    rows = spec["rows"]
-    results = {(i, t): [read_run(base_dir / r, t, row.get("start", False)) for r in row["runs"]]
-               for i, row in enumerate(rows) for t in tasks}
-    baseline = {row["data"]: i for i, row in enumerate(rows) if row["method"] == spec["baseline"]}
+    dev = spec.get("dev") or {}
+    pairs = baseline_pairs(spec)
+    rows_of = {t: [Row.read(r, base_dir, t, dev.get(t)) for r in spec["rows"]]
+               for t in (spec["tasks"] if layout == "tasks" else [task])}
+    head = ["data", "method", "lambda", "seeds"]
+    lead = [[str(r["data"]), r["method"], _fmt_lambda(r), "start" if r.get("start") else str(row.seeds)]
+            for r, row in zip(spec["rows"], rows_of[next(iter(rows_of))])]
     if layout == "tasks":
-        header = ["data", "method", "lambda", "seeds"] + [f"{t} (best)" for t in tasks]
-        table = [[str(r["data"]), r["method"], _fmt_lambda(r), str(len(r["runs"]))]
-                 + [f"{checkpoint_row(results[(i, t)])['best']:.4f}" for t in tasks] for i, r in enumerate(rows)]
+        header, table = head, lead
+        for t, rows in rows_of.items():
+            tests = compare(rows, pairs)
+            sel = [row.dev_selected() for row in rows] if t in dev else None
+            header = (header + [f"{t} Avg", f"{t} Best (test-sel.)"] + ([f"{t} Dev-sel."] if sel else [])
+                      + [f"{t} p (Avg)", f"{t} p Holm"])
+            table = [cells + [f"{row.avg().y.mean():.4f}", f"{row.best():.4f}"]
+                     + ([f"{sel[i].y.mean():.4f}" if sel[i] is not None else ""] if sel else [])
+                     + [*((format_p(tests[i]["p"]), format_p(tests[i]["p_holm"])) if i in tests else ("", ""))]
+                     for i, (cells, row) in enumerate(zip(table, rows))]
         return header, table
-    stats = {i: checkpoint_row(results[(i, task)]) for i in range(len(rows))}
-    n_ckpts = max(len(s["ckpts"]) for s in stats.values())
-    header = (["data", "method", "lambda", "seeds"] + [f"Ckpt-{k}" for k in range(1, n_ckpts + 1)]
-              + ["Avg", "Avg 95% CI", "Best", "dAvg", "dBest", "p (vs baseline)"])
+    rows = rows_of[task]
+    n_ckpts = max(ckpt_index(k) for row in rows for k in row.ckpts)
+    tests, dev_tests = compare(rows, pairs), compare(rows, pairs, dev=True) if task in dev else {}
+    header = (head + [f"Ckpt-{k}" for k in range(1, n_ckpts + 1)]
+              + ["Avg", "Avg 95% CI", "Avg per seed", "Best (test-sel.)"]
+              + (["Dev-sel.", "dDev-sel.", "p (Dev-sel.)", "p Holm (Dev-sel.)"] if task in dev else [])
+              + ["dAvg", "dAvg 95% CI", "p (Avg)", "p Holm", "detectable dAvg", "vs baseline", "dBest (test-sel.)"])
+    by_row = dict(pairs)
     table = []
-    for i, row in enumerate(rows):
-        s, b = stats[i], baseline.get(row["data"])
-        ckpts = [f"{s['ckpts'][f'ckpt-{k}']:.4f}" if f"ckpt-{k}" in s["ckpts"] else "" for k in range(1, n_ckpts + 1)]
-        if b is None or b == i:
-            delta = ["", "", ""]
+    for i, (cells, row) in enumerate(zip(lead, rows)):
+        acc, avg = row.ckpt_acc(), stats.mean(row.avg())
+        ckpts = [f"{acc[f'ckpt-{k}']:.4f}" if f"ckpt-{k}" in acc else "" for k in range(1, n_ckpts + 1)]
+        dev_cells = []
+        if task in dev:
+            sel = row.dev_selected()
+            t = dev_tests.get(i)
+            dev_cells = [f"{sel.y.mean():.4f}" if sel is not None else "",
+                         *((f"{t['diff'].value:+.4f}", format_p(t["p"]), format_p(t["p_holm"])) if t else ("", "", ""))]
+        if i in tests:
+            t, b = tests[i], rows[by_row[i]]
+            d = t["diff"]
+            delta = [f"{d.value:+.4f}", format_interval(d.interval()), format_p(t["p"]), format_p(t["p_holm"]),
+                     UNKNOWN if d.se is None else f"{d.detectable():.4f}", t["verdict"], f"{row.best() - b.best():+.4f}"]
         else:
-            p = paired_bootstrap_p(per_problem(results[(i, task)]), per_problem(results[(b, task)]), seed=spec.get("seed", 0))
-            delta = [f"{s['avg'] - stats[b]['avg']:+.4f}", f"{s['best'] - stats[b]['best']:+.4f}",
-                     format_p(p)]
-        lo, hi = s["ci95"]
-        table.append([str(row["data"]), row["method"], _fmt_lambda(row), str(s["seeds"]), *ckpts,
-                      f"{s['avg']:.4f}", f"[{lo:.3f}, {hi:.3f}]", f"{s['best']:.4f}", *delta])
+            delta = [""] * 7
+        table.append(cells + ckpts + [f"{avg.value:.4f}", format_interval(avg.interval()), per_seed(row.avg()),
+                                      f"{row.best():.4f}", *dev_cells, *delta])
     return header, table
 
 
-def _fmt_lambda(row: dict) -> str:
-    return "" if row.get("lambda") is None else str(row["lambda"])
+def seeds_for(spec: dict, base_dir: Path, effect: float, problems: int | None = None) -> tuple[list[str], list[list[str]]]:
+    """Per task and row against its baseline: the seeds per arm that would detect ``effect`` (a
+    difference of Avg) with 80 % power at 0.05, from this table's own variance components, on
+    ``problems`` problems (default: those evaluated)."""
+    header = ["task", "data", "method", "lambda", "seeds now", "problems", "seeds needed"]
+    table = []
+    for task in (spec["tasks"] if spec.get("layout") == "tasks" else spec_tasks(spec)):
+        rows = [Row.read(r, base_dir, task) for r in spec["rows"]]
+        for i, b in baseline_pairs(spec):
+            n = stats.seeds_needed(effect, rows[i].avg(), rows[b].avg(), problems)
+            r = spec["rows"][i]
+            need = (UNKNOWN if not (rows[i].avg().known and rows[b].avg().known)
+                    else str(n) if n else "not within 1000 (more problems needed)")
+            table.append([task, str(r["data"]), r["method"], _fmt_lambda(r), str(rows[i].seeds),
+                          str(problems or len(rows[i].ids)), need])
+    return header, table
 
 
 def scoring_table(spec: dict, base_dir: Path, tasks: list[str]) -> tuple[list[str], list[list[str]], list[str]]:
@@ -196,13 +367,12 @@ def scoring_table(spec: dict, base_dir: Path, tasks: list[str]) -> tuple[list[st
     table, warnings = [], []
     for row in spec["rows"]:
         for task in tasks:
-            runs = [read_run(base_dir / r, task, row.get("start", False)) for r in row["runs"]]
+            runs = read_row(row, base_dir, task)
             per_ckpt = [r.scoring[c] for r in runs for c in r.by_ckpt]
             means = [_mean_of(per_ckpt, k) for k in SCORING_KEYS]
             over = [what for what, bad in checks.items() if any(bad(c) for c in per_ckpt)]
-            label = f"{row['data']} {row['method']}" + (f" λ={row['lambda']}" if row.get("lambda") is not None else "")
-            warnings += [f"{label} [{task}]: {what} above {limit:.0%} in some checkpoint" for what in over]
-            table.append([str(row["data"]), row["method"], _fmt_lambda(row), task, f"{checkpoint_row(runs)['avg']:.4f}",
+            warnings += [f"{_label(row)} [{task}]: {what} above {limit:.0%} in some checkpoint" for what in over]
+            table.append([str(row["data"]), row["method"], _fmt_lambda(row), task, f"{np.mean([np.mean(list(r.by_ckpt[c].values())) for r in runs for c in r.by_ckpt]):.4f}",
                           *("" if m is None else f"{m:.4f}" for m in means), ", ".join(f"{w} > {limit:.0%}" for w in over)])
     return header, table, warnings
 
@@ -218,9 +388,9 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 
 def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
-    """Reward margin and neuron margin over steps (faint: as logged per batch; solid: a trailing mean
-    over a tenth of the points), and accuracy per checkpoint from the start model (``ckpt-0``) on,
-    one line per row."""
+    """Reward margin and neuron margin over steps of each row's first seed (faint: as logged per batch;
+    solid: a trailing mean over a tenth of the points), and accuracy per checkpoint (mean over seeds)
+    from the start model (``ckpt-0``) on, one line per row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,10 +399,10 @@ def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     task = spec_tasks(spec)[0]
     for n, row in enumerate(r for r in spec["rows"] if not r.get("start")):  # the start model has no curves
-        label = row["method"] + (f" λ={row['lambda']}" if row.get("lambda") is not None else "")
+        label = _label(row).split(" ", 1)[1]
         color = f"C{n}"
-        run = base_dir / row["runs"][0]
-        metrics = run / "logs" / "metrics.csv"
+        runs = row_runs(row, base_dir)
+        metrics = runs[0] / "logs" / "metrics.csv"
         if metrics.is_file():
             with open(metrics) as f:
                 logged = list(csv.DictReader(f))
@@ -243,13 +413,13 @@ def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
                     ax.plot(steps, values, color=color, alpha=0.2, linewidth=0.8)
                     ax.plot(steps, smooth(list(values), max(1, len(values) // 10)), color=color, label=label)
         try:
-            start = read_run(run, task, start=True).by_ckpt
+            start = read_run(runs[0], task, start=True).by_ckpt
         except MissingError:  # the start model was not evaluated: the line begins at ckpt-1
             start = {}
-        points = {**start, **read_run(run, task).by_ckpt}
-        ks = sorted(points, key=lambda n: int(n.split("-")[1]))
-        axes[2].plot([int(k.split("-")[1]) for k in ks], [np.mean(list(points[k].values())) for k in ks], "o-",
-                     color=color, label=label)
+        row_acc = Row.read(row, base_dir, task).ckpt_acc()
+        points = {**{k: float(np.mean(list(v.values()))) for k, v in start.items()}, **row_acc}
+        ks = sorted(points, key=ckpt_index)
+        axes[2].plot([ckpt_index(k) for k in ks], [points[k] for k in ks], "o-", color=color, label=label)
     for ax, title in zip(axes, ("rewards/margins", "neuron/margin", f"{task} accuracy per checkpoint (0: start)")):
         ax.set_title(title)
         ax.legend(fontsize=7)
@@ -271,7 +441,7 @@ def make_tables(spec_path: Path, base_dir: Path = Path("."), out: Path | None = 
     for task in tasks:
         header, table = build(spec, base_dir, task)
         title = spec.get("title", spec["name"]) + (f" [{task}]" if len(tasks) > 1 else "")
-        parts.append(markdown(title, header, table))
+        parts.append(markdown(title, header, table, STATS_NOTE))
         stem = spec["name"] + (f"_{task}" if len(tasks) > 1 else "")
         with open(out / f"{stem}.csv", "w", newline="") as f:
             csv.writer(f).writerows([header, *table])
@@ -289,11 +459,27 @@ def make_tables(spec_path: Path, base_dir: Path = Path("."), out: Path | None = 
     return md
 
 
+def power_report(spec_path: Path, effect: float, problems: int | None, base_dir: Path = Path(".")) -> str:
+    """Markdown: :func:`seeds_for` of one spec."""
+    spec = yaml.safe_load(spec_path.read_text())
+    header, table = seeds_for(spec, base_dir, effect, problems)
+    return markdown(f"{spec['name']}: seeds per arm to detect dAvg = {effect:+g} with 80 % power at 0.05", header,
+                    table, "From this table's own between-seed, seed x problem and arm x problem variances "
+                           "(yfpo/stats.py seeds_needed); both arms get that many seeds.")
+
+
 def main(argv: list[str]) -> None:
-    if not argv:
-        raise SystemExit("usage: python -m yfpo.tables experiments/NAME.yaml [...]")
-    for path in argv:
-        print(run_cli(make_tables, Path(path)))
+    parser = argparse.ArgumentParser(prog="python -m yfpo.tables", description=__doc__.split("\n\n")[0])
+    parser.add_argument("specs", nargs="+", type=Path, help="table specs, e.g. experiments/yfpo_table2.yaml")
+    parser.add_argument("--seeds-for", type=float, metavar="D",
+                        help="instead of the tables: seeds per arm needed to detect a difference D of Avg (e.g. 0.0076)")
+    parser.add_argument("--problems", type=int, help="with --seeds-for: assume this many test problems (default: those evaluated)")
+    args = parser.parse_args(argv)
+    for path in args.specs:
+        if args.seeds_for is not None:
+            print(run_cli(power_report, path, args.seeds_for, args.problems))
+        else:
+            print(run_cli(make_tables, path))
 
 
 if __name__ == "__main__":
