@@ -176,10 +176,7 @@ class Row:
         ckpts, ids = common(runs, _label(row))
         out = cls(_label(row), ckpts, ids, matrix(runs, ckpts, ids), bool(row.get("start")))
         if dev and not row.get("start"):
-            dev_runs = read_row(row, base_dir, dev)
-            out.dev_choice = [max(ckpts, key=lambda k: (np.mean(list(d.by_ckpt[k].values())) if k in d.by_ckpt
-                                                      else _missing_dev(d, dev, k), -ckpt_index(k)))
-                              for d in dev_runs]
+            out.dev_choice = [dev_choice(d, ckpts, dev) for d in read_row(row, base_dir, dev)]
         return out
 
     @property
@@ -205,9 +202,13 @@ class Row:
         return max(self.ckpt_acc().values())
 
 
-def _missing_dev(run: RunResults, dev: str, ckpt: str):
-    raise MissingError(f"{run.run / 'eval' / dev / ckpt} not found: evaluate the dev set "
-                       f"(python -m yfpo.evaluate run_dir={run.run} eval={dev})")
+def dev_choice(dev_run: RunResults, ckpts: list[str], dev: str) -> str:
+    """The checkpoint of ``ckpts`` with the highest dev accuracy (on a tie, the earliest)."""
+    missing = [k for k in ckpts if k not in dev_run.by_ckpt]
+    if missing:
+        raise MissingError(f"{dev_run.run / 'eval' / dev} has no {missing}: evaluate the dev set "
+                           f"(python -m yfpo.evaluate run_dir={dev_run.run} eval={dev})")
+    return max(ckpts, key=lambda k: (np.mean(list(dev_run.by_ckpt[k].values())), -ckpt_index(k)))
 
 
 def _label(row: dict) -> str:
@@ -249,9 +250,10 @@ def compare(rows: list[Row], pairs: list[tuple[int, int]], dev: bool = False) ->
         if rows[i].ids != rows[b].ids:
             raise ConfigError(f"row {rows[i].label} and its baseline {rows[b].label} were evaluated on different "
                               f"problems ({len(rows[i].ids)} vs {len(rows[b].ids)}): evaluate both with the same eval settings")
-        arm, base = (rows[i].dev_selected(), rows[b].dev_selected() or rows[b].avg()) if dev else (rows[i].avg(), rows[b].avg())
+        arm, base = (rows[i].dev_selected(), rows[b].dev_selected()) if dev else (rows[i].avg(), rows[b].avg())
         if arm is None:
             continue
+        base = base or rows[b].avg()  # a start baseline has no checkpoints to choose among
         out[i] = {"diff": stats.difference(arm, base)}
     adjusted = stats.holm([r["diff"].p() for r in out.values()])
     for r, p_holm in zip(out.values(), adjusted):
@@ -432,9 +434,9 @@ def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def make_tables(spec_path: Path, base_dir: Path = Path("."), out: Path | None = None) -> str:
+def make_tables(spec_path: Path, base_dir: Path = Path("."), out: Path | None = None, baseline: str | None = None) -> str:
     """Build one spec's Markdown, CSV and curves (in ``out``, default: next to the spec)."""
-    spec = yaml.safe_load(spec_path.read_text())
+    spec = load_spec(spec_path, baseline)
     out = out or spec_path.parent
     out.mkdir(parents=True, exist_ok=True)
     tasks, parts = spec_tasks(spec), []
@@ -459,9 +461,23 @@ def make_tables(spec_path: Path, base_dir: Path = Path("."), out: Path | None = 
     return md
 
 
-def power_report(spec_path: Path, effect: float, problems: int | None, base_dir: Path = Path(".")) -> str:
-    """Markdown: :func:`seeds_for` of one spec."""
+def load_spec(spec_path: Path, baseline: str | None = None) -> dict:
+    """A table spec, with ``baseline`` (a method of its rows) in place of its own when given."""
+    if not spec_path.is_file():
+        raise MissingError(f"{spec_path}: no such table spec (see experiments/*.yaml)")
     spec = yaml.safe_load(spec_path.read_text())
+    if baseline is not None:
+        methods = [r["method"] for r in spec["rows"]]
+        if baseline not in methods:
+            raise ConfigError(f"--baseline {baseline!r} is not a method of {spec_path}: choose one of {methods}")
+        spec["baseline"] = baseline
+    return spec
+
+
+def power_report(spec_path: Path, effect: float, problems: int | None, baseline: str | None = None,
+                 base_dir: Path = Path(".")) -> str:
+    """Markdown: :func:`seeds_for` of one spec."""
+    spec = load_spec(spec_path, baseline)
     header, table = seeds_for(spec, base_dir, effect, problems)
     return markdown(f"{spec['name']}: seeds per arm to detect dAvg = {effect:+g} with 80 % power at 0.05", header,
                     table, "From this table's own between-seed, seed x problem and arm x problem variances "
@@ -474,12 +490,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seeds-for", type=float, metavar="D",
                         help="instead of the tables: seeds per arm needed to detect a difference D of Avg (e.g. 0.0076)")
     parser.add_argument("--problems", type=int, help="with --seeds-for: assume this many test problems (default: those evaluated)")
+    parser.add_argument("--baseline", metavar="METHOD", help="compare every row with this method instead of the spec's `baseline`")
     args = parser.parse_args(argv)
     for path in args.specs:
         if args.seeds_for is not None:
-            print(run_cli(power_report, path, args.seeds_for, args.problems))
+            print(run_cli(power_report, path, args.seeds_for, args.problems, args.baseline))
         else:
-            print(run_cli(make_tables, path))
+            print(run_cli(make_tables, path, baseline=args.baseline))
 
 
 if __name__ == "__main__":
