@@ -328,3 +328,27 @@ def test_eval_defaults_follow_the_papers():
         assert e.max_new_tokens == 2048  # Step-DPO's max_tokens (NOTES.md); neither YFPO nor FDT states one
         assert e.stop is None and e.stop_token_ids is None  # the template's defaults
         assert e.num_fewshot == 0 and e.fewshot_set == fewshot_set and e.compare_backends == 0 and e.warn_rate == 0.05
+
+
+def test_the_tables_hint_for_a_missing_evaluation_runs_as_pasted(tmp_path, cache, monkeypatch):
+    """A sweep directory's name holds ',' and '=': the suggested command must still parse and work."""
+    import shlex
+    import subprocess
+    import sys
+
+    from yfpo import tables
+    from yfpo.errors import MissingError
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("multirun") / "smoke" / "+variant=dpo,seed=1"
+    fit(compose_cfg(*FAST, "method=dpo", "checkpoints.count=1"), run_dir)
+    spec = {"name": "h", "task": "synthetic", "baseline": "DPO", "rows": [{"data": "s", "method": "DPO", "runs": [str(run_dir)]}]}
+    with pytest.raises(MissingError) as missing:
+        tables.build(spec, Path("."))
+    hint = str(missing.value).split("`")[1]
+    assert hint.startswith("python -m yfpo.evaluate")
+    argv = shlex.split(hint)[3:] + ["eval.limit=8"]  # as pasted (a shorter evaluation than the user's)
+    done = subprocess.run([sys.executable, "-m", "yfpo.evaluate", *argv], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    header, table = tables.build(spec, Path("."))
+    assert table[0][header.index("Avg per seed")] != ""

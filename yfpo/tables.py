@@ -53,6 +53,7 @@ import numpy as np
 import yaml
 
 from yfpo import stats
+from yfpo.config import CONF_DIR
 from yfpo.errors import ConfigError, MissingError, run_cli
 
 LAYOUTS = ("checkpoints", "tasks")
@@ -99,12 +100,22 @@ def _mean_of(rows: list[dict], key: str) -> float | None:
     return None if not values or any(v is None for v in values) else float(np.mean([float(v) for v in values]))
 
 
+def evaluate_hint(run: Path, name: str) -> str:
+    """The command that fills ``run/eval/<name>/``, quoted so that it pastes into a shell and into
+    Hydra's parser when the path holds ``,`` or ``=`` (as sweep directories do)."""
+    group = (Path(CONF_DIR) / "eval" / f"{name}.yaml").is_file()
+    return (f"python -m yfpo.evaluate \"run_dir='{run}'\" " + (f"eval={name}" if group else
+            f"eval.name={name} (with the eval=... settings that evaluation used)"))
+
+
 def read_run(run: Path, task: str, start: bool = False) -> RunResults:
     """The evaluated checkpoints ``ckpt-1..N`` of ``run`` (``ckpt-0``, the start model, is left out),
     or with ``start`` only ``ckpt-0``: a row for the model training started from (e.g. SFT)."""
     root = run / "eval" / task
+    if not run.is_dir():
+        raise MissingError(f"{run} not found: train that run first (the table spec's `experiments:` name its recipe)")
     if not root.is_dir():
-        raise MissingError(f"{root} not found: run `python -m yfpo.evaluate run_dir={run} eval={task}` first")
+        raise MissingError(f"{root} not found: run `{evaluate_hint(run, task)}` first")
     res = RunResults(run)
     for ckpt in sorted(root.glob("ckpt-*"), key=lambda p: ckpt_index(p.name)):
         if (ckpt.name == "ckpt-0") != start or not (ckpt / "summary.json").is_file():
@@ -113,7 +124,7 @@ def read_run(run: Path, task: str, start: bool = False) -> RunResults:
         res.by_ckpt[ckpt.name] = {r["id"]: float(r["correct"]) for r in rows}
         res.scoring[ckpt.name] = {name: _mean_of(rows, key) for name, key in SCORING_KEYS.items()}
     if not res.by_ckpt:
-        raise MissingError(f"no finished evaluations under {root}: run `python -m yfpo.evaluate run_dir=...` first")
+        raise MissingError(f"no finished evaluations under {root}: run `{evaluate_hint(run, task)}` first")
     return res
 
 
@@ -137,15 +148,16 @@ def read_row(row: dict, base_dir: Path, task: str) -> list[RunResults]:
     return [read_run(r, task, row.get("start", False)) for r in row_runs(row, base_dir)]
 
 
-def common(runs: list[RunResults], label: str) -> tuple[list[str], list]:
+def common(runs: list[RunResults], label: str, task: str) -> tuple[list[str], list]:
     """The checkpoints and problem ids every seed of a row shares; seeds evaluated on other
     checkpoints or other problems are refused, since a mean over them would mix different things."""
     ckpts = list(runs[0].by_ckpt)
     ids = sorted(runs[0].by_ckpt[ckpts[0]], key=str)
     for r in runs:
         if list(r.by_ckpt) != ckpts:
+            short, full = (r, runs[0]) if len(r.by_ckpt) < len(ckpts) else (runs[0], r)
             raise ConfigError(f"row {label}: {r.run} has evaluated checkpoints {list(r.by_ckpt)}, {runs[0].run} has "
-                              f"{ckpts}: evaluate the missing ones (python -m yfpo.evaluate run_dir=...) or leave the run out")
+                              f"{ckpts}: evaluate the missing ones (`{evaluate_hint(short.run, task)}`) or leave the run out")
         for name, scores in r.by_ckpt.items():
             if sorted(scores, key=str) != ids:
                 raise ConfigError(f"row {label}: {r.run} {name} was evaluated on {len(scores)} problems, "
@@ -173,7 +185,7 @@ class Row:
     @classmethod
     def read(cls, row: dict, base_dir: Path, task: str, dev: str | None = None) -> "Row":
         runs = read_row(row, base_dir, task)
-        ckpts, ids = common(runs, _label(row))
+        ckpts, ids = common(runs, _label(row), task)
         out = cls(_label(row), ckpts, ids, matrix(runs, ckpts, ids), bool(row.get("start")))
         if dev and not row.get("start"):
             out.dev_choice = [dev_choice(d, ckpts, dev) for d in read_row(row, base_dir, dev)]
@@ -207,7 +219,7 @@ def dev_choice(dev_run: RunResults, ckpts: list[str], dev: str) -> str:
     missing = [k for k in ckpts if k not in dev_run.by_ckpt]
     if missing:
         raise MissingError(f"{dev_run.run / 'eval' / dev} has no {missing}: evaluate the dev set "
-                           f"(python -m yfpo.evaluate run_dir={dev_run.run} eval={dev})")
+                           f"(`{evaluate_hint(dev_run.run, dev)}`)")
     return max(ckpts, key=lambda k: (np.mean(list(dev_run.by_ckpt[k].values())), -ckpt_index(k)))
 
 
@@ -291,6 +303,10 @@ def _build(spec: dict, base_dir: Path, task: str) -> tuple[list[str], list[list[
     if layout not in LAYOUTS:
         raise ConfigError(f"{spec['name']}: layout={layout!r}, choose one of {LAYOUTS}")
     dev = spec.get("dev") or {}
+    methods = [r["method"] for r in spec["rows"]]
+    if spec.get("baseline") not in methods:
+        raise ConfigError(f"{spec['name']}: baseline={spec.get('baseline')!r} is not the method of any row: "
+                          f"choose one of {sorted(set(methods))}")
     pairs = baseline_pairs(spec)
     rows_of = {t: [Row.read(r, base_dir, t, dev.get(t)) for r in spec["rows"]]
                for t in (spec["tasks"] if layout == "tasks" else [task])}
