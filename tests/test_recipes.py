@@ -107,7 +107,14 @@ def test_make_reproduce_tables_dry_run_lists_composed_commands():
     assert "every config composed" in out.stdout and len(lines) == 25
     assert lines[0] == "python -m yfpo.neurons +experiment=dpo_10k"
     assert "python -m yfpo.train -m +experiment=yfpo_2k trainer=ddp" in lines
+    assert "# yfpo_2k: 12 jobs, training seeds 1, 2, 3" in out.stdout  # 4 lambdas x 3 seeds
+    assert "# fdt_sft: 2 jobs, training seeds 42" in out.stdout  # the start model is trained once
     assert lines[-1].startswith("python -m yfpo.tables experiments/yfpo_table1.yaml")
+    five = subprocess.run(["make", "-s", "reproduce-tables", "DRY_RUN=1", "SEEDS=1,2,3,4,5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert five.returncode == 0, five.stderr[-2000:]
+    assert "# yfpo_2k: 20 jobs, training seeds 1, 2, 3, 4, 5" in five.stdout and "python -m yfpo.train -m +experiment=yfpo_2k seed=1,2,3,4,5" in five.stdout
+    assert "# fdt_sft: 2 jobs, training seeds 42" in five.stdout and "+experiment=fdt_sft seed" not in five.stdout
     # a typo in the arguments fails before anything runs
     bad = subprocess.run(["make", "-s", "reproduce-tables", "DRY_RUN=1", "TRAIN_ARGS=trainer.max_step=5"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)

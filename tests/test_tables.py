@@ -74,13 +74,13 @@ def test_outputs_and_tasks_layout(spec, tmp_path):
     make_run(tmp_path, "dpo_m", "math500", [correct(2), correct(3)], metrics=False)
     fdt = {"name": "f", "layout": "tasks", "tasks": ["gsm8k", "math500"], "baseline": "DPO",
            "rows": [{"data": "x", "method": "DPO", "runs": ["dpo"]}]}
-    with pytest.raises(FileNotFoundError, match="python -m yfpo.evaluate run_dir=.*eval=math500"):
+    with pytest.raises(FileNotFoundError, match="python -m yfpo.evaluate \"run_dir=.*\" eval=math500"):
         tables.build(fdt, tmp_path)
     fdt["rows"][0]["runs"] = ["dpo"]
     (tmp_path / "dpo" / "eval" / "math500").symlink_to(tmp_path / "dpo_m" / "eval" / "math500")
     header, rows = tables.build(fdt, tmp_path)
     assert header[4:6] == ["gsm8k Avg", "gsm8k Best (test-sel.)"] and rows[0][4:6] == ["0.6000", "0.7000"]
-    assert header[8:10] == ["math500 Avg", "math500 Best (test-sel.)"] and rows[0][8:10] == ["0.2500", "0.3000"]
+    assert header[9:11] == ["math500 Avg", "math500 Best (test-sel.)"] and rows[0][9:11] == ["0.2500", "0.3000"]
 
 
 def test_paper_columns_and_one_table_per_task(spec, tmp_path):
@@ -179,6 +179,8 @@ def test_dev_selection_picks_the_dev_argmax_and_reports_its_test_score(tmp_path)
     assert yfpo[col["Best (test-sel.)"]] == "0.9000" and yfpo[col["Dev-sel."]] == "0.6000"  # mean of 0.5 and 0.7
     assert dpo[col["Dev-sel."]] == "0.4500" and yfpo[col["dDev-sel."]] == "+0.1500"
     assert yfpo[col["p (Dev-sel.)"]] != "" and yfpo[col["seeds"]] == "2"
+    header, (_, yfpo) = tables.build({**spec, "layout": "tasks", "tasks": ["gsm8k"]}, tmp_path)  # the FDT layout
+    assert yfpo[header.index("gsm8k Dev-sel.")] == "0.6000" and yfpo[header.index("gsm8k Best (test-sel.)")] == "0.9000"
 
 
 def test_rows_that_would_mix_different_evaluations_are_refused(tmp_path):
@@ -211,6 +213,6 @@ def test_seeds_for_answers_how_many_seeds_an_effect_needs(tmp_path, capsys, monk
     small = capsys.readouterr().out
     tables.main(["pw.yaml", "--seeds-for", "0.0076", "--problems", "1319"])
     tiny = capsys.readouterr().out
-    need = lambda md: md.split("| gsm8k | 2K | YFPO |")[1].split("|")[3].strip()  # noqa: E731
+    need = lambda md: md.split("| gsm8k | 2K | YFPO |")[1].split("|")[4].strip()  # noqa: E731
     assert "seeds per arm to detect dAvg = +0.05" in small and int(need(small)) < int(need(tiny))
     assert "1319" in small

@@ -29,7 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from yfpo.config import compose_config
 from yfpo.errors import ConfigError, MissingError, run_cli
 from yfpo import stats
-from yfpo.tables import Row, format_interval, format_p, make_tables, per_seed, verdict
+from yfpo.tables import Row, format_detectable, format_interval, format_p, make_tables, per_seed, verdict
 
 # Logged metrics whose first- and last-epoch means say what each arm did (TRL's names).
 MECHANISMS = ("logps/chosen", "logps/rejected", "rewards/margins", "neuron/margin", "train/nll")
@@ -139,7 +139,7 @@ def versus(cfg, runs: dict[str, list[str]]) -> str:
     for (a, b), d, p_holm in zip(cfg.demo.compare, diffs, adjusted):
         lines.append(f"| {label(a)} | {per_seed(arms[a].avg())} | {label(b)} | {per_seed(arms[b].avg())} | "
                      f"{d.value:+.4f} | {format_interval(d.interval())} | {format_p(d.p())} | {format_p(p_holm)} | "
-                     f"{'' if d.se is None else f'{d.detectable():.4f}'} | {verdict(d, p_holm)} |")
+                     f"{format_detectable(d)} | {verdict(d, p_holm)} |")
     return ("Arms against each other (Avg over checkpoints; the seed-level test of yfpo/stats.py, paired on "
             "problems, Holm-adjusted over these pairs; `unresolved`: the seeds do not tell the arms apart):\n\n"
             + "\n".join(lines) + "\n")

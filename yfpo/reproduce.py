@@ -9,7 +9,8 @@ A table spec (see :mod:`yfpo.tables`) names the experiments that make its rows
 3. evaluation: ``python -m yfpo.evaluate -m run_dir=multirun/X eval=A,B``;
 4. tables: ``python -m yfpo.tables SPEC``.
 
-``--train-args``/``--eval-args`` are appended to the training/evaluation commands, e.g.
+``--seeds 1,2,3,4,5`` sets the training seeds of every row (default: the experiments' 1,2,3;
+the tables aggregate whatever seeds each row has). ``--train-args``/``--eval-args`` are appended to the training/evaluation commands, e.g.
 ``hydra/launcher=slurm trainer=ddp`` or ``eval.backend=vllm``. Every command's config — each job
 of each sweep — is composed before anything runs, so a typo fails in seconds, not after a
 day of training. Every stage skips finished work: running again continues where it stopped.
@@ -63,8 +64,10 @@ def _sweep_jobs(config_name: str, overrides: tuple[str, ...]) -> list[DictConfig
     return [_compose(config_name, fixed + [f"{k}={v}" for k, v in job.items()]) for job in jobs]
 
 
-def plan(specs: list[Path], train_args: list[str], eval_args: list[str]) -> list[tuple[str, list[str]]]:
-    """``(module, arguments)`` of every command, in order, for the table specs."""
+def plan(specs: list[Path], train_args: list[str], eval_args: list[str], seeds: str | None = None) -> list[tuple[str, list[str]]]:
+    """``(module, arguments)`` of every command, in order, for the table specs. ``seeds`` (``1,2,3,4,5``)
+    replaces the training seeds of the experiments that sweep seeds (not of a start model's, such
+    as fdt_sft, which every seed starts from)."""
     experiments, evals = [], {}
     for spec_path in specs:
         spec = yaml.safe_load(spec_path.read_text())
@@ -78,13 +81,15 @@ def plan(specs: list[Path], train_args: list[str], eval_args: list[str]) -> list
     neurons, train, evaluate = [], [], []
     seen_neuron_files = set()
     for e in experiments:
-        for job in sweep_jobs("config", [f"+experiment={e}", *train_args]):
+        base = sweep_jobs("config", [f"+experiment={e}"])[0]
+        args = [*train_args, f"seed={seeds}"] if seeds and "seed" in (base.hydra.sweeper.params or {}) else train_args
+        for job in sweep_jobs("config", [f"+experiment={e}", *args]):
             uses_neurons = job.method.loss == "yfpo" or (job.method.track_neurons and job.neurons.selector != "random")
             if uses_neurons and job.neurons.path not in seen_neuron_files:
                 seen_neuron_files.add(job.neurons.path)
                 neurons.append(("yfpo.neurons", [f"+experiment={e}"]))
-        train.append(("yfpo.train", ["-m", f"+experiment={e}", *train_args]))
-        name = sweep_jobs("config", [f"+experiment={e}", *train_args])[0].name
+        train.append(("yfpo.train", ["-m", f"+experiment={e}", *args]))
+        name = sweep_jobs("config", [f"+experiment={e}", *args])[0].name
         evaluate.append(("yfpo.evaluate", ["-m", f"run_dir=multirun/{name}", f"eval={','.join(evals[e])}", *eval_args]))
     tables = [("yfpo.tables", [str(s) for s in specs])]
     return neurons + train + evaluate + tables
@@ -107,12 +112,17 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--train-args", default="", help="appended to every training command")
     parser.add_argument("--eval-args", default="", help="appended to every evaluation command")
+    parser.add_argument("--seeds", help="training seeds of every row, e.g. 1,2,3,4,5 (default: the experiments' own, 1,2,3)")
     args = parser.parse_args(argv)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        commands = plan(args.specs, shlex.split(args.train_args), shlex.split(args.eval_args))
+        commands = plan(args.specs, shlex.split(args.train_args), shlex.split(args.eval_args), args.seeds)
         jobs = check(commands)
     print(f"# {len(commands)} commands ({jobs} jobs, every config composed)", flush=True)
     for module, cmd_args in commands:
+        if module == "yfpo.train":
+            jobs = sweep_jobs("config", [a for a in cmd_args if a != "-m"])
+            seeds = sorted({j.seed for j in jobs})
+            print(f"# {jobs[0].name}: {len(jobs)} jobs, training seeds {', '.join(map(str, seeds))}", flush=True)
         line = shlex.join(["python", "-m", module, *cmd_args])
         print(line, flush=True)
         if not args.dry_run:

@@ -30,6 +30,10 @@ too small; the t reference with few degrees of freedom is what corrects for esti
 from three runs. ``tests/test_stats.py`` checks the false-positive rate and the power on simulated
 evaluated runs, through the table code.
 
+Arms are treated as independent training runs. Where two arms share seeds (the demo trains every
+arm with seeds 1, 2, 3, so seed s of two arms sees the same batch order), their runs are positively
+correlated and the variance of the difference is overstated: the test is conservative there.
+
 A *fixed* arm has no between-run variance by design, such as the model every run starts from (the
 demo's SFT row): it is one model, not a draw of training runs. One seed of a trained arm leaves the
 between-run variance unknown, and then no interval or p-value is given (``se`` is None).

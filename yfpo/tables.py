@@ -240,6 +240,10 @@ def format_interval(ci: tuple[float, float] | None) -> str:
     return UNKNOWN if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def format_detectable(diff: stats.Estimate) -> str:
+    return UNKNOWN if diff.se is None else f"{diff.detectable():.4f}"
+
+
 def verdict(diff: stats.Estimate, p_adjusted: float | None, alpha: float = stats.ALPHA) -> str:
     """``higher``/``lower`` when the (adjusted) p-value resolves the difference, else ``unresolved``."""
     if p_adjusted is None:
@@ -319,10 +323,11 @@ def _build(spec: dict, base_dir: Path, task: str) -> tuple[list[str], list[list[
             tests = compare(rows, pairs)
             sel = [row.dev_selected() for row in rows] if t in dev else None
             header = (header + [f"{t} Avg", f"{t} Best (test-sel.)"] + ([f"{t} Dev-sel."] if sel else [])
-                      + [f"{t} p (Avg)", f"{t} p Holm"])
+                      + [f"{t} p (Avg)", f"{t} p Holm", f"{t} detectable dAvg"])
             table = [cells + [f"{row.avg().y.mean():.4f}", f"{row.best():.4f}"]
                      + ([f"{sel[i].y.mean():.4f}" if sel[i] is not None else ""] if sel else [])
-                     + [*((format_p(tests[i]["p"]), format_p(tests[i]["p_holm"])) if i in tests else ("", ""))]
+                     + ([format_p(tests[i]["p"]), format_p(tests[i]["p_holm"]), format_detectable(tests[i]["diff"])]
+                        if i in tests else ["", "", ""])
                      for i, (cells, row) in enumerate(zip(table, rows))]
         return header, table
     rows = rows_of[task]
@@ -347,7 +352,7 @@ def _build(spec: dict, base_dir: Path, task: str) -> tuple[list[str], list[list[
             t, b = tests[i], rows[by_row[i]]
             d = t["diff"]
             delta = [f"{d.value:+.4f}", format_interval(d.interval()), format_p(t["p"]), format_p(t["p_holm"]),
-                     UNKNOWN if d.se is None else f"{d.detectable():.4f}", t["verdict"], f"{row.best() - b.best():+.4f}"]
+                     format_detectable(d), t["verdict"], f"{row.best() - b.best():+.4f}"]
         else:
             delta = [""] * 7
         table.append(cells + ckpts + [f"{avg.value:.4f}", format_interval(avg.interval()), per_seed(row.avg()),
@@ -359,7 +364,7 @@ def seeds_for(spec: dict, base_dir: Path, effect: float, problems: int | None = 
     """Per task and row against its baseline: the seeds per arm that would detect ``effect`` (a
     difference of Avg) with 80 % power at 0.05, from this table's own variance components, on
     ``problems`` problems (default: those evaluated)."""
-    header = ["task", "data", "method", "lambda", "seeds now", "problems", "seeds needed"]
+    header = ["task", "data", "method", "lambda", "seeds now", "between-seed SD (row / baseline)", "problems", "seeds needed"]
     table = []
     for task in (spec["tasks"] if spec.get("layout") == "tasks" else spec_tasks(spec)):
         rows = [Row.read(r, base_dir, task) for r in spec["rows"]]
@@ -368,8 +373,10 @@ def seeds_for(spec: dict, base_dir: Path, effect: float, problems: int | None = 
             r = spec["rows"][i]
             need = (UNKNOWN if not (rows[i].avg().known and rows[b].avg().known)
                     else str(n) if n else "not within 1000 (more problems needed)")
-            table.append([task, str(r["data"]), r["method"], _fmt_lambda(r), str(rows[i].seeds),
-                          str(problems or len(rows[i].ids)), need])
+            sd = " / ".join("start" if x.fixed else UNKNOWN if x.seeds < 2 else f"{x.avg().seed_means().std(ddof=1):.4f}"
+                            for x in (rows[i], rows[b]))
+            table.append([task, str(r["data"]), r["method"], _fmt_lambda(r), "start" if r.get("start") else str(rows[i].seeds),
+                          sd, str(problems or len(rows[i].ids)), need])
     return header, table
 
 
