@@ -26,9 +26,9 @@ from pathlib import Path
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from yfpo import stats
 from yfpo.config import compose_config
 from yfpo.errors import ConfigError, MissingError, run_cli
-from yfpo import stats
 from yfpo.tables import Row, format_detectable, format_interval, format_p, make_tables, per_seed, verdict
 
 # Logged metrics whose first- and last-epoch means say what each arm did (TRL's names).
@@ -110,11 +110,11 @@ def mechanisms(cfg, runs: dict[str, list[str]]) -> str:
     header = ["arm", *MECHANISMS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in cfg.demo.variants:
-        per_seed = [epoch_means(Path(r) / "logs" / "metrics.csv", MECHANISMS) for r in runs[v]]
+        logged = [epoch_means(Path(r) / "logs" / "metrics.csv", MECHANISMS) for r in runs[v]]
         cells = []
         for k in MECHANISMS:
-            pairs = [m[k] for m in per_seed if k in m]
-            if len(pairs) < len(per_seed):
+            pairs = [m[k] for m in logged if k in m]
+            if len(pairs) < len(logged):
                 cells.append("")
                 continue
             first, last = (sum(p[j] for p in pairs) / len(pairs) for j in (0, 1))

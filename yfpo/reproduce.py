@@ -10,10 +10,11 @@ A table spec (see :mod:`yfpo.tables`) names the experiments that make its rows
 4. tables: ``python -m yfpo.tables SPEC``.
 
 ``--seeds 1,2,3,4,5`` sets the training seeds of every row (default: the experiments' 1,2,3;
-the tables aggregate whatever seeds each row has). ``--train-args``/``--eval-args`` are appended to the training/evaluation commands, e.g.
-``hydra/launcher=slurm trainer=ddp`` or ``eval.backend=vllm``. Every command's config — each job
-of each sweep — is composed before anything runs, so a typo fails in seconds, not after a
-day of training. Every stage skips finished work: running again continues where it stopped.
+the tables aggregate whatever seeds each row has). ``--train-args``/``--eval-args`` are
+appended to the training/evaluation commands, e.g. ``hydra/launcher=slurm trainer=ddp`` or
+``eval.backend=vllm``. Every command's config — each job of each sweep — is composed before
+anything runs, so a typo fails in seconds, not after a day of training. Every stage skips
+finished work: running again continues where it stopped.
 """
 
 from __future__ import annotations
@@ -120,9 +121,9 @@ def main(argv: list[str]) -> None:
     print(f"# {len(commands)} commands ({jobs} jobs, every config composed)", flush=True)
     for module, cmd_args in commands:
         if module == "yfpo.train":
-            jobs = sweep_jobs("config", [a for a in cmd_args if a != "-m"])
-            seeds = sorted({j.seed for j in jobs})
-            print(f"# {jobs[0].name}: {len(jobs)} jobs, training seeds {', '.join(map(str, seeds))}", flush=True)
+            sweep = sweep_jobs("config", [a for a in cmd_args if a != "-m"])
+            seeds = sorted({j.seed for j in sweep})
+            print(f"# {sweep[0].name}: {len(sweep)} jobs, training seeds {', '.join(map(str, seeds))}", flush=True)
         line = shlex.join(["python", "-m", module, *cmd_args])
         print(line, flush=True)
         if not args.dry_run:
