@@ -71,8 +71,29 @@ def case_evaluate_without_checkpoints(tmp_path):
     return ["yfpo.evaluate", *FAST, f"run_dir={tmp_path / 'empty'}"], [r"no HF checkpoints \(config.json\) under .*empty"]
 
 
+def case_chosen_identical_to_rejected(tmp_path):
+    rows = _pairs(6)
+    for i in (2, 4):
+        rows[i]["full_rejected"] = rows[i]["full_chosen"]
+    f = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    return ["yfpo.train", *FAST, f"data.path={f}", "data.pair_mode=full"], [
+        r"pairs.jsonl: 2 row\(s\) with 'full_chosen' identical to 'full_rejected': rows 2, 4; remove them"]
+
+
+def case_empty_response(tmp_path):
+    rows = _pairs(5)
+    rows[3]["full_chosen"] = ""
+    f = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    return ["yfpo.train", *FAST, f"data.path={f}", "data.pair_mode=full"], [r"1 row\(s\) with an empty 'full_chosen' or 'full_rejected': rows 3"]
+
+
+def case_lambda_on_a_method_that_ignores_it(tmp_path):
+    return ["yfpo.train", *FAST, "method=dpo", "lambda=0.5"], [r"lambda=0.5 is read only by method=yfpo or yfpo_fdt; method=dpo"]
+
+
 CASES = [case_invalid_json_line, case_malformed_row, case_missing_dataset, case_corrupt_neuron_file, case_bad_config_value,
-         case_missing_model, case_bad_neuron_selector, case_evaluate_without_checkpoints]
+         case_missing_model, case_bad_neuron_selector, case_evaluate_without_checkpoints, case_lambda_on_a_method_that_ignores_it,
+         case_chosen_identical_to_rejected, case_empty_response]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])

@@ -352,3 +352,15 @@ def test_the_tables_hint_for_a_missing_evaluation_runs_as_pasted(tmp_path, cache
     assert done.returncode == 0, done.stderr[-2000:]
     header, table = tables.build(spec, Path("."))
     assert table[0][header.index("Avg per seed")] != ""
+
+
+def test_a_second_evaluation_of_the_same_name_is_refused(run):
+    from yfpo.errors import UserError
+    from yfpo.locks import exclusive
+
+    cfg = compose_cfg(*FAST, f"run_dir={run}", "eval.limit=4")
+    with exclusive(run / "eval" / "synthetic.lock", "evaluation"):  # another process evaluating it
+        with pytest.raises(UserError, match=f"evaluation {run / 'eval' / 'synthetic'} is in use by pid {os.getpid()}"):
+            ev.evaluate(cfg)
+    assert not (run / "eval" / "synthetic" / "ckpt-1" / "predictions.jsonl").exists()
+    ev.evaluate(compose_cfg(*FAST, f"run_dir={run}", "eval.limit=4", "eval.name=other"))  # another name is free

@@ -1,12 +1,14 @@
 """Pre-emption: a training process killed with SIGKILL mid-epoch and started again with the same
 command ends bit-identical to a run that was never interrupted (same batches, optimizer, schedule, RNG)."""
 
+import csv
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -19,6 +21,11 @@ from tests.test_scale import _run
 ARGS = [*FAST, "method=dpo", "reference=precompute", "optim.lr=3e-3", "data.batch_size=2", "data.global_batch_size=4", "data.group_by_length=8",
         "trainer.max_steps=18", "checkpoints.count=2", "checkpoints.resume_every_n_steps=3"]
 STEPS_PER_EPOCH = 8
+
+
+def _metrics(run):
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _weights(run):
@@ -44,7 +51,34 @@ def test_sigkill_mid_epoch_then_same_command_is_bit_identical(tmp_path, cache):
 
     _run(tmp_path, "yfpo.train", *ARGS, f"hydra.run.dir={killed}")
     assert (killed / "DONE").is_file()
+    # the curves survive: every step logged exactly once, with the uninterrupted run's values
+    logged = {run: _metrics(run) for run in (straight, killed)}
+    assert [r["step"] for r in logged[killed]] == [str(s) for s in range(18)]
+    assert [r["train/loss"] for r in logged[killed]] == [r["train/loss"] for r in logged[straight]]
     a, b = _weights(straight), _weights(killed)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_second_training_into_the_same_run_directory_is_refused_and_a_dead_holder_is_taken_over(tmp_path, cache):
+    from yfpo.errors import UserError
+    from yfpo.locks import exclusive
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "yfpo.train", *FAST, "trainer.max_steps=100000", "checkpoints.count=1", f"hydra.run.dir={run}"]
+    first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = run / ".lock"
+    deadline = time.time() + 300
+    while not (lock.is_file() and lock.read_text()) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert second.returncode == 2, second.stderr[-2000:]
+    message = [l for l in second.stderr.splitlines() if l.startswith("yfpo: error:")]
+    assert len(message) == 1 and f"run directory {run} is in use by pid {first.pid} on " in message[0], second.stderr[-2000:]
+    with exclusive(lock, "the run"):  # its holder is dead: the lock is free again
+        with pytest.raises(UserError, match=f"the run is in use by pid {os.getpid()}"):
+            with exclusive(lock, "the run"):
+                pass

@@ -197,6 +197,11 @@ def test_rows_that_would_mix_different_evaluations_are_refused(tmp_path):
     spec["rows"][0]["runs"] = ["c/seed=*"]
     with pytest.raises(FileNotFoundError, match="no run directory matches"):
         tables.build(spec, tmp_path)
+    spec["rows"] = [{"data": "2K", "method": "DPO", "runs": ["a/seed=1"]}, {"data": "2K", "method": "YFPO", "runs": ["b/seed=1"]}]
+    with pytest.raises(ValueError, match=r"YFPO has evaluated checkpoints \['ckpt-1'\], its baseline 2K DPO \['ckpt-1', 'ckpt-2'\]"):
+        tables.build(spec, tmp_path)
+    with pytest.raises(ValueError, match=r"baseline='SFT' is not the method of any row: choose one of \['DPO', 'YFPO'\]"):
+        tables.build({**spec, "baseline": "SFT"}, tmp_path)
 
 
 def test_seeds_for_answers_how_many_seeds_an_effect_needs(tmp_path, capsys, monkeypatch):

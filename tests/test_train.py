@@ -126,3 +126,30 @@ def test_run_dirnames_stay_short_unique_and_flat():
     assert "/" not in run_dirname("data.path=/data/x.jsonl")
     long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
     assert len(run_dirname(long_a)) <= 96 and run_dirname(long_a) != run_dirname(long_b)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["method=dpo", "lambda=0.5"], "lambda=0.5 is read only by method=yfpo or yfpo_fdt; method=dpo ignores it"),
+    (["method=yfpo", "lambda=-1"], r"lambda=-1: give a strength >= 0"),
+    (["method=yfpo", "lambda=abc"], r"lambda='abc': give a number"),
+    (["beta=abc"], r"beta='abc': give a number"),
+    (["beta=0"], r"beta=0: give a temperature > 0"),
+    (["seed=abc"], r"seed='abc': give an integer"),
+    (["optim.lr=-1"], r"optim.lr=-1: give a learning rate > 0"),
+    (["trainer.max_steps=0"], r"trainer.max_steps=0: give a number of optimizer steps >= 1, or -1"),
+    (["trainer.max_steps=abc"], r"trainer.max_steps='abc'"),
+    (["checkpoints.count=0"], r"checkpoints.count=0: give a number of checkpoints >= 1"),
+])
+def test_inert_or_impossible_settings_are_refused_before_anything_loads(tmp_path, overrides, match):
+    with pytest.raises(UserError, match=match):
+        fit(compose_cfg(*FAST, *overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made
+
+
+def test_yfpo_with_lambda_0_says_it_is_dpo(capsys):
+    from yfpo.train import check_training_config
+
+    check_training_config(compose_cfg(*FAST, "method=yfpo_fdt", "lambda=0"))
+    assert "method=yfpo_fdt with lambda=0 trains exactly DPO with FDT" in capsys.readouterr().out
+    check_training_config(compose_cfg(*FAST, "method=yfpo", "lambda=0.2"))
+    assert "warning" not in capsys.readouterr().out

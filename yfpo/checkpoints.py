@@ -27,6 +27,12 @@ def is_complete(path: Path) -> bool:
     return (path / STATE_FILE).is_file()
 
 
+def saved_step(path: Path) -> int:
+    """The optimizer step a Lightning checkpoint (``last.ckpt``) was saved at; memory-mapped and
+    tensors-only, so neither the weights are read nor anything is unpickled."""
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
+
+
 def save_hf(policy, tokenizer, path: Path, state: dict, state_dict: dict | None = None) -> None:
     """Write weights (safetensors), config, tokenizer and ``yfpo_state.json`` atomically to ``path``;
     ``state_dict`` replaces the policy's own (full weights gathered from a sharded model)."""

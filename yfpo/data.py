@@ -97,6 +97,18 @@ def validate_rows(rows: list[dict], fields: tuple[str, ...], source: str) -> Non
                 raise DataError(f"{source}: row {i} field {f!r} must be a string, got {got}")
 
 
+def check_pairs(rows: list[dict], keys: tuple[str, str], source: str) -> None:
+    """Refuse pairs that cannot teach a preference: an empty response (it would train on EOS alone)
+    or a chosen response identical to the rejected one (the loss is fixed at ln 2, yet the optimizer
+    still moves the weights). Names every such row by index."""
+    empty = [i for i, r in enumerate(rows) if not r[keys[0]].strip() or not r[keys[1]].strip()]
+    same = [i for i, r in enumerate(rows) if r[keys[0]] == r[keys[1]] and i not in empty]
+    for bad, what in ((empty, f"an empty {keys[0]!r} or {keys[1]!r}"), (same, f"{keys[0]!r} identical to {keys[1]!r}")):
+        if bad:
+            shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+            raise DataError(f"{source}: {len(bad)} row(s) with {what}: rows {shown}; remove them from the file")
+
+
 def subset(rows: list[dict], size: int | None, seed: int) -> list[dict]:
     """A seeded random sample of ``size`` rows (all rows, in order, when ``size`` is None)."""
     if size is None:
@@ -165,6 +177,8 @@ class Encoder:
         else:
             prompts = [format_prompt(c.template, r["question"], None, self.tok) for r in rows]
             keys, eos = ("answer",), [self.tok.eos_token_id]  # SFT must learn to stop
+        if kind == "pairs":
+            check_pairs(rows, keys, source)
         # One batched call per field: the Rust tokenizer is far faster on lists than row by row.
         prompt_ids = self._ids(prompts)
         response_ids = [self._ids([r[k] for r in rows]) for k in keys]

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import hydra
@@ -41,6 +42,7 @@ from yfpo.data import DataError, load_rows
 from yfpo.errors import ConfigError, MissingError, run_cli
 from yfpo.generation import generate
 from yfpo.grading import gold_answer, score
+from yfpo.locks import exclusive
 from yfpo.models import load_model, load_tokenizer
 from yfpo.prepare import ensure_synthetic
 from yfpo.prompts import PromptError, check_stops, default_stops, eval_prompt, stop_token_ids
@@ -366,30 +368,35 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         raise ConfigError("run_dir=PATH is required: a run directory, a multirun directory or one HF checkpoint")
     ensure_synthetic(cfg)
     problems = load_problems(cfg)
-    summaries, first_output = [], {}
-    for name, model_dir, root in find_checkpoints(Path(cfg.run_dir), cfg.hub):
-        out_dir = root / "eval" / (e.name or e.task) / name
-        if e.compare_backends:
-            r = compare_backends(name, model_dir, out_dir, run_settings(cfg, root), problems)
-            summaries.append(r)
-            print(f"[yfpo] {root.name}/{name} {e.task} hf vs vllm on {r['n']} problems: outputs agree "
-                  f"{r['output_agreement']:.1%}, grades agree {r['grade_agreement']:.1%} "
-                  f"-> {out_dir / 'backend_agreement.json'}", flush=True)
-            continue
-        key = model_dir.resolve()
-        if key in first_output and not (out_dir / "summary.json").is_file():
-            # runs of a sweep share their starting model: evaluate it once, copy the files
-            shutil.copytree(first_output[key], out_dir, dirs_exist_ok=True)
-        first_output.setdefault(key, out_dir)
-        s = evaluate_checkpoint(name, model_dir, out_dir, run_settings(cfg, root), problems)
-        summaries.append(s)
-        lo, hi = s["ci95"]
-        extra = ("" if s.get("accuracy_strict") is None else
-                 f" (strict {s['accuracy_strict']:.3f}, flexible {s['accuracy_flexible']:.3f})")
-        print(f"[yfpo] {root.name}/{name} {e.task}: {s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]{extra} n={s['n']}, "
-              f"truncated {s.get('truncated_rate', 0):.1%}, extracted {s.get('extracted_rate', 1):.1%}", flush=True)
-        for w in s.get("warnings", []):
-            print(f"[yfpo] warning: {root.name}/{name} {e.task}: {w}", flush=True)
+    summaries, first_output, locked = [], {}, set()
+    with ExitStack() as held:  # one writer per evaluation name and run, held to the end
+        for name, model_dir, root in find_checkpoints(Path(cfg.run_dir), cfg.hub):
+            task_dir = root / "eval" / (e.name or e.task)
+            if task_dir not in locked:
+                held.enter_context(exclusive(task_dir.with_name(task_dir.name + ".lock"), f"evaluation {task_dir}"))
+                locked.add(task_dir)
+            out_dir = task_dir / name
+            if e.compare_backends:
+                r = compare_backends(name, model_dir, out_dir, run_settings(cfg, root), problems)
+                summaries.append(r)
+                print(f"[yfpo] {root.name}/{name} {e.task} hf vs vllm on {r['n']} problems: outputs agree "
+                      f"{r['output_agreement']:.1%}, grades agree {r['grade_agreement']:.1%} "
+                      f"-> {out_dir / 'backend_agreement.json'}", flush=True)
+                continue
+            key = model_dir.resolve()
+            if key in first_output and not (out_dir / "summary.json").is_file():
+                # runs of a sweep share their starting model: evaluate it once, copy the files
+                shutil.copytree(first_output[key], out_dir, dirs_exist_ok=True)
+            first_output.setdefault(key, out_dir)
+            s = evaluate_checkpoint(name, model_dir, out_dir, run_settings(cfg, root), problems)
+            summaries.append(s)
+            lo, hi = s["ci95"]
+            extra = ("" if s.get("accuracy_strict") is None else
+                     f" (strict {s['accuracy_strict']:.3f}, flexible {s['accuracy_flexible']:.3f})")
+            print(f"[yfpo] {root.name}/{name} {e.task}: {s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]{extra} n={s['n']}, "
+                  f"truncated {s.get('truncated_rate', 0):.1%}, extracted {s.get('extracted_rate', 1):.1%}", flush=True)
+            for w in s.get("warnings", []):
+                print(f"[yfpo] warning: {root.name}/{name} {e.task}: {w}", flush=True)
     return summaries
 
 

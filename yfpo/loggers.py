@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from yfpo.errors import ConfigError
@@ -20,8 +22,33 @@ def wandb_mode() -> str:
     return "online" if has_key else "offline"
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
+def keep_rows_before(logger: CSVLogger, step: int) -> int:
+    """On a resume from ``step``: keep the rows of ``metrics.csv`` logged before it, so the curves
+    continue without a gap; rows from ``step`` on are dropped, since those steps run again.
+    (Lightning's CSV writer deletes the file when it starts in a non-empty directory.) Returns
+    the number of rows kept."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    if rank_zero_only.rank != 0 or not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r.get("step") not in (None, "") and int(r["step"]) < step]
+        keys = list(reader.fieldnames or [])
+    writer = logger.experiment  # created here: it deletes the old file
+    with open(path, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=keys)
+        out.writeheader()
+        out.writerows(rows)
+    writer.metrics_keys = keys  # later rows append under this header (widened if new keys come)
+    return len(rows)
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list[Logger]:
+    """The run's loggers; ``resume_step``: the step a resumed run continues from (its logs are kept up to it)."""
+    csv_logger = CSVLogger(save_dir=str(run_dir), name="", version="logs")
+    if resume_step is not None:
+        keep_rows_before(csv_logger, resume_step)
+    loggers: list[Logger] = [csv_logger]
     lg = cfg.logger
     if lg.name == "wandb":
         # The config carries no secrets (the key is only ever read by wandb itself from env/netrc).

@@ -266,6 +266,9 @@ def compare(rows: list[Row], pairs: list[tuple[int, int]], dev: bool = False) ->
         if rows[i].ids != rows[b].ids:
             raise ConfigError(f"row {rows[i].label} and its baseline {rows[b].label} were evaluated on different "
                               f"problems ({len(rows[i].ids)} vs {len(rows[b].ids)}): evaluate both with the same eval settings")
+        if not (rows[i].fixed or rows[b].fixed) and rows[i].ckpts != rows[b].ckpts:  # Avg over other checkpoints
+            raise ConfigError(f"row {rows[i].label} has evaluated checkpoints {rows[i].ckpts}, its baseline "
+                              f"{rows[b].label} {rows[b].ckpts}: evaluate the missing ones so that both Avgs cover the same")
         arm, base = (rows[i].dev_selected(), rows[b].dev_selected()) if dev else (rows[i].avg(), rows[b].avg())
         if arm is None:
             continue

@@ -10,18 +10,21 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from yfpo.checkpoints import HFCheckpoints, is_complete
+from yfpo.checkpoints import HFCheckpoints, is_complete, saved_step
 from yfpo.config import CONF_DIR
 from yfpo.data import PreferenceDataModule
 from yfpo.errors import ConfigError, UserError, run_cli
+from yfpo.locks import exclusive
 from yfpo.loggers import make_loggers
 from yfpo.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.prepare import ensure_model, ensure_synthetic
@@ -31,6 +34,7 @@ from yfpo.reference import ReferenceCache, rows_fingerprint
 from yfpo.strategies import build_strategy
 
 DONE = "DONE"
+LOCK = ".lock"
 RUN_CONFIG = "run_config.yaml"
 # Keys that may differ between the first start of a run and its resumption.
 RESUME_FREE = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "trainer.accumulate_grad_batches",
@@ -87,6 +91,40 @@ def check_resume(cfg: DictConfig, run_dir: Path, finished: bool = False) -> None
         )
 
 
+def _number(value, key: str, fix: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}={value!r}: give a number ({fix})")
+    return float(value)
+
+
+def check_training_config(cfg: DictConfig) -> None:
+    """Refuse, before anything loads, a setting that cannot work or would do nothing: each error
+    names the key and the fix. ``lambda`` on a method that ignores it would train plain DPO in a
+    directory named after it; ``lambda=0`` with YFPO is DPO, which is allowed (the paper's
+    control) but said."""
+    lam = _number(cfg["lambda"], "lambda", "the YFPO strength, >= 0, e.g. lambda=0.2")
+    if lam < 0:
+        raise ConfigError(f"lambda={cfg['lambda']}: give a strength >= 0 (a negative one rewards the neuron margin's opposite)")
+    if lam and cfg.method.loss != "yfpo":
+        raise ConfigError(f"lambda={cfg['lambda']} is read only by method=yfpo or yfpo_fdt; method={cfg.method.name} "
+                          "ignores it: drop the override, or choose method=yfpo")
+    if cfg.method.loss == "yfpo" and lam == 0:
+        print(f"[yfpo] warning: method={cfg.method.name} with lambda=0 trains exactly DPO"
+              f"{' with FDT' if cfg.method.fdt else ''} (set lambda=0.2, say, for the neuron reward)", flush=True)
+    if _number(cfg.beta, "beta", "the DPO temperature, e.g. beta=0.1") <= 0:
+        raise ConfigError(f"beta={cfg.beta}: give a temperature > 0 (e.g. beta=0.1)")
+    if _number(cfg.optim.lr, "optim.lr", "e.g. optim.lr=5e-7") <= 0:
+        raise ConfigError(f"optim.lr={cfg.optim.lr}: give a learning rate > 0 (e.g. optim.lr=5e-7)")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed={cfg.seed!r}: give an integer (e.g. seed=1)")
+    steps = cfg.trainer.get("max_steps", -1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or (steps != -1 and steps < 1):
+        raise ConfigError(f"trainer.max_steps={steps!r}: give a number of optimizer steps >= 1, or -1 for trainer.max_epochs")
+    count = cfg.checkpoints.count
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"checkpoints.count={count!r}: give a number of checkpoints >= 1 (the paper's 3)")
+
+
 def accumulation(global_batch: int, batch_size: int, world: int) -> int:
     """Gradient accumulation steps that make ``batch_size`` rows on each of ``world`` processes a
     global batch of ``global_batch`` rows (config: ``data.global_batch_size``)."""
@@ -99,12 +137,20 @@ def accumulation(global_batch: int, batch_size: int, world: int) -> int:
 
 def fit(cfg: DictConfig, run_dir: Path) -> Path:
     """Train according to ``cfg`` in ``run_dir``; returns the directory of the HF checkpoints."""
+    check_training_config(cfg)
     ckpt_dir = run_dir / "checkpoints"
     if (run_dir / DONE).is_file():
         check_resume(cfg, run_dir, finished=True)
-        print(f"[yfpo] {run_dir} is complete; nothing to do (delete {run_dir / DONE} to train again)")
+        print(f"[yfpo] {run_dir} is complete; nothing to do (delete {run_dir} to train it again)")
         return ckpt_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    # One writer per run directory; the DDP ranks a launcher starts share their rank 0's.
+    first = rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
+    with exclusive(run_dir / LOCK, f"run directory {run_dir}") if first else nullcontext():
+        return _train(cfg, run_dir, ckpt_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
     check_resume(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
     ensure_synthetic(cfg)
@@ -129,13 +175,14 @@ def fit(cfg: DictConfig, run_dir: Path) -> Path:
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar())  # plain tqdm: readable in log files and SLURM output, unlike rich
     options = {**cfg.trainer, "strategy": build_strategy(cfg.trainer.strategy, policy)}
-    trainer = L.Trainer(**options, logger=make_loggers(cfg, run_dir), callbacks=callbacks, default_root_dir=run_dir,
-                        use_distributed_sampler=False)  # GlobalBatchSampler shards the batches itself
+    last = ckpt_dir / "last.ckpt"
+    resume_step = saved_step(last) if last.is_file() else None
+    trainer = L.Trainer(**options, logger=make_loggers(cfg, run_dir, resume_step), callbacks=callbacks,
+                        default_root_dir=run_dir, use_distributed_sampler=False)  # GlobalBatchSampler shards the batches itself
     if cfg.data.get("global_batch_size"):
         trainer.accumulate_grad_batches = accumulation(cfg.data.global_batch_size, cfg.data.batch_size, trainer.world_size)
-    last = ckpt_dir / "last.ckpt"
-    if last.is_file():
-        print(f"[yfpo] resuming {run_dir} from {last}")
+    if resume_step is not None:
+        print(f"[yfpo] resuming {run_dir} from {last} (step {resume_step}; logs/metrics.csv kept up to it)")
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
     if trainer.is_global_zero:
         final = ckpt_dir / f"ckpt-{cfg.checkpoints.count}"
