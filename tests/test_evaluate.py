@@ -364,3 +364,31 @@ def test_a_second_evaluation_of_the_same_name_is_refused(run):
             ev.evaluate(cfg)
     assert not (run / "eval" / "synthetic" / "ckpt-1" / "predictions.jsonl").exists()
     ev.evaluate(compose_cfg(*FAST, f"run_dir={run}", "eval.limit=4", "eval.name=other"))  # another name is free
+
+
+def test_other_problems_are_refused_up_front_and_a_smaller_limit_keeps_the_summary(run, tmp_path, monkeypatch):
+    """Reuse is keyed on what the problems are: another eval.path with the same ids is refused for
+    every checkpoint before any is evaluated; eval.limit below what was evaluated reads nothing new."""
+    def problems_file(name, offset):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"question": f"What is {i + offset} + 1?", "answer": f"#### {i + offset + 1}"}) + "\n"
+                                for i in range(6)))
+        return path
+
+    a, b = problems_file("a", 0), problems_file("b", 100)
+    base = [*FAST, f"run_dir={run}", "eval.max_new_tokens=4"]
+    first = ev.evaluate(compose_cfg(*base, f"eval.path={a}"))
+    assert [s["n"] for s in first] == [6, 6, 6]  # ckpt-0, ckpt-1, ckpt-2
+    with pytest.raises(ValueError, match=r"other settings .*'source'.*b.jsonl.*eval.name=NAME") as refused:
+        ev.evaluate(compose_cfg(*base, f"eval.path={b}"))
+    assert all(f"synthetic/ckpt-{k} was evaluated" in str(refused.value) for k in (0, 1, 2))  # all at once
+    a.write_text(b.read_text())  # the same file name, other problems
+    with pytest.raises(ValueError, match=r"holds other problems under the ids \[0, 1, 2, 3, 4\] ...") as refused:
+        ev.evaluate(compose_cfg(*base, f"eval.path={a}"))
+    a.write_text(problems_file("again", 0).read_text())
+    calls = []
+    monkeypatch.setattr(ev, "_generate_hf", lambda *args: calls.append(1) or iter([]))
+    again = ev.evaluate(compose_cfg(*base, f"eval.path={a}", "eval.limit=3"))
+    assert calls == [] and [s["n"] for s in again] == [6, 6, 6]  # the summaries still describe all 6 rows
+    rows = (run / "eval" / "synthetic" / "ckpt-1" / "predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 6

@@ -121,6 +121,25 @@ def test_make_reproduce_tables_dry_run_lists_composed_commands():
     assert bad.returncode != 0 and "max_step" in bad.stderr
 
 
+
+@pytest.mark.parametrize("train_args,eval_args,message", [
+    (["optim.schedule=cosin"], [], "optim.schedule='cosin': choose one of"),
+    ([], ["eval.backend=vlm"], "eval.backend='vlm': choose one of"),
+    (["lambda=-1"], [], "lambda=-1: give a strength >= 0"),
+])
+def test_reproduce_dry_run_checks_values_not_only_keys(train_args, eval_args, message, cache):
+    """`make reproduce-tables DRY_RUN=1` checks every job's values as the stage itself will (reproduce.check)."""
+    from hydra import initialize_config_dir
+
+    from yfpo.config import CONF_DIR
+    from yfpo.reproduce import check
+
+    specs = [ROOT / "experiments" / f for f in ("yfpo_table1.yaml", "yfpo_table2.yaml", "fdt_table.yaml")]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        with pytest.raises(ValueError, match=message):
+            check(plan(specs, train_args, eval_args))
+
+
 def test_attention_auto_prefers_flash_attention_only_for_half_precision(monkeypatch):
     import importlib.util
 

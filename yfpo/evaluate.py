@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -219,42 +220,74 @@ def health_warnings(summary: dict, limit: float) -> list[str]:
     return out
 
 
-def _check_settings(path: Path, settings: dict) -> None:
-    """Refuse to continue or reuse an evaluation made with other settings (naming them and the fix)."""
-    if not path.is_file():
-        return
-    saved = json.loads(path.read_text())
-    changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
-    if changed:
-        raise ConfigError(f"{path.parent} was evaluated with other settings {changed} (saved, now): delete that "
-                         "directory, or keep both by giving this evaluation its own name with eval.name=NAME")
+def source(e: DictConfig) -> dict:
+    """Where an evaluation's problems come from: a directory evaluated from another source is refused."""
+    return {"path": e.path, "split": e.split, "hub_config": e.get("hub_config"), "sample": e.get("sample"),
+            "sample_seed": e.get("sample_seed") if e.get("sample") else None}
 
 
-def evaluate_checkpoint(name: str, model_dir: Path, out_dir: Path, cfg: DictConfig, problems: list[dict]) -> dict:
-    """Evaluate one checkpoint into ``out_dir`` (resuming), returning its summary.
+@dataclass
+class Job:
+    """One checkpoint to evaluate, with the settings its directory must match."""
 
-    ``out_dir/settings.json`` records the backend and decoding settings; a directory evaluated with
-    other settings is refused rather than mixed (or silently reused). A summary is reused when it
-    covers the same number of problems; otherwise the missing problems are generated and it is
-    rewritten.
+    name: str
+    model_dir: Path
+    out_dir: Path
+    cfg: DictConfig
+    tok: object
+    dec: dict
+    prompts: dict  # problem id -> prompt
+
+    @property
+    def settings(self) -> dict:
+        return {"backend": self.cfg.eval.backend, "source": source(self.cfg.eval), **self.dec}
+
+
+def conflicts(job: Job, problems: list[dict]) -> list[str]:
+    """Why ``job.out_dir`` cannot be continued or reused: other settings, another data source, or
+    other problems under the same ids (the file behind ``eval.path`` changed). Empty: it can."""
+    out = []
+    saved_path = job.out_dir / "settings.json"
+    if saved_path.is_file():
+        saved = json.loads(saved_path.read_text())
+        saved.setdefault("source", job.settings["source"])  # written by an older yfpo, which did not record it
+        changed = {k: (saved.get(k), v) for k, v in job.settings.items() if saved.get(k) != v}
+        if changed:
+            out.append(f"{job.out_dir} was evaluated with other settings {changed} (saved, now)")
+    done = _read_done(job.out_dir / "predictions.jsonl")
+    other = [p["id"] for p in problems if p["id"] in done
+             and (done[p["id"]]["prompt"] != job.prompts[p["id"]] or done[p["id"]]["gold"] != p["gold"])]
+    if other:
+        out.append(f"{job.out_dir} holds other problems under the ids {other[:5]}{' ...' if len(other) > 5 else ''} "
+                   "(the data behind eval.path changed)")
+    return out
+
+
+def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
+    """Evaluate one checkpoint into ``job.out_dir`` (resuming), returning its summary, which always
+    describes exactly the rows of its ``predictions.jsonl``.
+
+    ``settings.json`` records the backend, data source and decoding settings (checked up front by
+    :func:`conflicts`). Problems already there are not generated again: a larger ``eval.limit``
+    adds the missing ones; a smaller one reads nothing new and keeps the summary of all of them.
     """
-    e = cfg.eval
+    e, name, out_dir = job.cfg.eval, job.name, job.out_dir
     summary_path, pred_path = out_dir / "summary.json", out_dir / "predictions.jsonl"
-    tok = load_tokenizer(cfg.model, model_dir)
-    dec = decoding(cfg, tok, model_dir)
-    settings = {"backend": e.backend, **dec}
-    _check_settings(out_dir / "settings.json", settings)
-    if summary_path.is_file():
+    done = _read_done(pred_path)
+    todo = [p for p in problems if p["id"] not in done]
+    if summary_path.is_file() and not todo:
         summary = json.loads(summary_path.read_text())
-        if summary["n"] == len(problems):
+        if summary["n"] == len(done):
+            if summary["n"] > len(problems):
+                print(f"[yfpo] {out_dir} already holds {summary['n']} problems, of which these {len(problems)}: "
+                      "its summary (and the tables) keep all of them", flush=True)
             return summary
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "settings.json").write_text(json.dumps(settings, indent=2))
-    done = _read_done(pred_path)
+    (out_dir / "settings.json").write_text(json.dumps(job.settings, indent=2))
     # rewrite without a torn last line or old rows, so appended rows start on a line of their own
     pred_path.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
-    todo = [p for p in problems if p["id"] not in done]
-    prompts = [eval_prompt(e.template, p["question"], tok, e.num_fewshot, e.fewshot_set) for p in todo]
+    tok, dec, cfg, model_dir = job.tok, job.dec, job.cfg, job.model_dir
+    prompts = [job.prompts[p["id"]] for p in todo]
     start = time.perf_counter()
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"{name} {e.task}", unit="problem")
     with open(pred_path, "a") as f:
@@ -270,7 +303,7 @@ def evaluate_checkpoint(name: str, model_dir: Path, out_dir: Path, cfg: DictConf
             f.flush()
             bar.update(len(completions))
     bar.close()
-    rows = [done[p["id"]] for p in problems]
+    rows = list(done.values())
     correct = sum(r["correct"] for r in rows)
     low, high = wilson_interval(correct, len(rows))
     numeric = e.task != "math500"
@@ -295,19 +328,25 @@ def evaluate_checkpoint(name: str, model_dir: Path, out_dir: Path, cfg: DictConf
     return summary
 
 
-def compare_backends(name: str, model_dir: Path, out_dir: Path, cfg: DictConfig, problems: list[dict]) -> dict:
+def _job(name: str, model_dir: Path, out_dir: Path, cfg: DictConfig, problems: list[dict]) -> Job:
+    tok = load_tokenizer(cfg.model, model_dir)
+    e = cfg.eval
+    prompts = {p["id"]: eval_prompt(e.template, p["question"], tok, e.num_fewshot, e.fewshot_set) for p in problems}
+    return Job(name, model_dir, out_dir, cfg, tok, decoding(cfg, tok, model_dir), prompts)
+
+
+def compare_backends(job: Job, problems: list[dict]) -> dict:
     """Greedy completions of the first ``eval.compare_backends`` problems from both backends, with the
-    same prompts and decoding settings; writes and returns ``out_dir/backend_agreement.json``.
+    same prompts and decoding settings; writes and returns ``backend_agreement.json`` in ``job.out_dir``.
 
     ``output_agreement``: share of problems whose texts are identical; ``grade_agreement``: share
     whose headline verdicts are; ``mean_common_prefix``: mean share of the longer text the two
     texts share from the start (greedy paths that split late score near 1).
     """
+    cfg, name, model_dir, out_dir, tok, dec = job.cfg, job.name, job.model_dir, job.out_dir, job.tok, job.dec
     e = cfg.eval
     subset = problems[: e.compare_backends]
-    tok = load_tokenizer(cfg.model, model_dir)
-    dec = decoding(cfg, tok, model_dir)
-    prompts = [eval_prompt(e.template, p["question"], tok, e.num_fewshot, e.fewshot_set) for p in subset]
+    prompts = [job.prompts[p["id"]] for p in subset]
     texts = {b: [c for batch in _generator(b)(model_dir, cfg, prompts, tok, dec) for c in batch] for b in BACKENDS}
     rows = []
     for i, p in enumerate(subset):
@@ -368,27 +407,34 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         raise ConfigError("run_dir=PATH is required: a run directory, a multirun directory or one HF checkpoint")
     ensure_synthetic(cfg)
     problems = load_problems(cfg)
-    summaries, first_output, locked = [], {}, set()
+    summaries, first_output, locked, jobs = [], {}, set(), []
     with ExitStack() as held:  # one writer per evaluation name and run, held to the end
         for name, model_dir, root in find_checkpoints(Path(cfg.run_dir), cfg.hub):
             task_dir = root / "eval" / (e.name or e.task)
             if task_dir not in locked:
                 held.enter_context(exclusive(task_dir.with_name(task_dir.name + ".lock"), f"evaluation {task_dir}"))
                 locked.add(task_dir)
-            out_dir = task_dir / name
-            if e.compare_backends:
-                r = compare_backends(name, model_dir, out_dir, run_settings(cfg, root), problems)
+            jobs.append((root, _job(name, model_dir, task_dir / name, run_settings(cfg, root), problems)))
+        if e.compare_backends:
+            for root, job in jobs:
+                r = compare_backends(job, problems)
                 summaries.append(r)
-                print(f"[yfpo] {root.name}/{name} {e.task} hf vs vllm on {r['n']} problems: outputs agree "
+                print(f"[yfpo] {root.name}/{job.name} {e.task} hf vs vllm on {r['n']} problems: outputs agree "
                       f"{r['output_agreement']:.1%}, grades agree {r['grade_agreement']:.1%} "
-                      f"-> {out_dir / 'backend_agreement.json'}", flush=True)
-                continue
+                      f"-> {job.out_dir / 'backend_agreement.json'}", flush=True)
+            return summaries
+        refused = [c for _, job in jobs for c in conflicts(job, problems)]
+        if refused:  # all of them at once, before any checkpoint is evaluated
+            raise ConfigError("; ".join(refused) + ": delete those directories, or keep both by giving this "
+                              "evaluation its own name with eval.name=NAME")
+        for root, job in jobs:
+            name, model_dir, out_dir = job.name, job.model_dir, job.out_dir
             key = model_dir.resolve()
             if key in first_output and not (out_dir / "summary.json").is_file():
                 # runs of a sweep share their starting model: evaluate it once, copy the files
                 shutil.copytree(first_output[key], out_dir, dirs_exist_ok=True)
             first_output.setdefault(key, out_dir)
-            s = evaluate_checkpoint(name, model_dir, out_dir, run_settings(cfg, root), problems)
+            s = evaluate_checkpoint(job, problems)
             summaries.append(s)
             lo, hi = s["ci95"]
             extra = ("" if s.get("accuracy_strict") is None else

@@ -28,6 +28,23 @@ NEURON_SCORES = ("raw", "normalised")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
+def check_module_config(method: DictConfig, optim: DictConfig, reference: str, reference_dtype: str | None) -> None:
+    """Raise :class:`ConfigError` naming the ``method``/``optim``/``reference`` value that cannot work
+    (called before anything loads by ``yfpo.train`` and ``make reproduce-tables DRY_RUN=1``)."""
+    if method.loss not in LOSSES:
+        raise ConfigError(f"method.loss={method.loss!r}: choose one of {LOSSES}")
+    if method.fdt and method.loss == "sft":
+        raise ConfigError("method.fdt needs a pairwise loss (dpo or yfpo), not sft")
+    if method.get("neuron_score", "raw") not in NEURON_SCORES:
+        raise ConfigError(f"method.neuron_score={method.neuron_score!r}: choose one of {NEURON_SCORES}")
+    if optim.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule={optim.schedule!r}: choose one of {SCHEDULES}")
+    if reference not in REFERENCE_MODES:
+        raise ConfigError(f"reference.mode={reference!r}: choose one of {REFERENCE_MODES}")
+    if reference_dtype is not None and reference_dtype not in DTYPES:
+        raise ConfigError(f"reference.dtype={reference_dtype!r}: choose null or one of {list(DTYPES)}")
+
+
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, min_ratio: float):
     """Linear warmup over ``warmup_steps``, then ``schedule`` decay to ``min_ratio`` at ``total_steps``."""
     if schedule not in SCHEDULES:
@@ -77,18 +94,9 @@ class PreferenceModule(L.LightningModule):
                  neurons: NeuronSet | None = None, reference: str = "live", reference_dtype: str | None = None,
                  reference_cache: ReferenceCache | None = None, chunk_tokens: int = 512):
         super().__init__()
-        if method.loss not in LOSSES:
-            raise ConfigError(f"method.loss={method.loss!r}: choose one of {LOSSES}")
+        check_module_config(method, optim, reference, reference_dtype)
         if method.loss == "yfpo" and neurons is None:
             raise ConfigError("method.loss=yfpo needs a neuron file (neurons.path)")
-        if method.fdt and method.loss == "sft":
-            raise ConfigError("method.fdt needs a pairwise loss (dpo or yfpo), not sft")
-        if method.get("neuron_score", "raw") not in NEURON_SCORES:
-            raise ConfigError(f"method.neuron_score={method.neuron_score!r}: choose one of {NEURON_SCORES}")
-        if reference not in REFERENCE_MODES:
-            raise ConfigError(f"reference.mode={reference!r}: choose one of {REFERENCE_MODES}")
-        if reference_dtype is not None and reference_dtype not in DTYPES:
-            raise ConfigError(f"reference.dtype={reference_dtype!r}: choose null or one of {list(DTYPES)}")
         self.policy = policy.train()  # from_pretrained returns eval mode, and Lightning keeps modes as they are
         self.method, self.optim_cfg, self.beta, self.lam = method, optim, float(beta), float(lam)
         self.nll_weight = float(method.get("nll_weight", 0.0))

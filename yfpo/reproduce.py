@@ -33,6 +33,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from yfpo.config import CONF_DIR
+from yfpo.errors import run_cli
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
@@ -97,13 +98,22 @@ def plan(specs: list[Path], train_args: list[str], eval_args: list[str], seeds: 
 
 
 def check(commands: list[tuple[str, list[str]]]) -> int:
-    """Compose the config of every job of every command; returns the number of jobs."""
+    """Compose the config of every job of every command and check its values as the stage itself
+    will, before anything loads; returns the number of jobs."""
+    from yfpo.evaluate import check_eval_config
+    from yfpo.train import check_training_config
+
     count = 0
     for module, args in commands:
         if module == "yfpo.tables":
             continue
         config_name = "evaluate" if module == "yfpo.evaluate" else "config"
-        count += len(sweep_jobs(config_name, [a for a in args if a != "-m"]))
+        for job in sweep_jobs(config_name, [a for a in args if a != "-m"]):
+            if module == "yfpo.train":
+                check_training_config(job, warn=False)
+            elif module == "yfpo.evaluate":
+                check_eval_config(job.eval)
+            count += 1
     return count
 
 
@@ -117,7 +127,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         commands = plan(args.specs, shlex.split(args.train_args), shlex.split(args.eval_args), args.seeds)
-        jobs = check(commands)
+        jobs = run_cli(check, commands)
     print(f"# {len(commands)} commands ({jobs} jobs, every config composed)", flush=True)
     for module, cmd_args in commands:
         if module == "yfpo.train":

@@ -28,7 +28,7 @@ from yfpo.locks import exclusive
 from yfpo.loggers import make_loggers
 from yfpo.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.prepare import ensure_model, ensure_synthetic
-from yfpo.module import PreferenceModule
+from yfpo.module import PreferenceModule, check_module_config
 from yfpo.neurons import io as neuron_io
 from yfpo.reference import ReferenceCache, rows_fingerprint
 from yfpo.strategies import build_strategy
@@ -97,7 +97,7 @@ def _number(value, key: str, fix: str) -> float:
     return float(value)
 
 
-def check_training_config(cfg: DictConfig) -> None:
+def check_training_config(cfg: DictConfig, warn: bool = True) -> None:
     """Refuse, before anything loads, a setting that cannot work or would do nothing: each error
     names the key and the fix. ``lambda`` on a method that ignores it would train plain DPO in a
     directory named after it; ``lambda=0`` with YFPO is DPO, which is allowed (the paper's
@@ -108,7 +108,8 @@ def check_training_config(cfg: DictConfig) -> None:
     if lam and cfg.method.loss != "yfpo":
         raise ConfigError(f"lambda={cfg['lambda']} is read only by method=yfpo or yfpo_fdt; method={cfg.method.name} "
                           "ignores it: drop the override, or choose method=yfpo")
-    if cfg.method.loss == "yfpo" and lam == 0:
+    check_module_config(cfg.method, cfg.optim, cfg.reference.mode, cfg.reference.dtype)
+    if warn and cfg.method.loss == "yfpo" and lam == 0:
         print(f"[yfpo] warning: method={cfg.method.name} with lambda=0 trains exactly DPO"
               f"{' with FDT' if cfg.method.fdt else ''} (set lambda=0.2, say, for the neuron reward)", flush=True)
     if _number(cfg.beta, "beta", "the DPO temperature, e.g. beta=0.1") <= 0:
