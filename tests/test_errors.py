@@ -12,7 +12,8 @@ from tests.conftest import FAST
 
 
 def _cli(tmp_path, module, *args, env=None):
-    res = subprocess.run([sys.executable, "-m", module, *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+    hydra_app = module != "yfpo.tables"
+    res = subprocess.run([sys.executable, "-m", module, *args, *([f"hydra.run.dir={tmp_path / 'run'}"] * hydra_app)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
     return res.returncode, res.stderr
 
@@ -91,9 +92,30 @@ def case_lambda_on_a_method_that_ignores_it(tmp_path):
     return ["yfpo.train", *FAST, "method=dpo", "lambda=0.5"], [r"lambda=0.5 is read only by method=yfpo or yfpo_fdt; method=dpo"]
 
 
+def case_jsonl_not_utf8(tmp_path):
+    f = _write_jsonl(tmp_path / "pairs.jsonl", _pairs())
+    f.write_bytes(f.read_bytes().replace(b"What", b"Wh\xe9t", 1))  # a Latin-1 byte on line 1
+    return ["yfpo.train", *FAST, f"data.path={f}"], [r"pairs.jsonl: line 1 is not UTF-8 \(byte 15\): re-save the file as UTF-8"]
+
+
+def case_eval_batch_size_zero(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return ["yfpo.evaluate", *FAST, f"run_dir={tmp_path / 'empty'}", "eval.batch_size=0"], [r"eval.batch_size=0: give an integer >= 1"]
+
+
+def case_table_spec_without_task(tmp_path):
+    (tmp_path / "t.yaml").write_text("name: t\nbaseline: DPO\nrows: []\n")
+    return ["yfpo.tables", str(tmp_path / "t.yaml")], [r"t.yaml: the table spec needs the keys \['task'\]"]
+
+
+def case_table_spec_missing(tmp_path):
+    return ["yfpo.tables", str(tmp_path / "nope.yaml")], [r"nope.yaml: no such table spec"]
+
+
 CASES = [case_invalid_json_line, case_malformed_row, case_missing_dataset, case_corrupt_neuron_file, case_bad_config_value,
          case_missing_model, case_bad_neuron_selector, case_evaluate_without_checkpoints, case_lambda_on_a_method_that_ignores_it,
-         case_chosen_identical_to_rejected, case_empty_response]
+         case_chosen_identical_to_rejected, case_empty_response, case_jsonl_not_utf8, case_eval_batch_size_zero,
+         case_table_spec_without_task, case_table_spec_missing]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])

@@ -153,3 +153,30 @@ def test_yfpo_with_lambda_0_says_it_is_dpo(capsys):
     assert "method=yfpo_fdt with lambda=0 trains exactly DPO with FDT" in capsys.readouterr().out
     check_training_config(compose_cfg(*FAST, "method=yfpo", "lambda=0.2"))
     assert "warning" not in capsys.readouterr().out
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_corrected_command(tmp_path, cache):
+    run = tmp_path / "run"
+    with pytest.raises(Exception):  # fails after its config was saved: a data file that is not there
+        fit(compose_cfg(*FAST, "method=dpo", f"data.path={tmp_path / 'missing.jsonl'}"), run)
+    assert (run / "run_config.yaml").is_file()
+    fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1"), run)  # the corrected command
+    assert (run / "DONE").is_file()
+
+
+def test_the_readme_pipeline_trains_on_the_attnlrp_file_it_made(tmp_path, cache, capsys):
+    """README: `python -m yfpo.neurons neurons=attnlrp`, then training on that file (not the default random set)."""
+    import re
+    import shlex
+
+    readme = (Path(CONF).parent / "README.md").read_text()
+    lines = [l.split("#")[0] for l in readme.splitlines() if l.startswith("python -m yfpo.")]
+    made = next(l for l in lines if l.startswith("python -m yfpo.neurons neurons=attnlrp"))
+    trained = next(l for l in lines if re.match(r"python -m yfpo.train method=yfpo", l))
+    made_cfg = compose_cfg(*shlex.split(made)[3:])
+    train_cfg = compose_cfg(*shlex.split(trained)[3:])
+    assert train_cfg.neurons.path == made_cfg.neurons.path and train_cfg.neurons.selector == "attnlrp"
+    cfg = compose_cfg(*FAST, "method=yfpo", "lambda=0.1", "trainer.max_steps=1", "checkpoints.count=1")
+    io.save(cfg.neurons.path, random_neurons(2, 48, cfg.neurons), model=cfg.model.name, num_layers=2, intermediate_size=48)
+    fit(cfg, tmp_path / "run")
+    assert f"[yfpo] neurons (rewarded): {cfg.neurons.path} (selector random" in capsys.readouterr().out

@@ -71,8 +71,12 @@ def load_rows(path: str, split: str = "train", name: str | None = None, hub: Dic
 def read_jsonl(path: Path) -> list[dict]:
     """Rows of a JSONL file; a line that is not a JSON object is reported with its line number."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: line {n} is not UTF-8 (byte {e.start + 1}): re-save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:

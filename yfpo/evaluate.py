@@ -389,6 +389,9 @@ def check_eval_config(e: DictConfig) -> None:
     for key in ("num_fewshot", "compare_backends"):
         if not isinstance(e[key], int) or e[key] < 0:
             raise ConfigError(f"eval.{key}={e[key]!r}: give an integer >= 0 (0 turns it off)")
+    for key in ("batch_size", "max_new_tokens"):
+        if isinstance(e[key], bool) or not isinstance(e[key], int) or e[key] < 1:
+            raise ConfigError(f"eval.{key}={e[key]!r}: give an integer >= 1")
     if not 0 <= e.warn_rate <= 1:
         raise ConfigError(f"eval.warn_rate={e.warn_rate}: give a share between 0 and 1 (e.g. 0.05)")
     check_stops(e.stop)

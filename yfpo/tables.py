@@ -492,6 +492,12 @@ def load_spec(spec_path: Path, baseline: str | None = None) -> dict:
     if not spec_path.is_file():
         raise MissingError(f"{spec_path}: no such table spec (see experiments/*.yaml)")
     spec = yaml.safe_load(spec_path.read_text())
+    layout = spec.get("layout", "checkpoints") if isinstance(spec, dict) else None
+    needed = ["name", "baseline", "rows", "tasks" if layout == "tasks" else "task"]
+    missing = [k for k in needed if not isinstance(spec, dict) or k not in spec]
+    if missing:
+        raise ConfigError(f"{spec_path}: the table spec needs the keys {missing} (format: python -m yfpo.tables --help, "
+                          "or the docstring of yfpo/tables.py)")
     if baseline is not None:
         methods = [r["method"] for r in spec["rows"]]
         if baseline not in methods:

@@ -48,7 +48,10 @@ def load_neurons(cfg: DictConfig, policy):
     needed = cfg.method.loss == "yfpo"
     if not needed and not (cfg.method.track_neurons and Path(n.path).is_file()):
         return None
-    return neuron_io.load_for(cfg, policy.config, f"method={cfg.method.name}")
+    neurons = neuron_io.load_for(cfg, policy.config, f"method={cfg.method.name}")
+    role = "rewarded" if needed else "tracked, not optimised"
+    print(f"[yfpo] neurons ({role}): {n.path} (selector {n.selector}; recorded in run_config.yaml as neurons.*)", flush=True)
+    return neurons
 
 
 def _flat(cfg: DictConfig) -> dict:
@@ -76,7 +79,11 @@ def _cache_relative(flat: dict) -> dict:
 def check_resume(cfg: DictConfig, run_dir: Path, finished: bool = False) -> None:
     """Refuse to resume, or to call finished, a run directory whose saved config differs from this one."""
     saved_path = run_dir / RUN_CONFIG
-    if not saved_path.is_file():
+    ckpt_dir = run_dir / "checkpoints"
+    started = (ckpt_dir / "last.ckpt").is_file() or any(ckpt_dir.glob("ckpt-*"))
+    if not saved_path.is_file() or not (started or finished):
+        # nothing was trained under the saved config (a start that failed before its first
+        # checkpoint): this start's config replaces it, so a corrected command is not refused
         OmegaConf.save(cfg, saved_path, resolve=True)
         return
     old, new = _cache_relative(_flat(OmegaConf.load(saved_path))), _cache_relative(_flat(cfg))
