@@ -11,7 +11,8 @@ one completion per problem, into ``<run>/eval/<task>/<ckpt>/`` (``eval.name`` re
 - ``summary.json``: headline, strict and flexible accuracy, n, 95 % Wilson interval, truncated and
   extracted rates, backend, decoding settings (prompt, stops, budget), library versions,
   seconds — written last; a checkpoint with a summary is skipped;
-- ``settings.json``: backend and decoding settings; a directory made with other settings is refused.
+- ``settings.json``: backend, data source and decoding settings; a directory made with other
+  settings, or holding other problems under the same ids, is refused (for all checkpoints at once).
 
 ``eval.compare_backends=N`` instead runs the first N problems through both backends and writes
 ``backend_agreement.json`` there (how often the greedy texts and the verdicts agree).
