@@ -118,6 +118,12 @@ def test_wandb_logger_runs_offline_without_a_key(tmp_path, cache, monkeypatch):
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert (tmp_path / "run" / "logs" / "metrics.csv").is_file()  # CSV is always written too
+    run_id = (tmp_path / "run" / "logs" / "wandb_id").read_text().strip()
+    assert runs[0].name.endswith(f"-{run_id}")
+    (tmp_path / "run" / "DONE").unlink()  # started again: it resumes from last.ckpt, into the same W&B run
+    fit(cfg, tmp_path / "run")
+    again = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert again and all(r.name.endswith(f"-{run_id}") for r in again)  # (one directory when both start in one second)
 
 
 def test_run_dirnames_stay_short_unique_and_flat():

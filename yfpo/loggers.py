@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import uuid
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
@@ -43,6 +44,16 @@ def keep_rows_before(logger: CSVLogger, step: int) -> int:
     return len(rows)
 
 
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of ``run_dir``: made on its first start and kept in ``logs/wandb_id``, so that
+    every resume logs into the same W&B run."""
+    path = run_dir / "logs" / "wandb_id"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(uuid.uuid4().hex[:12] + "\n")
+    return path.read_text().strip()
+
+
 def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list[Logger]:
     """The run's loggers; ``resume_step``: the step a resumed run continues from (its logs are kept up to it)."""
     csv_logger = CSVLogger(save_dir=str(run_dir), name="", version="logs")
@@ -55,6 +66,7 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None)
         loggers.append(WandbLogger(
             project=lg.project, group=lg.group, tags=list(lg.tags), name=lg.run_name, save_dir=str(run_dir),
             mode=wandb_mode(), config=OmegaConf.to_container(cfg, resolve=True),
+            id=wandb_run_id(run_dir), resume="allow",  # a resumed training continues its W&B run
         ))
     elif lg.name != "csv":
         raise ConfigError(f"logger={lg.name!r}: choose csv or wandb")
