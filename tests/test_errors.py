@@ -112,10 +112,16 @@ def case_table_spec_missing(tmp_path):
     return ["yfpo.tables", str(tmp_path / "nope.yaml")], [r"nope.yaml: no such table spec"]
 
 
+def case_pairs_from_a_model_that_yields_none(tmp_path):
+    # the smoke model is random: every sample of these 4 questions is wrong, so no pair can be formed
+    return ["yfpo.pairs", *FAST, "pairs.num_questions=4", "pairs.samples=2", f"pairs.out={tmp_path / 'p.jsonl'}"], [
+        r"p.jsonl: no pairs from 4 questions x 2 samples .*pairs.temperature"]
+
+
 CASES = [case_invalid_json_line, case_malformed_row, case_missing_dataset, case_corrupt_neuron_file, case_bad_config_value,
          case_missing_model, case_bad_neuron_selector, case_evaluate_without_checkpoints, case_lambda_on_a_method_that_ignores_it,
          case_chosen_identical_to_rejected, case_empty_response, case_jsonl_not_utf8, case_eval_batch_size_zero,
-         case_table_spec_without_task, case_table_spec_missing]
+         case_table_spec_without_task, case_table_spec_missing, case_pairs_from_a_model_that_yields_none]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])

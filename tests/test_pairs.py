@@ -115,6 +115,11 @@ def test_sampling_from_the_real_model_runs(tmp_path, cache):
     assert sum(meta["skipped"].values()) + meta["pairs"] == 6  # every question accounted for (1 pair at most each)
 
 
+def test_more_questions_than_the_file_holds_are_refused(cache):
+    with pytest.raises(pairs_mod.ConfigError, match=r"pairs.num_questions=1600, but .*sft.jsonl has 200 rows: set pairs.num_questions=200"):
+        pairs_mod.make_pairs(compose_cfg(*FAST, "pairs.num_questions=1600"))
+
+
 def test_step_mode_needs_a_checker(cache):
     with pytest.raises(pairs_mod.ConfigError, match="pairs.mode=step needs a step checker"):
         pairs_mod.make_pairs(compose_cfg(*FAST, "pairs.mode=step", "pairs.checker=null"))

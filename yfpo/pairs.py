@@ -122,6 +122,9 @@ def make_pairs(cfg: DictConfig) -> Path:
     q_field, a_field = sft_fields(p)
     rows = load_rows(p.questions, hub=cfg.hub, key="pairs.questions")
     validate_rows(rows, (q_field, a_field), p.questions)
+    if p.num_questions > len(rows):  # the file name records num_questions: it must be what was sampled
+        raise ConfigError(f"pairs.num_questions={p.num_questions}, but {p.questions} has {len(rows)} rows: "
+                          f"set pairs.num_questions={len(rows)} or fewer")
     rows = rows[: p.num_questions]
     check = CHECKERS[p.checker] if p.checker else None
     stop = default_stops(cfg.data.template)
@@ -185,8 +188,20 @@ def make_pairs(cfg: DictConfig) -> Path:
     return out
 
 
+def pairs_for_training(cfg: DictConfig) -> Path:
+    """:func:`make_pairs`, refusing a result that training cannot use: a file with no pairs (every
+    sample of every question right, or every one wrong), with the counts and what to change."""
+    out = make_pairs(cfg)
+    meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
+    if not meta["pairs"]:
+        raise DataError(f"{out}: no pairs from {meta['questions']} questions x {meta['samples_per_question']} samples "
+                        f"(sampled accuracy {meta['sampled_accuracy']:.3f}, skipped {meta['skipped']}): sample more "
+                        "(pairs.num_questions, pairs.samples) or more diversely (pairs.temperature), then delete the file")
+    return out
+
+
 def main(argv: list[str]) -> None:
-    run_cli(lambda: make_pairs(compose_config(argv)))
+    run_cli(lambda: pairs_for_training(compose_config(argv)))
 
 
 if __name__ == "__main__":
