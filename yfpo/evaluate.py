@@ -272,7 +272,8 @@ def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
     :func:`conflicts`). Problems already there are not generated again: a larger ``eval.limit``
     adds the missing ones; a smaller one reads nothing new and keeps the summary of all of them.
     """
-    e, name, out_dir = job.cfg.eval, job.name, job.out_dir
+    cfg, name, model_dir, out_dir, tok, dec = job.cfg, job.name, job.model_dir, job.out_dir, job.tok, job.dec
+    e = cfg.eval
     summary_path, pred_path = out_dir / "summary.json", out_dir / "predictions.jsonl"
     done = _read_done(pred_path)
     todo = [p for p in problems if p["id"] not in done]
@@ -287,7 +288,6 @@ def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
     (out_dir / "settings.json").write_text(json.dumps(job.settings, indent=2))
     # rewrite without a torn last line or old rows, so appended rows start on a line of their own
     pred_path.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
-    tok, dec, cfg, model_dir = job.tok, job.dec, job.cfg, job.model_dir
     prompts = [job.prompts[p["id"]] for p in todo]
     start = time.perf_counter()
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"{name} {e.task}", unit="problem")

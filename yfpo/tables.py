@@ -155,7 +155,7 @@ def common(runs: list[RunResults], label: str, task: str) -> tuple[list[str], li
     ids = sorted(runs[0].by_ckpt[ckpts[0]], key=str)
     for r in runs:
         if list(r.by_ckpt) != ckpts:
-            short, full = (r, runs[0]) if len(r.by_ckpt) < len(ckpts) else (runs[0], r)
+            short = r if len(r.by_ckpt) < len(ckpts) else runs[0]  # the one to evaluate further
             raise ConfigError(f"row {label}: {r.run} has evaluated checkpoints {list(r.by_ckpt)}, {runs[0].run} has "
                               f"{ckpts}: evaluate the missing ones (`{evaluate_hint(short.run, task)}`) or leave the run out")
         for name, scores in r.by_ckpt.items():
@@ -288,7 +288,12 @@ def spec_tasks(spec: dict) -> list[str]:
 
 
 def baseline_pairs(spec: dict) -> list[tuple[int, int]]:
-    """``(row, baseline row)`` for every row that has a baseline on its data (the baseline itself excluded)."""
+    """``(row, baseline row)`` for every row that has a baseline on its data (the baseline itself
+    excluded); a baseline that is no row's method is refused, not left as blank columns."""
+    methods = [r["method"] for r in spec["rows"]]
+    if spec.get("baseline") not in methods:
+        raise ConfigError(f"{spec['name']}: baseline={spec.get('baseline')!r} is not the method of any row: "
+                          f"choose one of {sorted(set(methods))}")
     baseline = {row["data"]: i for i, row in enumerate(spec["rows"]) if row["method"] == spec["baseline"]}
     return [(i, baseline[r["data"]]) for i, r in enumerate(spec["rows"]) if baseline.get(r["data"], i) != i]
 
@@ -310,10 +315,6 @@ def _build(spec: dict, base_dir: Path, task: str) -> tuple[list[str], list[list[
     if layout not in LAYOUTS:
         raise ConfigError(f"{spec['name']}: layout={layout!r}, choose one of {LAYOUTS}")
     dev = spec.get("dev") or {}
-    methods = [r["method"] for r in spec["rows"]]
-    if spec.get("baseline") not in methods:
-        raise ConfigError(f"{spec['name']}: baseline={spec.get('baseline')!r} is not the method of any row: "
-                          f"choose one of {sorted(set(methods))}")
     pairs = baseline_pairs(spec)
     rows_of = {t: [Row.read(r, base_dir, t, dev.get(t)) for r in spec["rows"]]
                for t in (spec["tasks"] if layout == "tasks" else [task])}
@@ -400,7 +401,8 @@ def scoring_table(spec: dict, base_dir: Path, tasks: list[str]) -> tuple[list[st
             means = [_mean_of(per_ckpt, k) for k in SCORING_KEYS]
             over = [what for what, bad in checks.items() if any(bad(c) for c in per_ckpt)]
             warnings += [f"{_label(row)} [{task}]: {what} above {limit:.0%} in some checkpoint" for what in over]
-            table.append([str(row["data"]), row["method"], _fmt_lambda(row), task, f"{np.mean([np.mean(list(r.by_ckpt[c].values())) for r in runs for c in r.by_ckpt]):.4f}",
+            avg = np.mean([np.mean(list(r.by_ckpt[c].values())) for r in runs for c in r.by_ckpt])
+            table.append([str(row["data"]), row["method"], _fmt_lambda(row), task, f"{avg:.4f}",
                           *("" if m is None else f"{m:.4f}" for m in means), ", ".join(f"{w} > {limit:.0%}" for w in over)])
     return header, table, warnings
 
@@ -499,10 +501,7 @@ def load_spec(spec_path: Path, baseline: str | None = None) -> dict:
         raise ConfigError(f"{spec_path}: the table spec needs the keys {missing} (format: python -m yfpo.tables --help, "
                           "or the docstring of yfpo/tables.py)")
     if baseline is not None:
-        methods = [r["method"] for r in spec["rows"]]
-        if baseline not in methods:
-            raise ConfigError(f"--baseline {baseline!r} is not a method of {spec_path}: choose one of {methods}")
-        spec["baseline"] = baseline
+        spec["baseline"] = baseline  # checked, as the spec's own, by baseline_pairs
     return spec
 
 
