@@ -134,17 +134,20 @@ def test_a_careless_solver_forgets_the_carry_and_the_slip_propagates():
     assert synthetic.crosses_ten(17, 5) and synthetic.crosses_ten(23, -5) and not synthetic.crosses_ten(22, 3)
 
 
-def test_cached_synthetic_data_follows_its_settings(cache, capsys):
-    """The directory is named by no setting: a changed synthetic.* (e.g. slip_rate) regenerates the
-    files instead of silently reusing those made with the old settings; the same settings reuse them."""
+def test_cached_synthetic_data_follows_its_settings(cache):
+    """The directory is named by no setting: a changed synthetic.* (e.g. slip_rate) is refused, since
+    runs made from the old files would silently change under it; the same settings reuse the files,
+    and the suggested directory of its own generates them."""
+    from yfpo.artefacts import StaleArtefactError
     from yfpo.prepare import ensure_synthetic
 
     args = ["synthetic.num_sft=40", "synthetic.num_preference=8", "synthetic.num_test=8"]
     paths = ensure_synthetic(compose_cfg(*args))
     clean, test, stamp = paths["sft"].read_text(), paths["test"].read_text(), paths["sft"].stat().st_mtime_ns
     assert ensure_synthetic(compose_cfg(*args)) == paths and paths["sft"].stat().st_mtime_ns == stamp
-    ensure_synthetic(compose_cfg(*args, "synthetic.slip_rate=1.0"))
-    assert "generated with other synthetic.* settings" in capsys.readouterr().out
-    assert paths["sft"].read_text() != clean and paths["test"].read_text() == test  # slips touch SFT demonstrations only
-    ensure_synthetic(compose_cfg(*args))
+    with pytest.raises(StaleArtefactError, match=r"slip_rate: made with '0.0', now '1.0'") as refused:
+        ensure_synthetic(compose_cfg(*args, "synthetic.slip_rate=1.0"))
+    fix = str(refused.value).split("(synthetic.dir=")[1].split(")")[0].replace("NAME", "slips")
+    slipped = ensure_synthetic(compose_cfg(*args, "synthetic.slip_rate=1.0", f"synthetic.dir={fix}"))
+    assert slipped["sft"].read_text() != clean and slipped["test"].read_text() == test  # slips touch SFT demonstrations only
     assert paths["sft"].read_text() == clean

@@ -310,7 +310,7 @@ def test_other_settings_are_refused_or_kept_apart(run, monkeypatch):
     ckpt = run / "checkpoints" / "ckpt-1"
     base = [*FAST, f"run_dir={ckpt}", "eval.limit=2", "eval.max_new_tokens=4"]
     [s] = ev.evaluate(compose_cfg(*base))
-    with pytest.raises(ValueError, match=r"other settings .*num_fewshot.*eval.name=NAME"):
+    with pytest.raises(ValueError, match=r"other inputs .*num_fewshot.*eval.name=NAME"):
         ev.evaluate(compose_cfg(*base, "eval.num_fewshot=2"))
     [s2] = ev.evaluate(compose_cfg(*base, "eval.num_fewshot=2", "eval.name=synthetic_2shot"))
     assert (ckpt / "eval" / "synthetic_2shot" / "ckpt-1" / "summary.json").is_file()
@@ -366,9 +366,10 @@ def test_a_second_evaluation_of_the_same_name_is_refused(run):
     ev.evaluate(compose_cfg(*FAST, f"run_dir={run}", "eval.limit=4", "eval.name=other"))  # another name is free
 
 
-def test_other_problems_are_refused_up_front_and_a_smaller_limit_keeps_the_summary(run, tmp_path, monkeypatch):
-    """Reuse is keyed on what the problems are: another eval.path with the same ids is refused for
-    every checkpoint before any is evaluated; eval.limit below what was evaluated reads nothing new."""
+def test_other_problems_are_evaluated_apart_or_refused_up_front_and_a_smaller_limit_keeps_the_summary(run, tmp_path, monkeypatch):
+    """Reuse is keyed on what the problems are: another eval.path is evaluated into its own directory;
+    other rows in the same file are refused for every checkpoint before any is evaluated; eval.limit
+    below what was evaluated reads nothing new."""
     def problems_file(name, offset):
         path = tmp_path / f"{name}.jsonl"
         path.write_text("".join(json.dumps({"question": f"What is {i + offset} + 1?", "answer": f"#### {i + offset + 1}"}) + "\n"
@@ -379,16 +380,20 @@ def test_other_problems_are_refused_up_front_and_a_smaller_limit_keeps_the_summa
     base = [*FAST, f"run_dir={run}", "eval.max_new_tokens=4"]
     first = ev.evaluate(compose_cfg(*base, f"eval.path={a}"))
     assert [s["n"] for s in first] == [6, 6, 6]  # ckpt-0, ckpt-1, ckpt-2
-    with pytest.raises(ValueError, match=r"other settings .*'source'.*b.jsonl.*eval.name=NAME") as refused:
-        ev.evaluate(compose_cfg(*base, f"eval.path={b}"))
-    assert all(f"synthetic/ckpt-{k} was evaluated" in str(refused.value) for k in (0, 1, 2))  # all at once
+    other = ev.evaluate(compose_cfg(*base, f"eval.path={b}"))
+    assert [s["n"] for s in other] == [6, 6, 6]
+    golds = {name: [json.loads(l)["gold"] for l in (run / "eval" / name / "ckpt-1" / "predictions.jsonl").read_text().splitlines()]
+             for name in ("synthetic@a", "synthetic@b")}
+    assert golds == {"synthetic@a": [str(i + 1) for i in range(6)], "synthetic@b": [str(i + 101) for i in range(6)]}
+    assert not (run / "eval" / "synthetic").exists()  # the group's own test set was never evaluated
     a.write_text(b.read_text())  # the same file name, other problems
-    with pytest.raises(ValueError, match=r"holds other problems under the ids \[0, 1, 2, 3, 4\] ...") as refused:
+    with pytest.raises(ValueError, match=r"made from other inputs \(source: .*rows") as refused:
         ev.evaluate(compose_cfg(*base, f"eval.path={a}"))
+    assert all(f"synthetic@a/ckpt-{k} was made" in str(refused.value) for k in (0, 1, 2))  # all at once
     a.write_text(problems_file("again", 0).read_text())
     calls = []
     monkeypatch.setattr(ev, "_generate_hf", lambda *args: calls.append(1) or iter([]))
     again = ev.evaluate(compose_cfg(*base, f"eval.path={a}", "eval.limit=3"))
     assert calls == [] and [s["n"] for s in again] == [6, 6, 6]  # the summaries still describe all 6 rows
-    rows = (run / "eval" / "synthetic" / "ckpt-1" / "predictions.jsonl").read_text().splitlines()
+    rows = (run / "eval" / "synthetic@a" / "ckpt-1" / "predictions.jsonl").read_text().splitlines()
     assert len(rows) == 6

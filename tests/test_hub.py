@@ -11,6 +11,7 @@ import pytest
 from tests import hub_fixtures as hf
 from tests.conftest import FAST, ROOT, compose_cfg
 from yfpo import hub
+from yfpo.artefacts import StaleArtefactError
 from yfpo.data import DataError, read_rows
 from yfpo.evaluate import load_problems
 from yfpo.train import fit
@@ -66,7 +67,7 @@ def test_2k_subset_is_written_once_and_reused(mirror, tmp_path, cache):
         assert read_rows(cfg_gone.data, "pairs", cfg_gone.hub) == first
     finally:
         del os.environ["HF_HUB_OFFLINE"]
-    with pytest.raises(DataError, match="written for other settings.*subset_seed"):
+    with pytest.raises(StaleArtefactError, match="made from other inputs.*subset_seed"):
         read_rows(compose_cfg(*over, "data.subset_seed=7", f"data.subset_file={cfg.data.subset_file}").data, "pairs", cfg.hub)
 
 

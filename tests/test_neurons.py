@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tests.conftest import compose_cfg
+from tests.conftest import FAST, compose_cfg
+from yfpo.artefacts import StaleArtefactError
 from yfpo.neurons import io
 from yfpo.neurons.select import random_neurons
 
@@ -44,15 +45,50 @@ def test_a_training_seed_sweep_shares_one_neuron_set(selector):
         assert all(torch.equal(p.indices, picks[0].indices) for p in picks)
 
 
-def test_a_file_for_another_model_is_refused(tmp_path):
-    n = random_neurons(3, 10, compose_cfg("neurons.top_k=5").neurons)
-    io.save(tmp_path / "n.safetensors", n, model="other", num_layers=3, intermediate_size=10)
-    loaded = io.load(tmp_path / "n.safetensors")
-    with pytest.raises(io.NeuronFileError, match=r"computed on model 'other'.*Create one with: python -m yfpo.neurons"):
-        io.check_fits(loaded, "tiny", 3, 10, "n.safetensors", "python -m yfpo.neurons model=tiny")
-    with pytest.raises(io.NeuronFileError, match="4 x 10"):
-        io.check_fits(loaded, "other", 4, 10, "n.safetensors", "cmd")
-    io.check_fits(loaded, "other", 3, 10, "n.safetensors", "cmd")
+def test_a_file_for_another_model_or_other_weights_is_refused_with_the_command_that_makes_it(tmp_path, cache):
+    """The smoke model and tiny_base share model.name: the file names and the key tell them apart."""
+    from yfpo.models import load_model, weights_fingerprint
+    from yfpo.neurons.__main__ import select
+    from yfpo.prepare import ensure_model
+
+    smoke, base = compose_cfg(*FAST), compose_cfg("model=tiny_base")
+    assert smoke.model.name == base.model.name and smoke.neurons.path != base.neurons.path
+    path = select(smoke)
+    model = load_model(smoke.model, ensure_model(smoke))
+    weights, c = weights_fingerprint(model), model.config
+    io.load_for(smoke, c, weights, "training", FAST)  # it fits what made it
+    elsewhere = compose_cfg(*FAST, f"neurons.path={path}", "model.path=/elsewhere")  # another model, same name
+    with pytest.raises(io.NeuronFileError, match=r"model: made with 'tiny_base-\w+', now 'tiny_base-\w+'.*neurons.overwrite=true"):
+        io.load_for(elsewhere, c, weights, "training", FAST)
+    with pytest.raises(io.NeuronFileError, match=r"weights: made with .*python -m yfpo.neurons \+experiment=smoke neurons.overwrite=true"):
+        io.load_for(smoke, c, "retrained", "training", FAST)
+    with pytest.raises(io.NeuronFileError, match=r"num_samples: made with '256', now '9'"):
+        io.load_for(compose_cfg(*FAST, "neurons.num_samples=9"), c, weights, "training", FAST)
+    with pytest.raises(StaleArtefactError, match=r"num_samples.*neurons.num_samples=9 neurons.overwrite=true"):  # so does the CLI
+        select(compose_cfg(*FAST, "neurons.num_samples=9"), [*FAST, "neurons.num_samples=9"])
+
+
+def test_the_missing_neuron_file_hint_runs_as_pasted(tmp_path):
+    """``python -m yfpo.train +experiment=smoke method=yfpo``: the hint keeps +experiment=smoke, and
+    after running it as printed the same training works."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    env = {**os.environ, "YFPO_CACHE": str(tmp_path / "cache")}
+    train = [sys.executable, "-m", "yfpo.train", "+experiment=smoke", "method=yfpo", "lambda=0.2",
+             f"hydra.run.dir={tmp_path / 'run'}"]
+    first = subprocess.run(train, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert first.returncode == 2 and "yfpo: error: neuron file" in first.stderr
+    hint = first.stderr.split("create it with: ")[1].splitlines()[0]
+    assert hint == "python -m yfpo.neurons +experiment=smoke method=yfpo lambda=0.2"
+    made = subprocess.run([sys.executable, *shlex.split(hint)[1:]], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    again = subprocess.run(train, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "run" / "DONE").is_file()
 
 
 def test_a_foreign_safetensors_file_is_refused(tmp_path):
@@ -105,7 +141,7 @@ def test_normalised_score_needs_a_file_with_statistics():
 
 
 def test_a_cached_neuron_file_is_reused_only_for_the_same_weights(cache, monkeypatch, capsys):
-    """The file name keys on model.name; a retrained model under the same name gets its own neurons."""
+    """A retrained model under the same name and path is refused the old neurons; the fix recomputes them."""
     from tests.conftest import FAST
     from yfpo.neurons import __main__ as stage
 
@@ -113,7 +149,7 @@ def test_a_cached_neuron_file_is_reused_only_for_the_same_weights(cache, monkeyp
     first = io.load(stage.select(compose_cfg(*args)))
     assert len(first.meta["weights"]) == 40
     stage.select(compose_cfg(*args))
-    assert "exists; keeping it" in capsys.readouterr().out
+    assert "keeping it" in capsys.readouterr().out
 
     load = stage.load_model
 
@@ -124,7 +160,8 @@ def test_a_cached_neuron_file_is_reused_only_for_the_same_weights(cache, monkeyp
         return model
 
     monkeypatch.setattr(stage, "load_model", retrained)
-    again = io.load(stage.select(compose_cfg(*args)))
-    assert "was computed from other weights" in capsys.readouterr().out
+    with pytest.raises(StaleArtefactError, match=r"weights: made with .*neurons.overwrite=true"):
+        stage.select(compose_cfg(*args), args)
+    again = io.load(stage.select(compose_cfg(*args, "neurons.overwrite=true")))
     assert again.meta["weights"] != first.meta["weights"]
     assert not torch.equal(again.mean, first.mean)  # the statistics are those of the new weights

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import FAST, compose_cfg
+from yfpo.artefacts import StaleArtefactError
 from yfpo import pairs as pairs_mod
 from yfpo.data import PAIR_FIELDS, read_rows
 from yfpo.generation import Completion
@@ -126,13 +127,13 @@ def test_step_mode_needs_a_checker(cache):
 
 
 def test_a_cached_pairs_file_is_reused_only_for_the_same_weights(tmp_path, cache, monkeypatch, capsys):
-    """Pairs are on-policy only for the weights they were sampled from; the file name keys on model.name."""
+    """Pairs are on-policy only for the weights they were sampled from: other weights are refused."""
     calls = []
     monkeypatch.setattr(pairs_mod, "generate", _canned(calls))
     cfg = compose_cfg(*FAST, "pairs.num_questions=8", "pairs.samples=4", f"pairs.out={tmp_path / 'p.jsonl'}")
     pairs_mod.make_pairs(cfg)
     pairs_mod.make_pairs(cfg)
-    assert len(calls) == 1 and "exists; keeping it" in capsys.readouterr().out
+    assert len(calls) == 1 and "keeping it" in capsys.readouterr().out
     before = json.loads((tmp_path / "p.jsonl.meta.json").read_text())["weights"]
 
     load = pairs_mod.load_model
@@ -144,6 +145,9 @@ def test_a_cached_pairs_file_is_reused_only_for_the_same_weights(tmp_path, cache
         return model
 
     monkeypatch.setattr(pairs_mod, "load_model", retrained)
+    with pytest.raises(StaleArtefactError, match=r"pairs file .*\(weights: made with .*Delete .* to sample again"):
+        pairs_mod.make_pairs(cfg)
+    (tmp_path / "p.jsonl").unlink()
     pairs_mod.make_pairs(cfg)
-    assert len(calls) == 2 and "sampled from other weights" in capsys.readouterr().out
+    assert len(calls) == 2
     assert json.loads((tmp_path / "p.jsonl.meta.json").read_text())["weights"] != before

@@ -56,7 +56,7 @@ def test_stale_cache_is_refused_with_the_file_and_the_fix(tmp_path, cache):
     with torch.no_grad():
         model.model.norm.weight.mul_(1.5)
     model.save_pretrained(cfg.model.path)
-    with pytest.raises(ReferenceCacheError, match=r"reference cache .*\.safetensors is stale.*weights: cached .*Delete it"):
+    with pytest.raises(ReferenceCacheError, match=r"reference cache .*\.safetensors was made from other inputs.*weights: made with .*Delete it"):
         fit(cfg, tmp_path / "second")
 
 

@@ -12,6 +12,7 @@ from yfpo import checkpoints as ck
 from yfpo.config import run_dirname
 from yfpo.neurons import NeuronFileError, io
 from yfpo.neurons.select import random_neurons
+from yfpo.neurons.__main__ import select
 from yfpo.errors import UserError
 from yfpo.train import fit
 
@@ -96,7 +97,7 @@ def test_a_finished_run_of_another_config_is_refused_not_reported_done(tmp_path,
 
 
 def test_yfpo_without_neuron_file_names_the_command(tmp_path, cache):
-    with pytest.raises(NeuronFileError, match=r"does not exist.*python -m yfpo.neurons .*model=tiny_base neurons=random"):
+    with pytest.raises(NeuronFileError, match=r"does not exist\. method=yfpo needs it; create it with: python -m yfpo.neurons <the overrides of this run>$"):
         fit(compose_cfg(*FAST, "method=yfpo"), tmp_path / "run")
 
 
@@ -104,7 +105,7 @@ def test_neuron_file_from_another_model_is_refused_by_training(tmp_path, cache):
     cfg = compose_cfg(*FAST, "method=yfpo")
     wrong = random_neurons(2, 64, cfg.neurons)
     io.save(cfg.neurons.path, wrong, model=cfg.model.name, num_layers=2, intermediate_size=64)
-    with pytest.raises(NeuronFileError, match=r"2 layers x 64 channels, the model has 2 x 48"):
+    with pytest.raises(NeuronFileError, match=r"intermediate_size: made with '64', now '48'.*neurons.overwrite=true"):
         fit(cfg, tmp_path / "run")
 
 
@@ -183,6 +184,6 @@ def test_the_readme_pipeline_trains_on_the_attnlrp_file_it_made(tmp_path, cache,
     train_cfg = compose_cfg(*shlex.split(trained)[3:])
     assert train_cfg.neurons.path == made_cfg.neurons.path and train_cfg.neurons.selector == "attnlrp"
     cfg = compose_cfg(*FAST, "method=yfpo", "lambda=0.1", "trainer.max_steps=1", "checkpoints.count=1")
-    io.save(cfg.neurons.path, random_neurons(2, 48, cfg.neurons), model=cfg.model.name, num_layers=2, intermediate_size=48)
+    select(cfg)
     fit(cfg, tmp_path / "run")
     assert f"[yfpo] neurons (rewarded): {cfg.neurons.path} (selector random" in capsys.readouterr().out

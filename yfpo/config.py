@@ -1,5 +1,5 @@
-"""The Hydra config's home: where ``conf/`` is, the ``yfpo.dirname`` resolver of run directories,
-and composing the config outside ``@hydra.main`` (for the stages that need no run directory).
+"""The Hydra config's home: where ``conf/`` is, the resolvers (``yfpo.dirname`` of run directories,
+``yfpo.model_tag`` of cached file names), what identifies a run, and composing the config outside ``@hydra.main`` (for the stages that need no run directory).
 
 Every entry point imports this module (for :data:`CONF_DIR`), which registers the resolver
 before Hydra resolves ``hydra.run.dir``.
@@ -11,7 +11,10 @@ import hashlib
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
+
+from yfpo.artefacts import model_tag
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 DIRNAME_LIMIT = 96  # characters; file systems refuse names over 255
@@ -32,7 +35,38 @@ def run_dirname(overrides: str) -> str:
 OmegaConf.register_new_resolver("yfpo.dirname", run_dirname, replace=True)
 
 
+OmegaConf.register_new_resolver("yfpo.model_tag", model_tag, replace=True)
+
+# Keys that may differ between the first start of a run and its resumption: not part of what a
+# run (or the model it exports) is.
+RESUME_FREE = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "trainer.accumulate_grad_batches",
+               "trainer.enable_progress_bar", "logger", "cache_dir", "hub",
+               "eval.", "ablate.", "demo.")  # read by other stages only (demo.lambda reaches training as `lambda`)
+
+
 def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:
-    """``conf/config.yaml`` with command-line style ``overrides`` (``hydra=True`` keeps the hydra node)."""
+    """``conf/config.yaml`` with command-line style ``overrides`` (``hydra=True`` keeps the hydra node);
+    inside a running Hydra app (``python -m yfpo.train``) it composes with that app's search path."""
+    if GlobalHydra.instance().is_initialized():
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    """The flattened, resolved config of a run (``{"optim.lr": 5e-06, ...}``) without the
+    :data:`RESUME_FREE` keys; paths under ``cache_dir`` are written relative to it, so a moved
+    cache (``YFPO_CACHE``) is not another config."""
+    flat = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    cache = flat.get("cache_dir")
+    return {k: v.replace(cache, "${cache_dir}", 1) if cache and isinstance(v, str) and v.startswith(cache) else v
+            for k, v in flat.items() if not k.startswith(RESUME_FREE)}

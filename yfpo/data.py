@@ -25,7 +25,9 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from yfpo import artefacts
 from yfpo import hub as hub_lib
+from yfpo.artefacts import atomic_write
 from yfpo.errors import UserError
 from yfpo.locks import file_lock
 from yfpo.prompts import format_prompt
@@ -62,7 +64,16 @@ def load_rows(path: str, split: str = "train", name: str | None = None, hub: Dic
             raise ValueError(f"{key}={path} is a hub id: pass the `hub` config to load it")  # a caller's bug
         ds = hub_lib.load_dataset(path, name, split, hub, key)
     elif local.is_dir():  # a dataset repository on disk (e.g. downloaded with `hf download`)
-        ds = datasets.load_dataset(str(local), name=name, split=split)
+        files = [p for p in local.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(local).parts)]
+        if not any(p.suffix in LOCAL_FORMATS for p in files):
+            found = ", ".join(sorted({p.suffix or p.name for p in files})) or "nothing"
+            raise DataError(f"{key}={path}: the directory holds no {'/'.join(LOCAL_FORMATS)} data files (found: {found}); "
+                            "give a JSONL/parquet file, a directory of them, or a hub id")
+        try:
+            ds = datasets.load_dataset(str(local), name=name, split=split)
+        except Exception as e:  # datasets' errors (no such split, mixed formats) name neither the key nor the fix
+            raise DataError(f"{key}={path}: cannot be read as a dataset directory ({type(e).__name__}: {e}); "
+                            "check its split (split=...), or point to one of its files") from None
     else:
         raise DataError(f"{key}={path}: not a .jsonl/.json/.parquet file, a directory, or a hub id (org/name)")
     return list(ds)
@@ -237,22 +248,32 @@ def sft_fields(cfg: DictConfig) -> tuple[str, str]:
 def read_rows(cfg: DictConfig, kind: str, hub: DictConfig | None = None) -> list[dict]:
     """The validated rows ``cfg`` (a ``data`` config) selects, SFT rows renamed to question/answer.
 
-    With ``subset_file`` set, the seeded ``subset_size`` sample is written there on first use
-    (with a ``.meta.json`` naming source, seed and size) and read back by every later run, so
-    all runs of a sweep train on the very same rows.
+    With ``subset_file`` set, the seeded ``subset_size`` sample is written there on first use, keyed
+    on its source's rows, split, seed and size (:mod:`yfpo.artefacts`), and read back by every later
+    run, so all runs of a sweep train on the very same rows; a file drawn from other rows is refused.
     """
-    saved = Path(cfg.subset_file) if cfg.get("subset_file") else None
-    meta = {"source": cfg.path, "split": cfg.split, "hub_config": cfg.get("hub_config"),
-            "subset_size": cfg.subset_size, "subset_seed": cfg.subset_seed, "kind": kind}
-    if saved is not None:
-        if cfg.subset_size is None:
-            raise DataError("data.subset_file needs data.subset_size")
-        with file_lock(saved.with_name(saved.name + ".lock")):
-            if not saved.is_file():
-                rows = subset(_source_rows(cfg, kind, hub), cfg.subset_size, cfg.subset_seed)
-                write_jsonl(saved, rows, meta)
-        return read_subset(saved, meta)
-    return subset(_source_rows(cfg, kind, hub), cfg.subset_size, cfg.subset_seed)
+    if not cfg.get("subset_file"):
+        return subset(_source_rows(cfg, kind, hub), cfg.subset_size, cfg.subset_seed)
+    if cfg.subset_size is None:
+        raise DataError("data.subset_file needs data.subset_size")
+    saved = Path(cfg.subset_file)
+    key = {"source": cfg.path, "split": cfg.split, "hub_config": cfg.get("hub_config"), "subset_size": cfg.subset_size,
+           "subset_seed": cfg.subset_seed, "kind": kind}
+    what, fix = f"data subset {saved}", "Delete it to draw it again, or set data.subset_file elsewhere."
+    with file_lock(saved.with_name(saved.name + ".lock")):
+        try:
+            rows = _source_rows(cfg, kind, hub)
+        except UserError:
+            if saved_key := artefacts.saved_key(saved):  # e.g. an offline compute node: the subset is what it reads
+                artefacts.refuse_changes(what, {k: saved_key.get(k) for k in key}, key, fix)
+                print(f"[yfpo] {cfg.path} cannot be read here; using {saved} as saved (its source is not re-checked)", flush=True)
+                return [json.loads(line) for line in saved.read_text().splitlines()]
+            raise
+        key["content"] = artefacts.rows_fingerprint(rows)
+        if not artefacts.check(saved, key, what, fix):
+            write_jsonl(saved, subset(rows, cfg.subset_size, cfg.subset_seed), key)
+            artefacts.commit(saved, key)
+    return [json.loads(line) for line in saved.read_text().splitlines()]
 
 
 def _source_rows(cfg: DictConfig, kind: str, hub: DictConfig | None) -> list[dict]:
@@ -268,21 +289,8 @@ def _source_rows(cfg: DictConfig, kind: str, hub: DictConfig | None) -> list[dic
 
 def write_jsonl(path: Path, rows: list[dict], meta: dict) -> None:
     """``rows`` as JSONL plus ``<path>.meta.json``, both written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for target, text in ((path.with_name(path.name + ".meta.json"), json.dumps({**meta, "rows": len(rows)}, indent=2)),
-                         (path, "".join(json.dumps(r) + "\n" for r in rows))):
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text)
-        tmp.rename(target)
-
-
-def read_subset(path: Path, meta: dict) -> list[dict]:
-    """Rows of a saved subset, refusing one made from another source, seed or size."""
-    saved = json.loads(path.with_name(path.name + ".meta.json").read_text())
-    changed = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
-    if changed:
-        raise DataError(f"{path} was written for other settings {changed} (saved, now): delete it or set data.subset_file elsewhere")
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    atomic_write(path.with_name(path.name + ".meta.json"), json.dumps({**meta, "rows": len(rows)}, indent=2))
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 class PreferenceDataModule(L.LightningDataModule):

@@ -2,7 +2,7 @@
 
 ``run_dir`` is a run directory, a multirun directory, or one HF checkpoint. Every checkpoint
 found (``checkpoints/ckpt-*``, plus each run's starting model as ``ckpt-0``) is evaluated greedily,
-one completion per problem, into ``<run>/eval/<task>/<ckpt>/`` (``eval.name`` replaces ``<task>``):
+one completion per problem, into ``<run>/eval/<task>/<ckpt>/``:
 
 - ``predictions.jsonl``: id, prompt, completion, gold, and per convention the answer and its
   verdict (:func:`yfpo.grading.score`), ``extracted`` (a final-answer marker was found) and
@@ -11,8 +11,12 @@ one completion per problem, into ``<run>/eval/<task>/<ckpt>/`` (``eval.name`` re
 - ``summary.json``: headline, strict and flexible accuracy, n, 95 % Wilson interval, truncated and
   extracted rates, backend, decoding settings (prompt, stops, budget), library versions,
   seconds — written last; a checkpoint with a summary is skipped;
-- ``settings.json``: backend, data source and decoding settings; a directory made with other
-  settings, or holding other problems under the same ids, is refused (for all checkpoints at once).
+- ``key.json``: what the predictions depend on (:mod:`yfpo.artefacts`): backend, data source and a
+  fingerprint of its rows, decoding settings, the checkpoint's files; a directory made with another
+  key is refused, for all checkpoints at once, listing what changed.
+
+``<task>`` is ``eval.name`` (or the task), plus ``@<source>`` when ``eval.path`` is not the
+group's own, so that rows from another file never share a directory with the benchmark's.
 
 ``eval.compare_backends=N`` instead runs the first N problems through both backends and writes
 ``backend_agreement.json`` there (how often the greedy texts and the verdicts agree).
@@ -38,7 +42,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from yfpo import hub
+from yfpo import artefacts, hub
 from yfpo.config import CONF_DIR
 from yfpo.data import DataError, load_rows
 from yfpo.errors import ConfigError, MissingError, run_cli
@@ -101,8 +105,13 @@ def find_checkpoints(target: Path, hub_cfg: DictConfig | None = None) -> list[tu
 def load_problems(cfg: DictConfig) -> list[dict]:
     """``[{id, question, gold}]`` of ``cfg.eval``: the first ``eval.limit`` problems, of which, with
     ``eval.sample``, a seeded random ``sample`` (in row order; ids stay the rows' indices)."""
+    return problems_of(cfg, load_rows(cfg.eval.path, split=cfg.eval.split, name=cfg.eval.get("hub_config"), hub=cfg.hub,
+                                      key="eval.path"))
+
+
+def problems_of(cfg: DictConfig, rows: list[dict]) -> list[dict]:
+    """:func:`load_problems` from the source's ``rows``."""
     e = cfg.eval
-    rows = load_rows(e.path, split=e.split, name=e.get("hub_config"), hub=cfg.hub, key="eval.path")
     rows = rows[: e.limit] if e.limit else rows
     keep = range(len(rows))
     if e.get("sample"):
@@ -221,15 +230,25 @@ def health_warnings(summary: dict, limit: float) -> list[str]:
     return out
 
 
-def source(e: DictConfig) -> dict:
-    """Where an evaluation's problems come from: a directory evaluated from another source is refused."""
+def dirname(e: DictConfig) -> str:
+    """The directory of an evaluation under ``<run>/eval/``: ``eval.name`` (or the task), plus
+    ``@<source>`` when ``eval.path`` is not the group's own (``eval.default_path``), so that
+    problems from another file never share a directory with the real benchmark's."""
+    name = e.name or e.task
+    if str(e.path) == str(e.get("default_path", e.path)):
+        return name
+    return f"{name}@{Path(str(e.path)).stem if Path(str(e.path)).suffix else str(e.path).replace('/', '_')}"
+
+
+def source(e: DictConfig, rows_fingerprint: str) -> dict:
+    """Where an evaluation's problems come from, with a fingerprint of all the source's rows."""
     return {"path": e.path, "split": e.split, "hub_config": e.get("hub_config"), "sample": e.get("sample"),
-            "sample_seed": e.get("sample_seed") if e.get("sample") else None}
+            "sample_seed": e.get("sample_seed") if e.get("sample") else None, "rows": rows_fingerprint}
 
 
 @dataclass
 class Job:
-    """One checkpoint to evaluate, with the settings its directory must match."""
+    """One checkpoint to evaluate, with the key its directory must match."""
 
     name: str
     model_dir: Path
@@ -238,44 +257,39 @@ class Job:
     tok: object
     dec: dict
     prompts: dict  # problem id -> prompt
+    source: dict
 
     @property
-    def settings(self) -> dict:
-        return {"backend": self.cfg.eval.backend, "source": source(self.cfg.eval), **self.dec}
+    def key(self) -> dict:
+        """What the predictions depend on (:mod:`yfpo.artefacts`): backend, data, decoding, weights."""
+        return {"backend": self.cfg.eval.backend, "source": self.source,
+                **{k: v for k, v in self.dec.items() if k != "vllm"},  # the version a worker reports is a result
+                "weights": artefacts.file_fingerprint(self.model_dir, recursive=False)}
 
 
-def conflicts(job: Job, problems: list[dict]) -> list[str]:
-    """Why ``job.out_dir`` cannot be continued or reused: other settings, another data source, or
-    other problems under the same ids (the file behind ``eval.path`` changed). Empty: it can."""
-    out = []
-    saved_path = job.out_dir / "settings.json"
-    if saved_path.is_file():
-        saved = json.loads(saved_path.read_text())
-        saved.setdefault("source", job.settings["source"])  # written by an older yfpo, which did not record it
-        changed = {k: (saved.get(k), v) for k, v in job.settings.items() if saved.get(k) != v}
-        if changed:
-            out.append(f"{job.out_dir} was evaluated with other settings {changed} (saved, now)")
-    done = _read_done(job.out_dir / "predictions.jsonl")
-    other = [p["id"] for p in problems if p["id"] in done
-             and (done[p["id"]]["prompt"] != job.prompts[p["id"]] or done[p["id"]]["gold"] != p["gold"])]
-    if other:
-        out.append(f"{job.out_dir} holds other problems under the ids {other[:5]}{' ...' if len(other) > 5 else ''} "
-                   "(the data behind eval.path changed)")
-    return out
+def conflicts(job: Job) -> list[str]:
+    """Why ``job.out_dir`` cannot be continued or reused: it was made with another key (other
+    settings, data or weights). Empty: it can."""
+    try:
+        artefacts.check(job.out_dir, job.key, f"evaluation {job.out_dir}", "")
+    except artefacts.StaleArtefactError as e:
+        return [str(e).rstrip(". ")]
+    return []
 
 
 def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
     """Evaluate one checkpoint into ``job.out_dir`` (resuming), returning its summary, which always
     describes exactly the rows of its ``predictions.jsonl``.
 
-    ``settings.json`` records the backend, data source and decoding settings (checked up front by
-    :func:`conflicts`). Problems already there are not generated again: a larger ``eval.limit``
-    adds the missing ones; a smaller one reads nothing new and keeps the summary of all of them.
+    ``key.json`` records what the predictions depend on (checked up front by :func:`conflicts`);
+    predictions without one (an older yfpo's) are generated again. Problems already there are not
+    generated again: a larger ``eval.limit`` adds the missing ones; a smaller one reads nothing new
+    and keeps the summary of all of them.
     """
     cfg, name, model_dir, out_dir, tok, dec = job.cfg, job.name, job.model_dir, job.out_dir, job.tok, job.dec
     e = cfg.eval
     summary_path, pred_path = out_dir / "summary.json", out_dir / "predictions.jsonl"
-    done = _read_done(pred_path)
+    done = _read_done(pred_path) if artefacts.saved_key(out_dir) else {}
     todo = [p for p in problems if p["id"] not in done]
     if summary_path.is_file() and not todo:
         summary = json.loads(summary_path.read_text())
@@ -285,7 +299,8 @@ def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
                       "its summary (and the tables) keep all of them", flush=True)
             return summary
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "settings.json").write_text(json.dumps(job.settings, indent=2))
+    summary_path.unlink(missing_ok=True)
+    artefacts.commit(out_dir, job.key)
     # rewrite without a torn last line or old rows, so appended rows start on a line of their own
     pred_path.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
     prompts = [job.prompts[p["id"]] for p in todo]
@@ -325,15 +340,15 @@ def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
         "seconds": time.perf_counter() - start, "problems_per_sec": len(todo) / max(time.perf_counter() - start, 1e-9),
     }
     summary["warnings"] = health_warnings(summary, e.warn_rate)
-    summary_path.write_text(json.dumps(summary, indent=2))
+    artefacts.atomic_write(summary_path, json.dumps(summary, indent=2))
     return summary
 
 
-def _job(name: str, model_dir: Path, out_dir: Path, cfg: DictConfig, problems: list[dict]) -> Job:
+def _job(name: str, model_dir: Path, out_dir: Path, cfg: DictConfig, problems: list[dict], source: dict) -> Job:
     tok = load_tokenizer(cfg.model, model_dir)
     e = cfg.eval
     prompts = {p["id"]: eval_prompt(e.template, p["question"], tok, e.num_fewshot, e.fewshot_set) for p in problems}
-    return Job(name, model_dir, out_dir, cfg, tok, decoding(cfg, tok, model_dir), prompts)
+    return Job(name, model_dir, out_dir, cfg, tok, decoding(cfg, tok, model_dir), prompts, source)
 
 
 def compare_backends(job: Job, problems: list[dict]) -> dict:
@@ -410,15 +425,16 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     if not cfg.get("run_dir"):
         raise ConfigError("run_dir=PATH is required: a run directory, a multirun directory or one HF checkpoint")
     ensure_synthetic(cfg)
-    problems = load_problems(cfg)
+    rows = load_rows(e.path, split=e.split, name=e.get("hub_config"), hub=cfg.hub, key="eval.path")
+    problems, src = problems_of(cfg, rows), source(e, artefacts.rows_fingerprint(rows))
     summaries, first_output, locked, jobs = [], {}, set(), []
     with ExitStack() as held:  # one writer per evaluation name and run, held to the end
         for name, model_dir, root in find_checkpoints(Path(cfg.run_dir), cfg.hub):
-            task_dir = root / "eval" / (e.name or e.task)
+            task_dir = root / "eval" / dirname(e)
             if task_dir not in locked:
                 held.enter_context(exclusive(task_dir.with_name(task_dir.name + ".lock"), f"evaluation {task_dir}"))
                 locked.add(task_dir)
-            jobs.append((root, _job(name, model_dir, task_dir / name, run_settings(cfg, root), problems)))
+            jobs.append((root, _job(name, model_dir, task_dir / name, run_settings(cfg, root), problems, src)))
         if e.compare_backends:
             for root, job in jobs:
                 r = compare_backends(job, problems)
@@ -427,7 +443,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
                       f"{r['output_agreement']:.1%}, grades agree {r['grade_agreement']:.1%} "
                       f"-> {job.out_dir / 'backend_agreement.json'}", flush=True)
             return summaries
-        refused = [c for _, job in jobs for c in conflicts(job, problems)]
+        refused = [c for _, job in jobs for c in conflicts(job)]
         if refused:  # all of them at once, before any checkpoint is evaluated
             raise ConfigError("; ".join(refused) + ": delete those directories, or keep both by giving this "
                               "evaluation its own name with eval.name=NAME")

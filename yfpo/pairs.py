@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from yfpo import synthetic
+from yfpo import artefacts, synthetic
 from yfpo.config import compose_config
 from yfpo.data import DataError, load_rows, sft_fields, validate_rows, write_jsonl
 from yfpo.errors import ConfigError, run_cli
@@ -108,15 +108,13 @@ def make_pairs(cfg: DictConfig) -> Path:
     path = ensure_model(cfg)
     model = load_model(cfg.model, path)
     weights = weights_fingerprint(model)
-    if out.is_file():
-        meta = out.with_name(out.name + ".meta.json")
-        made_from = json.loads(meta.read_text()).get("weights") if meta.is_file() else None
-        if made_from == weights:
-            print(f"[yfpo] pairs file {out} exists; keeping it (delete it to sample again)")
-            return out
-        # The name keys on model.name only: pairs from a retrained or replaced model are not on-policy.
-        print(f"[yfpo] pairs file {out} was sampled from other weights of {cfg.model.name!r} "
-              f"({made_from or 'not recorded'}, now {weights}); sampling again")
+    # on-policy: pairs are made from these weights, this prompt layout and these questions
+    key = {"model": cfg.model_tag, "weights": weights, "template": cfg.data.template,
+           "questions": artefacts.source_fingerprint(p.questions, cfg.hub.get("mirror")),
+           "config": OmegaConf.to_container(p, resolve=True)}
+    if artefacts.check(out, key, f"pairs file {out}", f"Delete {out} (and {out.name}.meta.json) to sample again."):
+        print(f"[yfpo] pairs file {out} exists, sampled with these settings; keeping it (delete it to sample again)")
+        return out
     tokenizer = load_tokenizer(cfg.model, path)
     model = model.to(device_for(p.device)).eval()
     q_field, a_field = sft_fields(p)
@@ -132,7 +130,7 @@ def make_pairs(cfg: DictConfig) -> Path:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial, progress = out.with_name(out.name + ".partial.jsonl"), out.with_name(out.name + ".progress.json")
-    identity = {"model": cfg.model.name, "weights": weights, "config": OmegaConf.to_container(p, resolve=True)}
+    identity = artefacts.stringify(key)
     state = json.loads(progress.read_text()) if progress.is_file() else {"identity": identity, "done": 0, "counts": {}}
     if state["identity"] != identity:
         raise DataError(f"{partial} was started with other settings; delete it and {progress} to start again")
@@ -178,10 +176,11 @@ def make_pairs(cfg: DictConfig) -> Path:
         "sampled_accuracy_all_steps_right": counts["correct"] / max(counts["samples"], 1) if check else None,
         "right_answer_wrong_step": counts["right_answer_wrong_step"],
         "skipped": {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped: ") and v},
-        "model": cfg.model.name, "weights": weights, "settings": identity["config"],
+        "model": cfg.model.name, "weights": weights, "settings": key["config"],
     }
     rows_out = [json.loads(l) for l in partial.read_text().splitlines()]
     write_jsonl(out, rows_out, summary)  # the summary goes to <out>.meta.json
+    artefacts.commit(out, key)
     partial.unlink()
     progress.unlink()
     print(f"[yfpo] wrote {len(rows_out)} pairs to {out}\n{json.dumps(summary, indent=2)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from yfpo import hub, synthetic, tiny
+from yfpo import artefacts, hub, synthetic, tiny
+from yfpo.config import compose_config, run_identity
 from yfpo.errors import ConfigError, UserError, run_cli
 from yfpo.locks import file_lock
 from yfpo.prompts import format_prompt
@@ -25,25 +27,47 @@ from yfpo.prompts import format_prompt
 
 def ensure_synthetic(cfg: DictConfig) -> dict[str, Path]:
     """Generate the synthetic SFT/preference/test/dev files into ``cfg.synthetic.dir`` unless they are
-    there from the same ``cfg.synthetic`` settings (recorded in ``settings.json``, written last)."""
+    there, keyed on the ``cfg.synthetic`` settings (:mod:`yfpo.artefacts`); other settings are refused,
+    since runs already trained or evaluated on those files would silently change under them."""
     out = Path(cfg.synthetic.dir)
     params = {k: v for k, v in OmegaConf.to_container(cfg.synthetic, resolve=True).items() if k != "dir"}
     paths = {n: out / f"{n}.jsonl" for n in ("sft", "preference", "test", "dev")}
-    settings = out / "settings.json"
+    fix = f"Give these settings their own directory (synthetic.dir={out}-NAME), or delete {out} to generate it again."
 
     def current() -> bool:
-        return settings.is_file() and json.loads(settings.read_text()) == params and all(p.is_file() for p in paths.values())
+        return artefacts.check(out, params, f"synthetic data {out}", fix) and all(p.is_file() for p in paths.values())
 
     if current():
         return paths
     with file_lock(out.with_name(out.name + ".lock")):
         if current():
             return paths
-        if settings.is_file():  # the directory is named by no setting, so e.g. slip_rate would be ignored
-            print(f"[yfpo] {out} was generated with other synthetic.* settings; generating it again", flush=True)
         synthetic.generate(out, **params)
-        settings.write_text(json.dumps(params))
+        artefacts.commit(out, params)
     return paths
+
+
+def model_key(cfg: DictConfig) -> dict:
+    """What a prepared ``cfg.model`` is made from (:mod:`yfpo.artefacts`): the tiny model's
+    architecture, seed and corpus; the whole config of the training run that exports it; the GGUF
+    file and its package's version."""
+    m = cfg.model
+    if m.prepare == "build_tiny":
+        corpus = ensure_synthetic(cfg)["sft"]
+        return {"prepare": m.prepare, "vocab_size": m.vocab_size, "corpus_rows": m.corpus_rows, "arch": dict(m.arch),
+                "init_seed": m.init_seed, "corpus": artefacts.file_fingerprint(corpus)}
+    if m.prepare.startswith("train:"):
+        run = compose_config([f"+experiment={m.prepare.split(':', 1)[1]}", f"cache_dir={cfg.cache_dir}"])
+        return run_identity(run)
+    if m.prepare == "gguf":
+        from importlib import metadata
+
+        try:
+            version = metadata.version(m.gguf_package)
+        except metadata.PackageNotFoundError:
+            version = None
+        return {"prepare": m.prepare, "gguf_package": m.gguf_package, "version": version, "gguf_file": m.gguf_file}
+    raise ConfigError(f"model.prepare={m.prepare!r}: use 'build_tiny', 'gguf' or 'train:<experiment>'")
 
 
 def ensure_model(cfg: DictConfig) -> Path:
@@ -52,8 +76,10 @@ def ensure_model(cfg: DictConfig) -> Path:
     ``model.prepare`` says how: ``build_tiny`` trains the tokenizer and saves random weights;
     ``train:<experiment>`` runs ``python -m yfpo.train +experiment=<experiment>`` (resumable),
     whose ``export_to`` is ``model.path``; ``gguf`` converts ``model.gguf_file`` shipped inside
-    the installed package ``model.gguf_package``. Without ``prepare``, ``model.path`` is a local
-    directory or a hub id (fetched through :mod:`yfpo.hub`: mirror, cache, or download).
+    the installed package ``model.gguf_package``. A prepared model is keyed on what it is made
+    from (:func:`model_key`): one made from other settings is refused. Without ``prepare``,
+    ``model.path`` is a local directory or a hub id (fetched through :mod:`yfpo.hub`: mirror,
+    cache, or download).
     """
     m = cfg.model
     prepare = m.get("prepare")
@@ -64,28 +90,38 @@ def ensure_model(cfg: DictConfig) -> Path:
             made_by = f"; it is made by `{m.made_by}`" if m.get("made_by") else ""
             raise UserError(f"model.path={m.path}: no HF model directory (config.json) there{made_by}")
         return Path(m.path)
-    path = Path(m.path)
-    if (path / "config.json").is_file():
+    path, key = Path(m.path), model_key(cfg)
+    made_by = f"the run `python -m yfpo.train +experiment={prepare[6:]}`" if prepare.startswith("train:") else None
+    fix = (f"Delete {path}{f' and the directory of {made_by}' if made_by else ''} to prepare it again, "
+           f"or give this model its own model.path.")
+
+    def current() -> bool:
+        return artefacts.check(path, key, f"model.path={path}", fix) and (path / "config.json").is_file()
+
+    if current():
         return path
     with file_lock(path.with_name(path.name + ".lock")):
-        if (path / "config.json").is_file():
+        if current():
             return path
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
         if prepare == "build_tiny":
-            files = ensure_synthetic(cfg)
-            rows = [json.loads(line) for line in files["sft"].read_text().splitlines()[: m.corpus_rows]]
+            rows = [json.loads(line) for line in ensure_synthetic(cfg)["sft"].read_text().splitlines()[: m.corpus_rows]]
             corpus = [format_prompt("alpaca", r["question"], None) + r["answer"] for r in rows]
-            tiny.save_base(path, corpus, m.vocab_size, cfg.seed, dict(m.arch))
+            tiny.save_base(tmp, corpus, m.vocab_size, m.init_seed, dict(m.arch))
         elif prepare.startswith("train:"):
-            experiment = prepare.split(":", 1)[1]
-            print(f"[yfpo] {path} not found: preparing it with `python -m yfpo.train +experiment={experiment}`", flush=True)
+            # the run exports to model.path and keys it (train.export); a finished run only exports again
+            print(f"[yfpo] {path} not found: preparing it with `python -m yfpo.train +experiment={prepare[6:]}`", flush=True)
             env = {**os.environ, "YFPO_CACHE": str(Path(cfg.cache_dir).resolve())}
-            subprocess.run([sys.executable, "-m", "yfpo.train", f"+experiment={experiment}"], check=True, env=env)
-            if not (path / "config.json").is_file():
-                raise RuntimeError(f"experiment {experiment} finished without exporting a model to {path}")
-        elif prepare == "gguf":
-            convert_gguf(m.gguf_package, m.gguf_file, path)
+            subprocess.run([sys.executable, "-m", "yfpo.train", f"+experiment={prepare[6:]}"], check=True, env=env)
+            if not current():
+                raise RuntimeError(f"experiment {prepare[6:]} finished without exporting a model to {path}")
+            return path
         else:
-            raise ConfigError(f"model.prepare={prepare!r}: use 'build_tiny', 'gguf' or 'train:<experiment>'")
+            convert_gguf(m.gguf_package, m.gguf_file, tmp)
+        shutil.rmtree(path, ignore_errors=True)  # unkeyed: torn, or left by an older yfpo
+        tmp.rename(path)
+        artefacts.commit(path, key)
     return path
 
 
@@ -106,13 +142,9 @@ def convert_gguf(package: str, filename: str, out: Path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=filename, dtype=torch.float32)
     model = AutoModelForCausalLM.from_config(loaded.config)
     model.load_state_dict(loaded.state_dict(), strict=True)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 if __name__ == "__main__":
-    from yfpo.config import compose_config
-
     print(run_cli(lambda: ensure_model(compose_config(sys.argv[1:]))))

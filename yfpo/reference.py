@@ -11,8 +11,6 @@ say after the model at ``model.path`` was retrained, is refused rather than sile
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from yfpo import artefacts
 from yfpo.data import to_device
 from yfpo.errors import UserError
 
@@ -36,12 +35,9 @@ class ReferenceCacheError(UserError, ValueError):
     """A cached reference table that does not belong to this run; the message names the file and the fix."""
 
 
-def rows_fingerprint(rows: Sequence) -> str:
+def tokens_fingerprint(rows: Sequence) -> str:
     """A hash of the token ids of every row (:class:`yfpo.data.Encoded`), in order."""
-    h = hashlib.sha1()
-    for e in rows:
-        h.update(json.dumps([e.prompt, e.chosen, e.rejected]).encode())
-    return h.hexdigest()
+    return artefacts.rows_fingerprint([e.prompt, e.chosen, e.rejected] for e in rows)
 
 
 def declared_identity(cfg: DictConfig) -> dict[str, str]:
@@ -60,19 +56,18 @@ class ReferenceCache:
     ``identity`` holds every field the table depends on; the file is refused when any differs.
     """
 
-    def __init__(self, path: str | Path, identity: dict[str, str]):
-        self.path, self.identity = Path(path), {k: str(v) for k, v in identity.items()}
+    def __init__(self, path: str | Path, identity: dict):
+        self.path, self.identity = Path(path), artefacts.stringify(identity)
 
     @classmethod
     def for_run(cls, cfg: DictConfig, weights: str, tokens: str, rows: int) -> "ReferenceCache":
-        """The cache of this run: ``reference.cache_dir/<model>-<hash of the declared identity>.safetensors``
+        """The cache of this run: ``reference.cache_dir/<model tag>-<hash of the declared identity>.safetensors``
         (or ``reference.cache_path`` when set), identified by the declared and observed fields."""
         declared = declared_identity(cfg)
         path = cfg.reference.get("cache_path")
         if not path:
-            digest = hashlib.sha1(json.dumps(declared, sort_keys=True).encode()).hexdigest()[:16]
-            path = Path(cfg.reference.cache_dir) / f"{cfg.model.name}-{digest}.safetensors"
-        return cls(path, {**declared, "weights": weights, "tokens": tokens, "rows": str(rows)})
+            path = Path(cfg.reference.cache_dir) / f"{cfg.model_tag}-{artefacts.hash_text(declared)}.safetensors"
+        return cls(path, {**declared, "weights": weights, "tokens": tokens, "rows": rows})
 
     def check(self) -> bool:
         """Whether the file exists; raises :class:`ReferenceCacheError` when it is foreign or stale."""
@@ -86,13 +81,11 @@ class ReferenceCache:
         if meta.get("format") != FORMAT:
             raise ReferenceCacheError(f"{self.path} is not a yfpo reference cache (format {meta.get('format')!r}); "
                                       f"delete it or set reference.cache_path elsewhere")
-        changed = {k: (meta.get(k), v) for k, v in self.identity.items() if meta.get(k) != v}
-        if changed:
-            detail = "; ".join(f"{k}: cached {a!r}, now {b!r}" for k, (a, b) in sorted(changed.items()))
-            raise ReferenceCacheError(
-                f"reference cache {self.path} is stale: it was computed for other inputs ({detail}). "
-                f"Delete it to recompute, or use reference=live."
-            )
+        try:
+            artefacts.refuse_changes(f"reference cache {self.path}", {k: meta.get(k) for k in self.identity}, self.identity,
+                                     "Delete it to recompute, or use reference=live.")
+        except artefacts.StaleArtefactError as e:
+            raise ReferenceCacheError(str(e)) from None
         return True
 
     def load(self) -> torch.Tensor | None:

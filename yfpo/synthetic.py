@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from yfpo.artefacts import atomic_write
 from yfpo.prompts import LEAD
 
 NAMES = ["Mia", "Tom", "Ana", "Sam", "Leo", "Zoe", "Max", "Ivy", "Ben", "Eva"]
@@ -216,9 +217,6 @@ def generate(
     files["dev"] = [{"question": p.question, "answer": p.solution} for p in fresh(num_dev)]
     paths = {}
     for name, rows in files.items():
-        path = out / f"{name}.jsonl"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(path)
-        paths[name] = path
+        paths[name] = out / f"{name}.jsonl"
+        atomic_write(paths[name], "".join(json.dumps(r) + "\n" for r in rows))
     return paths

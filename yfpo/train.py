@@ -20,8 +20,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from yfpo import artefacts
 from yfpo.checkpoints import HFCheckpoints, is_complete, saved_step
-from yfpo.config import CONF_DIR
+from yfpo.config import CONF_DIR, run_identity
 from yfpo.data import PreferenceDataModule
 from yfpo.errors import ConfigError, UserError, run_cli
 from yfpo.locks import exclusive
@@ -30,50 +31,29 @@ from yfpo.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.prepare import ensure_model, ensure_synthetic
 from yfpo.module import PreferenceModule, check_module_config
 from yfpo.neurons import io as neuron_io
-from yfpo.reference import ReferenceCache, rows_fingerprint
+from yfpo.reference import ReferenceCache, tokens_fingerprint
 from yfpo.strategies import build_strategy
 
 DONE = "DONE"
 LOCK = ".lock"
 RUN_CONFIG = "run_config.yaml"
-# Keys that may differ between the first start of a run and its resumption.
-RESUME_FREE = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "trainer.accumulate_grad_batches",
-               "trainer.enable_progress_bar", "logger", "cache_dir", "hub",
-               "eval.", "ablate.", "demo.")  # read by other stages only (demo.lambda reaches training as `lambda`)
-
-
 def load_neurons(cfg: DictConfig, policy):
     """The neuron set of ``neurons.path``: required for ``method.loss=yfpo``, optional (tracked) otherwise."""
     n = cfg.neurons
     needed = cfg.method.loss == "yfpo"
     if not needed and not (cfg.method.track_neurons and Path(n.path).is_file()):
         return None
-    neurons = neuron_io.load_for(cfg, policy.config, f"method={cfg.method.name}")
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+    try:
+        neurons = neuron_io.load_for(cfg, policy.config, weights_fingerprint(policy), f"method={cfg.method.name}", overrides)
+    except neuron_io.NeuronFileError as e:
+        if needed:
+            raise
+        print(f"[yfpo] warning: not tracking neurons: {e}", flush=True)
+        return None
     role = "rewarded" if needed else "tracked, not optimised"
     print(f"[yfpo] neurons ({role}): {n.path} (selector {n.selector}; recorded in run_config.yaml as neurons.*)", flush=True)
     return neurons
-
-
-def _flat(cfg: DictConfig) -> dict:
-    out = {}
-
-    def walk(node, prefix):
-        for k, v in node.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, dict):
-                walk(v, key + ".")
-            else:
-                out[key] = v
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
-
-
-def _cache_relative(flat: dict) -> dict:
-    """Paths under ``cache_dir`` written relative to it: a moved cache (YFPO_CACHE) is not another config."""
-    cache = flat.get("cache_dir")
-    return {k: v.replace(cache, "${cache_dir}", 1) if cache and isinstance(v, str) and v.startswith(cache) else v
-            for k, v in flat.items()}
 
 
 def check_resume(cfg: DictConfig, run_dir: Path, finished: bool = False) -> None:
@@ -86,8 +66,8 @@ def check_resume(cfg: DictConfig, run_dir: Path, finished: bool = False) -> None
         # checkpoint): this start's config replaces it, so a corrected command is not refused
         OmegaConf.save(cfg, saved_path, resolve=True)
         return
-    old, new = _cache_relative(_flat(OmegaConf.load(saved_path))), _cache_relative(_flat(cfg))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(RESUME_FREE))
+    old, new = run_identity(OmegaConf.load(saved_path)), run_identity(cfg)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
         fix = (f"Delete {run_dir} to train it again" if finished  # e.g. a default or a cached model changed since
@@ -133,6 +113,23 @@ def check_training_config(cfg: DictConfig, warn: bool = True) -> None:
         raise ConfigError(f"checkpoints.count={count!r}: give a number of checkpoints >= 1 (the paper's 3)")
 
 
+def export(cfg: DictConfig, ckpt_dir: Path) -> None:
+    """Copy the final HF checkpoint to ``export_to``, keyed on this run's config (the key
+    :func:`yfpo.prepare.model_key` expects of a model made by ``train:<experiment>``)."""
+    final = ckpt_dir / f"ckpt-{cfg.checkpoints.count}"
+    if not cfg.get("export_to") or not is_complete(final):
+        return
+    target, key = Path(cfg.export_to), run_identity(cfg)
+    if artefacts.saved_key(target) == artefacts.stringify(key):
+        return
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(final, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    artefacts.commit(target, key)
+
+
 def accumulation(global_batch: int, batch_size: int, world: int) -> int:
     """Gradient accumulation steps that make ``batch_size`` rows on each of ``world`` processes a
     global batch of ``global_batch`` rows (config: ``data.global_batch_size``)."""
@@ -150,6 +147,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> Path:
     if (run_dir / DONE).is_file():
         check_resume(cfg, run_dir, finished=True)
         print(f"[yfpo] {run_dir} is complete; nothing to do (delete {run_dir} to train it again)")
+        export(cfg, ckpt_dir)  # a no-op unless the export is missing or torn
         return ckpt_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     # One writer per run directory; the DDP ranks a launcher starts share their rank 0's.
@@ -171,7 +169,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
     r = cfg.reference
     cache = None
     if kind == "pairs" and r.mode == "precompute":
-        cache = ReferenceCache.for_run(cfg, weights_fingerprint(policy), rows_fingerprint(data.train_set), len(data.train_set))
+        cache = ReferenceCache.for_run(cfg, weights_fingerprint(policy), tokens_fingerprint(data.train_set), len(data.train_set))
         cache.check()  # a stale cache is refused before any work starts
     module = PreferenceModule(policy, cfg.method, cfg.optim, cfg.beta, cfg["lambda"], load_neurons(cfg, policy),
                               reference=r.mode, reference_dtype=r.dtype, reference_cache=cache,
@@ -193,12 +191,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
         print(f"[yfpo] resuming {run_dir} from {last} (step {resume_step}; logs/metrics.csv kept up to it)")
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
     if trainer.is_global_zero:
-        final = ckpt_dir / f"ckpt-{cfg.checkpoints.count}"
-        if cfg.get("export_to") and is_complete(final):
-            export = Path(cfg.export_to)
-            shutil.rmtree(export, ignore_errors=True)
-            shutil.copytree(final, export.with_name(export.name + ".tmp"), dirs_exist_ok=True)
-            export.with_name(export.name + ".tmp").rename(export)
+        export(cfg, ckpt_dir)
         if trainer.global_step >= trainer.estimated_stepping_batches:
             (run_dir / DONE).write_text(f"{trainer.global_step}\n")
     return ckpt_dir

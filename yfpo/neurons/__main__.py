@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from yfpo import artefacts
 from yfpo.config import compose_config
 from yfpo.errors import ConfigError, run_cli
 from yfpo.models import load_model, load_tokenizer, weights_fingerprint
@@ -44,8 +45,9 @@ def plot_counts(neurons: io.NeuronSet, num_layers: int, title: str, out: Path) -
     plt.close(fig)
 
 
-def select(cfg: DictConfig) -> Path:
-    """Select neurons for ``cfg.model`` with ``cfg.neurons.selector`` and save them; skip if present."""
+def select(cfg: DictConfig, overrides: list[str] = ()) -> Path:
+    """Select neurons for ``cfg.model`` with ``cfg.neurons.selector`` and save them; a file already made
+    with the same key (:func:`io.neuron_key`) is kept, one made with another is refused."""
     n = cfg.neurons
     out = Path(n.path)
     if n.selector not in SELECTORS:
@@ -53,32 +55,26 @@ def select(cfg: DictConfig) -> Path:
     ensure_synthetic(cfg)
     path = ensure_model(cfg)
     model = load_model(cfg.model, path)
-    weights = weights_fingerprint(model)
+    num_layers, width = model.config.num_hidden_layers, model.config.intermediate_size
+    key = io.neuron_key(cfg, weights_fingerprint(model), num_layers, width)
     if out.is_file() and not n.overwrite:
-        made_from = io.load(out).meta.get("weights")
-        if made_from == weights:
-            print(f"[yfpo] neuron file {out} exists; keeping it (neurons.overwrite=true recomputes it)")
-            return out
-        # The name keys on model.name only: a retrained or replaced model must not reuse old neurons.
-        print(f"[yfpo] neuron file {out} was computed from other weights of {cfg.model.name!r} "
-              f"({made_from or 'not recorded'}, now {weights}); recomputing it")
+        meta = io.load(out).meta
+        artefacts.refuse_changes(f"neuron file {out}", {k: meta.get(k) for k in key}, key,
+                                 f"Recompute it with: {io.command(list(overrides), 'neurons.overwrite=true')}")
+        print(f"[yfpo] neuron file {out} exists, made with these settings; keeping it (neurons.overwrite=true recomputes it)")
+        return out
     start = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model, path)
     model = model.to(device_for(n.device)).eval()
-    num_layers, width = model.config.num_hidden_layers, model.config.intermediate_size
     samples = math_samples(cfg, tokenizer, n.data, n.num_samples)
     # Every selector also measures the activation statistics of the normalised score (SPEC).
     stats = ActivationStats(num_layers, width)
     scores = scores_for(n.selector, model, samples, cfg, tokenizer.pad_token_id, stats)
-    neurons, num_samples = io.NeuronSet(*io.top_k(scores, n.top_k)), len(samples)
+    neurons = io.NeuronSet(*io.top_k(scores, n.top_k))
     mean, std = stats.mean_std()
     neurons.mean, neurons.std = mean[neurons.layers, neurons.indices].float(), std[neurons.layers, neurons.indices].float()
-    rate = f"{num_samples / (time.perf_counter() - start):.2f} samples/s on {model.device}"
-    meta = dict(
-        model=cfg.model.name, num_layers=num_layers, intermediate_size=width, selector=n.selector, top_k=n.top_k,
-        data=n.get("data", ""), num_samples=num_samples, seed=n.seed, lrp_variant=n.get("lrp_variant", ""),
-        weights=weights,
-    )
+    rate = f"{len(samples) / (time.perf_counter() - start):.2f} samples/s on {model.device}"
+    meta = {**key, "samples_used": len(samples)}
     io.save(out, neurons, **meta)
     counts = {l: len(i) for l, i in neurons.by_layer().items()}
     top = ", ".join(f"({l},{i}) {s:.3g}" for l, i, s in zip(neurons.layers[:10].tolist(), neurons.indices[:10].tolist(), neurons.scores[:10].tolist()))
@@ -91,7 +87,7 @@ def select(cfg: DictConfig) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    run_cli(lambda: select(compose_config(argv)))
+    run_cli(lambda: select(compose_config(argv), argv))
 
 
 if __name__ == "__main__":

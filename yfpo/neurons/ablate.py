@@ -25,7 +25,7 @@ from yfpo.generation import greedy_generate
 from yfpo.grading import gold_answer, grade
 from yfpo.hooks import zeroed
 from yfpo.logprobs import model_logps
-from yfpo.models import load_model, load_tokenizer
+from yfpo.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.prepare import ensure_model, ensure_synthetic
 from yfpo.neurons import io
 from yfpo.neurons.__main__ import device_for
@@ -54,14 +54,14 @@ def accuracy(model, tokenizer, cfg: DictConfig, rows: list[dict]) -> float:
     return sum(grade(cfg.ablate.task, o, gold_answer(cfg.ablate.task, r["answer"])) for o, r in zip(outs, rows)) / len(rows)
 
 
-def ablate(cfg: DictConfig) -> dict:
+def ablate(cfg: DictConfig, overrides: list[str] = ()) -> dict:
     a, n = cfg.ablate, cfg.neurons
     ensure_synthetic(cfg)
     path = ensure_model(cfg)
     tokenizer = load_tokenizer(cfg.model, path)
     model = load_model(cfg.model, path).to(device_for(n.device)).eval()
     c = model.config
-    neurons = io.load_for(cfg, c, "the ablation")
+    neurons = io.load_for(cfg, c, weights_fingerprint(model), "the ablation", list(overrides))
 
     samples = math_samples(cfg, tokenizer, a.data, a.num_samples, key="ablate.data")
     data = list(batches(samples, a.batch_size, tokenizer.pad_token_id, model.device))
@@ -93,7 +93,7 @@ def ablate(cfg: DictConfig) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    run_cli(lambda: ablate(compose_config(argv)))
+    run_cli(lambda: ablate(compose_config(argv), argv))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,14 @@
 
 Tensors: ``layers`` (int64 ``[K]``), ``indices`` (int64 ``[K]``, channel of the ``down_proj``
 input), ``scores`` (float32 ``[K]``, descending), ``mean`` and ``std`` (float32 ``[K]``, the
-activation statistics of the normalised score; absent in files written before them). Metadata (strings): ``model`` (identity of the
-model it was computed on), ``num_layers``, ``intermediate_size``, ``selector``, ``top_k``,
-``data``, ``num_samples``, ``seed``, ``date``, ``format``.
+activation statistics of the normalised score; absent in files written before them). Metadata
+(strings): the file's key (:func:`neuron_key`: model tag and weights, shape, selection settings,
+fingerprint of the samples' source), ``samples_used``, ``date``, ``format``.
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,14 +18,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from yfpo import artefacts
 from yfpo.errors import ConfigError, UserError
 
 FORMAT = "yfpo-neurons/1"
-# The neuron CLI takes the same overrides as training, so "the same overrides" is always the fix.
-NEURONS_COMMAND = (
-    "python -m yfpo.neurons <the overrides of this training run> "
-    "(here model={model} neurons={selector} neurons.top_k={top_k})"
-)
 
 
 class NeuronFileError(UserError, ValueError):
@@ -78,7 +75,7 @@ def save(path: str | Path, neurons: NeuronSet, **meta) -> Path:
     """Write ``neurons`` with ``meta`` (values stringified) atomically to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {**neurons.meta, **{k: str(v) for k, v in meta.items()}}
+    metadata = {**neurons.meta, **artefacts.stringify(meta)}
     metadata.setdefault("date", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     metadata["format"] = FORMAT
     tensors = {
@@ -88,7 +85,7 @@ def save(path: str | Path, neurons: NeuronSet, **meta) -> Path:
     }
     if neurons.mean is not None:
         tensors.update(mean=neurons.mean.float().contiguous(), std=neurons.std.float().contiguous())
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)
     return path
@@ -113,34 +110,39 @@ def load(path: str | Path) -> NeuronSet:
                               f"file; delete it") from None
 
 
-def check_fits(neurons: NeuronSet, model_id: str, num_layers: int, intermediate_size: int, path: str, remedy: str) -> None:
-    """Refuse a neuron set computed for another model; ``remedy`` is the command that makes the right one."""
-    meta = neurons.meta
-    problems = []
-    if meta.get("model") != model_id:
-        problems.append(f"it was computed on model {meta.get('model')!r}, this run trains {model_id!r}")
-    if meta.get("num_layers") != str(num_layers) or meta.get("intermediate_size") != str(intermediate_size):
-        problems.append(
-            f"its shape is {meta.get('num_layers')} layers x {meta.get('intermediate_size')} channels, "
-            f"the model has {num_layers} x {intermediate_size}"
-        )
-    if len(neurons) and (int(neurons.layers.max()) >= num_layers or int(neurons.indices.max()) >= intermediate_size):
-        problems.append("it indexes layers or channels outside the model")
-    if problems:
-        raise NeuronFileError(f"neuron file {path} does not fit this model: " + "; ".join(problems) + f". Create one with: {remedy}")
-
-
-def load_for(cfg, model_config, user: str) -> NeuronSet:
-    """The neuron set of ``cfg.neurons.path``, checked against ``model_config``.
-
-    A missing file or one for another model raises :class:`NeuronFileError` saying that ``user``
-    needs it and which command creates it.
-    """
+def neuron_key(cfg, weights: str, num_layers: int, intermediate_size: int) -> dict:
+    """What the neuron file of ``cfg.neurons`` is made from (:mod:`yfpo.artefacts`): the model (its
+    tag and weights), the selection settings and the content of the samples' source."""
     n = cfg.neurons
-    remedy = NEURONS_COMMAND.format(model=cfg.model.name, selector=n.selector, top_k=n.top_k)
+    return {"model": cfg.model_tag, "weights": weights, "num_layers": num_layers, "intermediate_size": intermediate_size,
+            "selector": n.selector, "top_k": n.top_k, "seed": n.seed, "num_samples": n.num_samples,
+            "lrp_variant": n.get("lrp_variant") or "", "template": cfg.data.template,
+            "data": artefacts.source_fingerprint(n.data, cfg.hub.get("mirror"))}
+
+
+def command(overrides: list[str] | None, *extra: str) -> str:
+    """The pasteable ``python -m yfpo.neurons`` command of a run given its command-line ``overrides``
+    (the neuron CLI takes the overrides of training; Hydra's own ``hydra.*`` settings are left out).
+    ``None``: a run started from Python, whose overrides are not known."""
+    if overrides is None:
+        return shlex.join(["python", "-m", "yfpo.neurons", *extra]).replace("yfpo.neurons", "yfpo.neurons <the overrides of this run>", 1)
+    return shlex.join(["python", "-m", "yfpo.neurons", *(o for o in overrides if not o.startswith("hydra.")), *extra])
+
+
+def load_for(cfg, model_config, weights: str, user: str, overrides: list[str] | None) -> NeuronSet:
+    """The neuron set of ``cfg.neurons.path``, refused unless it was made by ``python -m yfpo.neurons``
+    with these ``overrides`` from these ``weights``: a missing file, one for another model or one made
+    with other settings raises :class:`NeuronFileError` saying that ``user`` needs it and the command
+    that makes it."""
+    n = cfg.neurons
     try:
         neurons = load(n.path)
     except NeuronFileError as e:
-        raise NeuronFileError(f"{e}. {user} needs it; create it with: {remedy}") from None
-    check_fits(neurons, cfg.model.name, model_config.num_hidden_layers, model_config.intermediate_size, n.path, remedy)
+        raise NeuronFileError(f"{e}. {user} needs it; create it with: {command(overrides)}") from None
+    key = neuron_key(cfg, weights, model_config.num_hidden_layers, model_config.intermediate_size)
+    try:
+        artefacts.refuse_changes(f"neuron file {n.path}", {k: neurons.meta.get(k) for k in key}, key,
+                                 f"{user} needs one made for this model; make it with: {command(overrides, 'neurons.overwrite=true')}")
+    except artefacts.StaleArtefactError as e:
+        raise NeuronFileError(str(e)) from None
     return neurons

@@ -1,0 +1,80 @@
+"""One keying mechanism for every cached artefact: reuse on the same key, refusal (listing what
+changed) on another, remaking when the key is missing (a torn artefact)."""
+
+import json
+
+import pytest
+
+from tests.conftest import FAST, compose_cfg
+from yfpo import artefacts
+from yfpo.data import DataError, load_rows
+from yfpo.prepare import ensure_model, ensure_synthetic
+
+
+def test_check_commit_and_every_changed_field_listed(tmp_path):
+    f = tmp_path / "a.jsonl"
+    assert not artefacts.check(f, {"x": 1}, "thing", "fix it")  # absent
+    f.write_text("rows\n")
+    assert not artefacts.check(f, {"x": 1}, "thing", "fix it")  # present but unkeyed: torn, made again
+    artefacts.commit(f, {"x": 1, "y": [1, 2]})
+    assert artefacts.check(f, {"x": 1, "y": [1, 2]}, "thing", "fix it")
+    with pytest.raises(artefacts.StaleArtefactError,
+                       match=r"thing was made from other inputs \(x: made with '1', now '2'; y: made with '\[1, 2\]', now None\)\. fix it"):
+        artefacts.check(f, {"x": 2}, "thing", "fix it")
+
+
+def test_fingerprints_follow_content_not_names(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("1\n")
+    b.write_text("1\n")
+    first = artefacts.file_fingerprint(a)
+    assert first == artefacts.file_fingerprint(a)
+    a.write_text("2\n")  # same size: the memo is keyed on mtime as well
+    assert artefacts.file_fingerprint(a) != first
+    assert artefacts.rows_fingerprint([{"q": 1, "a": 2}]) == artefacts.rows_fingerprint([{"a": 2, "q": 1}])
+    assert artefacts.source_fingerprint("org/name") == "hub:org/name"
+    (tmp_path / "mirror" / "org" / "name").mkdir(parents=True)
+    (tmp_path / "mirror" / "org" / "name" / "d.parquet").write_text("x")
+    assert artefacts.source_fingerprint("org/name", tmp_path / "mirror").startswith("mirror:")
+
+
+def test_models_sharing_a_name_get_their_own_file_names(tmp_path):
+    smoke, base = compose_cfg(*FAST), compose_cfg("model=tiny_base")
+    assert smoke.model.name == base.model.name == "tiny_base"
+    assert smoke.model_tag != base.model_tag and smoke.model_tag.startswith("tiny_base-")
+    for key in ("neurons.path", "pairs.out"):
+        assert smoke.model_tag in str(compose_cfg(*FAST).get(key.split(".")[0])[key.split(".")[1]])
+    moved = compose_cfg(*FAST, f"cache_dir={tmp_path}")  # a moved cache keeps its names
+    assert moved.model_tag == smoke.model_tag
+
+
+def test_synthetic_data_made_with_other_settings_is_refused_and_the_fix_works(cache):
+    ensure_synthetic(compose_cfg(*FAST))
+    with pytest.raises(artefacts.StaleArtefactError, match=r"synthetic data .* \(slip_rate: made with '0.0', now '0.5'\).*synthetic.dir="):
+        ensure_synthetic(compose_cfg(*FAST, "synthetic.slip_rate=0.5"))
+    paths = ensure_synthetic(compose_cfg(*FAST, "synthetic.slip_rate=0.5", f"synthetic.dir={cache}/smoke/synthetic-slips"))
+    assert paths["sft"].is_file()
+
+
+def test_the_tiny_model_is_keyed_on_its_architecture_and_a_torn_one_is_rebuilt(cache):
+    path = ensure_model(compose_cfg(*FAST))
+    saved = artefacts.saved_key(path)
+    assert json.loads(saved["arch"])["hidden_size"] == 32 and saved["init_seed"] == "42"
+    with pytest.raises(artefacts.StaleArtefactError, match=r"model.path=.*arch: made with .*Delete .* or give this model its own model.path"):
+        ensure_model(compose_cfg(*FAST, "model.arch.hidden_size=16"))
+    ensure_model(compose_cfg(*FAST, "seed=7"))  # the training seed is not the model's: reused
+    artefacts.key_path(path).unlink()  # as if a build had been killed before its key was written
+    assert ensure_model(compose_cfg(*FAST)) == path and artefacts.saved_key(path) == saved
+
+
+def test_a_data_directory_without_data_files_is_one_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"data.path=.*empty: the directory holds no .jsonl/.json/.parquet data files \(found: nothing\)"):
+        load_rows(str(tmp_path / "empty"))
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "rows.csv").write_text("question,answer\n1,2\n")
+    with pytest.raises(DataError, match=r"found: \.csv"):
+        load_rows(str(tmp_path / "csv"))
+    (tmp_path / "jsonl").mkdir()
+    (tmp_path / "jsonl" / "train.jsonl").write_text('{"question": "q", "answer": "a"}\n')
+    assert load_rows(str(tmp_path / "jsonl")) == [{"question": "q", "answer": "a"}]
