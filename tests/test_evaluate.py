@@ -84,7 +84,7 @@ def use_fake_vllm(monkeypatch, tmp_path, texts: dict | None = None) -> Path:
 def test_vllm_backend_with_a_fake_vllm(run, tmp_path, monkeypatch):
     log = use_fake_vllm(monkeypatch, tmp_path)
     cfg = compose_cfg(*FAST, f"run_dir={run}", "eval.backend=vllm", "eval.max_new_tokens=77",
-                      "eval.tensor_parallel_size=2", "eval.stop=[Question:]")
+                      "vllm.tensor_parallel_size=2", "eval.stop=[Question:]")
     summaries = ev.evaluate(cfg)
     calls = [json.loads(l) for l in log.read_text().splitlines()]
     assert [Path(c["model"]).name for c in calls] == ["base", "ckpt-1", "ckpt-2"]
@@ -397,3 +397,51 @@ def test_other_problems_are_evaluated_apart_or_refused_up_front_and_a_smaller_li
     assert calls == [] and [s["n"] for s in again] == [6, 6, 6]  # the summaries still describe all 6 rows
     rows = (run / "eval" / "synthetic@a" / "ckpt-1" / "predictions.jsonl").read_text().splitlines()
     assert len(rows) == 6
+
+
+def wandb_history(path: Path) -> list[dict]:
+    """The history rows of an offline W&B run file (LevelDB-log framing: 32 KiB blocks of records
+    with a 7-byte header, checksum, length and type; protobuf ``Record`` payloads)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, rows, pos, part = path.read_bytes(), [], 7, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
+        if kind == 0:  # the zero padding at the end of a block
+            pos += left
+            continue
+        part, pos = part + data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(part)
+            part = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return rows
+
+
+def test_evaluation_scores_go_to_the_training_runs_wandb_run(tmp_path, cache, monkeypatch):
+    """logger=wandb: every checkpoint's scores land in the same (offline) W&B run as the training
+    curves, on the training step axis; no key is needed or written."""
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run = tmp_path / "run"
+    fit(compose_cfg(*FAST, "method=dpo", "logger=wandb", "name=wb"), run)
+    run_id = (run / "logs" / "wandb_id").read_text().strip()
+    summaries = ev.evaluate(compose_cfg(*FAST, f"run_dir={run}", "eval.limit=4", "eval.max_new_tokens=4"))
+    rows = [r for f in sorted(run.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")) for r in wandb_history(f)]
+    assert any("rewards/margins" in r for r in rows)  # the training curves, in the same run
+    evals = [r for r in rows if "eval/synthetic/accuracy" in r]
+    steps = [json.loads((run / "checkpoints" / f"ckpt-{k}" / "yfpo_state.json").read_text())["step"] for k in (1, 2)]
+    assert [r["trainer/global_step"] for r in evals] == [0, *steps]
+    assert [r["eval/synthetic/accuracy"] for r in evals] == [s["accuracy"] for s in summaries]
+    assert all("eval/synthetic/truncated_rate" in r and "eval/synthetic/accuracy_strict" in r for r in evals)
+    ev.evaluate(compose_cfg(*FAST, f"run_dir={run}", "eval.limit=4", "eval.max_new_tokens=4"))  # finished: skipped
+    again = [r for f in sorted(run.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")) for r in wandb_history(f)]
+    assert len([r for r in again if "eval/synthetic/accuracy" in r]) == 3  # not logged twice

@@ -82,3 +82,25 @@ def test_a_second_training_into_the_same_run_directory_is_refused_and_a_dead_hol
         with pytest.raises(UserError, match=f"the run is in use by pid {os.getpid()}"):
             with exclusive(lock, "the run"):
                 pass
+
+
+def test_a_kill_between_a_checkpoint_and_its_metrics_row_loses_no_row(tmp_path, cache):
+    """Lightning writes a step's row after that step's checkpoint; last.ckpt carries the row, and a
+    resume from it restores the row when the kill came in between (the window the test above can hit)."""
+    from yfpo.checkpoints import resume_point
+    from yfpo.loggers import keep_rows_before
+    from lightning.pytorch.loggers import CSVLogger
+
+    run = tmp_path / "run"
+    _run(tmp_path, "yfpo.train", *ARGS[:-2], "checkpoints.count=1", "checkpoints.resume_every_n_steps=3",
+         "trainer.max_steps=6", f"hydra.run.dir={run}")
+    step, row = resume_point(run / "checkpoints" / "last.ckpt")
+    rows = _metrics(run)
+    assert step == 6 and row["step"] == 5 and row["epoch"] == 0
+    assert {k: str(v) for k, v in row.items()} == {k: v for k, v in rows[5].items() if v != ""}  # the row as written
+    path = run / "logs" / "metrics.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:6]) + "\n")  # killed after last.ckpt (step 6), before row 5 was written
+    kept = keep_rows_before(CSVLogger(save_dir=str(run), name="", version="logs"), step, row)
+    assert kept == 6 and [r["step"] for r in _metrics(run)] == [str(s) for s in range(6)]
+    assert _metrics(run)[5]["train/loss"] == rows[5]["train/loss"]

@@ -27,10 +27,13 @@ def is_complete(path: Path) -> bool:
     return (path / STATE_FILE).is_file()
 
 
-def saved_step(path: Path) -> int:
-    """The optimizer step a Lightning checkpoint (``last.ckpt``) was saved at; memory-mapped and
-    tensors-only, so neither the weights are read nor anything is unpickled."""
-    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
+def resume_point(path: Path) -> tuple[int, dict | None]:
+    """The optimizer step a Lightning checkpoint (``last.ckpt``) was saved at, and the metrics row
+    of that step's batch when it is one the loggers write (``yfpo_log_row``, see
+    :meth:`yfpo.module.PreferenceModule.on_save_checkpoint`). Memory-mapped and tensors-only, so
+    neither the weights are read nor anything is unpickled."""
+    ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    return int(ckpt["global_step"]), ckpt.get("yfpo_log_row")
 
 
 def save_hf(policy, tokenizer, path: Path, state: dict, state_dict: dict | None = None) -> None:

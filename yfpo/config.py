@@ -38,10 +38,11 @@ OmegaConf.register_new_resolver("yfpo.dirname", run_dirname, replace=True)
 OmegaConf.register_new_resolver("yfpo.model_tag", model_tag, replace=True)
 
 # Keys that may differ between the first start of a run and its resumption: not part of what a
-# run (or the model it exports) is.
+# run (or the model it exports) is. The stages after training read their own groups, so adding or
+# changing one of those never invalidates a finished run.
 RESUME_FREE = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "trainer.accumulate_grad_batches",
-               "trainer.enable_progress_bar", "logger", "cache_dir", "hub",
-               "eval.", "ablate.", "demo.")  # read by other stages only (demo.lambda reaches training as `lambda`)
+               "trainer.enable_progress_bar", "logger", "cache_dir", "hub", "model_tag",  # (derived from model.name/path)
+               "eval.", "ablate.", "demo.", "pairs.", "vllm.")  # read by other stages only (demo.lambda reaches training as `lambda`)
 
 
 def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:

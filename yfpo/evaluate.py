@@ -29,9 +29,7 @@ import math
 import os
 import random
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -42,13 +40,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from yfpo import artefacts, hub
+from yfpo import artefacts, hub, vllm_worker
+from yfpo.checkpoints import STATE_FILE
 from yfpo.config import CONF_DIR
 from yfpo.data import DataError, load_rows
 from yfpo.errors import ConfigError, MissingError, run_cli
 from yfpo.generation import generate
 from yfpo.grading import gold_answer, score
 from yfpo.locks import exclusive
+from yfpo.loggers import log_evaluation
 from yfpo.models import load_model, load_tokenizer
 from yfpo.prepare import ensure_synthetic
 from yfpo.prompts import PromptError, check_stops, default_stops, eval_prompt, stop_token_ids
@@ -186,19 +186,12 @@ def _generate_hf(model_dir: Path, cfg: DictConfig, prompts: list[str], tok, dec:
 def _generate_vllm(model_dir: Path, cfg: DictConfig, prompts: list[str], tok, dec: dict):
     """All ``[{text, truncated}]`` from a fresh ``yfpo.vllm_worker`` process (GPU memory is freed
     when it exits); vLLM loads its own tokenizer. The worker's vLLM version goes to ``dec["vllm"]``."""
-    e = cfg.eval
-    with tempfile.TemporaryDirectory() as tmp:
-        request = Path(tmp) / "request.json"
-        result = Path(tmp) / "result.json"
-        request.write_text(json.dumps({
-            "model": str(model_dir), "prompts": prompts, "max_tokens": dec["max_new_tokens"], "stop": dec["stop"],
-            "stop_token_ids": dec["stop_token_ids"], "tensor_parallel_size": e.tensor_parallel_size,
-            "dtype": e.vllm_dtype, "trust_remote_code": cfg.model.trust_remote_code,
-        }))
-        subprocess.run([sys.executable, "-m", "yfpo.vllm_worker", str(request), str(result)], check=True)
-        out = json.loads(result.read_text())
-        dec["vllm"] = out["vllm_version"]
-        yield [{"text": o["text"], "truncated": o["finish_reason"] == "length"} for o in out["outputs"]]
+    batch = {"prompts": prompts, "n": 1, "temperature": 0.0, "top_p": 1.0, "seed": cfg.vllm.seed,
+             "max_tokens": dec["max_new_tokens"], "stop": dec["stop"], "stop_token_ids": dec["stop_token_ids"]}
+    version, [outputs] = vllm_worker.sample(model_dir, OmegaConf.to_container(cfg.vllm, resolve=True),
+                                            cfg.model.trust_remote_code, [batch])
+    dec["vllm"] = version
+    yield [{"text": o["text"], "truncated": o["finish_reason"] == "length"} for [o] in outputs]
 
 
 def _generator(backend: str):
@@ -262,7 +255,9 @@ class Job:
     @property
     def key(self) -> dict:
         """What the predictions depend on (:mod:`yfpo.artefacts`): backend, data, decoding, weights."""
+        vllm = self.cfg.eval.backend == "vllm"
         return {"backend": self.cfg.eval.backend, "source": self.source,
+                "engine": OmegaConf.to_container(self.cfg.vllm, resolve=True) if vllm else None,
                 **{k: v for k, v in self.dec.items() if k != "vllm"},  # the version a worker reports is a result
                 "weights": artefacts.file_fingerprint(self.model_dir, recursive=False)}
 
@@ -340,6 +335,8 @@ def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
         "seconds": time.perf_counter() - start, "problems_per_sec": len(todo) / max(time.perf_counter() - start, 1e-9),
     }
     summary["warnings"] = health_warnings(summary, e.warn_rate)
+    if (out_dir / "backend_agreement.json").is_file():
+        summary["backend_agreement"] = agreement(json.loads((out_dir / "backend_agreement.json").read_text()))
     artefacts.atomic_write(summary_path, json.dumps(summary, indent=2))
     return summary
 
@@ -357,7 +354,9 @@ def compare_backends(job: Job, problems: list[dict]) -> dict:
 
     ``output_agreement``: share of problems whose texts are identical; ``grade_agreement``: share
     whose headline verdicts are; ``mean_common_prefix``: mean share of the longer text the two
-    texts share from the start (greedy paths that split late score near 1).
+    texts share from the start (greedy paths that split late score near 1); per row,
+    ``first_diff_token``: the first completion token (by the checkpoint's tokenizer) where the two
+    differ, None where they agree. The agreement rates also go into that checkpoint's ``summary.json``.
     """
     cfg, name, model_dir, out_dir, tok, dec = job.cfg, job.name, job.model_dir, job.out_dir, job.tok, job.dec
     e = cfg.eval
@@ -370,10 +369,12 @@ def compare_backends(job: Job, problems: list[dict]) -> dict:
         ok = {b: score(e.task, texts[b][i]["text"], p["gold"])["correct"] for b in BACKENDS}
         same = hf["text"] == vl["text"]
         prefix = 1.0 if same else len(os.path.commonprefix([hf["text"], vl["text"]])) / max(len(hf["text"]), len(vl["text"]))
+        ids = [tok(t["text"], add_special_tokens=False).input_ids for t in (hf, vl)]
+        first = None if same else len(os.path.commonprefix(ids))
         rows.append({"id": p["id"], "gold": p["gold"], "hf": hf["text"], "vllm": vl["text"],
                      "hf_correct": ok["hf"], "vllm_correct": ok["vllm"], "hf_truncated": hf["truncated"],
                      "vllm_truncated": vl["truncated"], "same_output": same,
-                     "same_grade": ok["hf"] == ok["vllm"], "common_prefix": prefix})
+                     "same_grade": ok["hf"] == ok["vllm"], "common_prefix": prefix, "first_diff_token": first})
     n = len(rows)
     report = {
         "checkpoint": name, "model": str(model_dir), "task": e.task, "n": n,
@@ -384,8 +385,17 @@ def compare_backends(job: Job, problems: list[dict]) -> dict:
         "versions": {**library_versions(), "vllm": dec.get("vllm")}, "rows": rows,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "backend_agreement.json").write_text(json.dumps(report, indent=2))
+    artefacts.atomic_write(out_dir / "backend_agreement.json", json.dumps(report, indent=2))
+    summary_path = out_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        artefacts.atomic_write(summary_path, json.dumps({**summary, "backend_agreement": agreement(report)}, indent=2))
     return report
+
+
+def agreement(report: dict) -> dict:
+    """The headline of a ``backend_agreement.json`` report, as kept in ``summary.json``."""
+    return {k: report[k] for k in ("n", "output_agreement", "grade_agreement", "mean_common_prefix")}
 
 
 def run_settings(cfg: DictConfig, root: Path) -> DictConfig:
@@ -447,6 +457,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         if refused:  # all of them at once, before any checkpoint is evaluated
             raise ConfigError("; ".join(refused) + ": delete those directories, or keep both by giving this "
                               "evaluation its own name with eval.name=NAME")
+        points: dict[Path, list] = {}
         for root, job in jobs:
             name, model_dir, out_dir = job.name, job.model_dir, job.out_dir
             key = model_dir.resolve()
@@ -454,6 +465,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
                 # runs of a sweep share their starting model: evaluate it once, copy the files
                 shutil.copytree(first_output[key], out_dir, dirs_exist_ok=True)
             first_output.setdefault(key, out_dir)
+            before = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").is_file() else None
             s = evaluate_checkpoint(job, problems)
             summaries.append(s)
             lo, hi = s["ci95"]
@@ -463,7 +475,27 @@ def evaluate(cfg: DictConfig) -> list[dict]:
                   f"truncated {s.get('truncated_rate', 0):.1%}, extracted {s.get('extracted_rate', 1):.1%}", flush=True)
             for w in s.get("warnings", []):
                 print(f"[yfpo] warning: {root.name}/{name} {e.task}: {w}", flush=True)
+            if s != before:  # new scores only: a skipped, finished checkpoint is not logged twice
+                points.setdefault(root, []).append((training_step(model_dir, name), wandb_scores(dirname(e), s)))
+        for root, run_points in points.items():
+            if (logged := log_evaluation(root, run_points)) is not None:
+                print(f"[yfpo] {root.name}: {e.task} scores logged to its W&B run ({logged})", flush=True)
     return summaries
+
+
+def training_step(model_dir: Path, name: str) -> int:
+    """The optimizer step a checkpoint was saved at (0 for the starting model ``ckpt-0``)."""
+    state = model_dir / STATE_FILE
+    return int(json.loads(state.read_text())["step"]) if name != "ckpt-0" and state.is_file() else 0
+
+
+def wandb_scores(name: str, s: dict) -> dict:
+    """The scores of one checkpoint's summary as W&B metrics ``eval/<evaluation>/<score>``."""
+    keys = ("accuracy", "accuracy_strict", "accuracy_flexible", "truncated_rate", "extracted_rate")
+    out = {f"eval/{name}/{k}": s[k] for k in keys if s.get(k) is not None}
+    if s.get("backend_agreement"):
+        out.update({f"eval/{name}/{k}": s["backend_agreement"][k] for k in ("output_agreement", "grade_agreement")})
+    return out
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")

@@ -1,4 +1,5 @@
-"""Experiment loggers: CSV always (``<run_dir>/logs/metrics.csv``), Weights & Biases on request."""
+"""Experiment loggers: CSV always (``<run_dir>/logs/metrics.csv``), Weights & Biases on request, and
+the evaluation's scores into the W&B run of the training that made the checkpoints."""
 
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ def wandb_mode() -> str:
     return "online" if has_key else "offline"
 
 
-def keep_rows_before(logger: CSVLogger, step: int) -> int:
+def keep_rows_before(logger: CSVLogger, step: int, last_row: dict | None = None) -> int:
     """On a resume from ``step``: keep the rows of ``metrics.csv`` logged before it, so the curves
     continue without a gap; rows from ``step`` on are dropped, since those steps run again.
-    (Lightning's CSV writer deletes the file when it starts in a non-empty directory.) Returns
-    the number of rows kept."""
+    ``last_row``: the row of step ``step - 1`` as the checkpoint recorded it, added when the file
+    lacks it (Lightning writes a step's row after that step's checkpoint, so a kill between the two
+    leaves the checkpoint without its row). (Lightning's CSV writer deletes the file when it starts
+    in a non-empty directory.) Returns the number of rows kept."""
     path = Path(logger.log_dir) / "metrics.csv"
     if rank_zero_only.rank != 0 or not path.is_file():
         return 0
@@ -35,6 +38,9 @@ def keep_rows_before(logger: CSVLogger, step: int) -> int:
         reader = csv.DictReader(f)
         rows = [r for r in reader if r.get("step") not in (None, "") and int(r["step"]) < step]
         keys = list(reader.fieldnames or [])
+    if last_row and int(last_row["step"]) == step - 1 and not any(int(r["step"]) == step - 1 for r in rows):
+        rows.append(last_row)
+        keys += [k for k in last_row if k not in keys]
     writer = logger.experiment  # created here: it deletes the old file
     with open(path, "w", newline="") as f:
         out = csv.DictWriter(f, fieldnames=keys)
@@ -54,11 +60,13 @@ def wandb_run_id(run_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list[Logger]:
-    """The run's loggers; ``resume_step``: the step a resumed run continues from (its logs are kept up to it)."""
+def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None,
+                 last_row: dict | None = None) -> list[Logger]:
+    """The run's loggers; ``resume_step``: the step a resumed run continues from (its logs are kept
+    up to it, with ``last_row``, the checkpoint's own row of its step, see :func:`keep_rows_before`)."""
     csv_logger = CSVLogger(save_dir=str(run_dir), name="", version="logs")
     if resume_step is not None:
-        keep_rows_before(csv_logger, resume_step)
+        keep_rows_before(csv_logger, resume_step, last_row)
     loggers: list[Logger] = [csv_logger]
     lg = cfg.logger
     if lg.name == "wandb":
@@ -71,3 +79,28 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None)
     elif lg.name != "csv":
         raise ConfigError(f"logger={lg.name!r}: choose csv or wandb")
     return loggers
+
+
+def log_evaluation(run_dir: Path, points: list[tuple[int, dict]]) -> Path | None:
+    """Log evaluation scores into the W&B run of ``run_dir`` when it was trained with ``logger=wandb``
+    (resumed by its id, offline unless a key is configured); ``points``: ``(training step, {name:
+    value})`` per checkpoint. The scores are plotted against ``trainer/global_step``, the step axis
+    of the training curves, so a workspace shows accuracy beside ``rewards/margins``. Returns the
+    W&B run directory, or None when the run does not use W&B."""
+    saved, id_file = run_dir / "run_config.yaml", run_dir / "logs" / "wandb_id"
+    if not points or not saved.is_file() or not id_file.is_file():
+        return None
+    lg = OmegaConf.load(saved).logger
+    if lg.name != "wandb":
+        return None
+    import wandb
+
+    run = wandb.init(project=lg.project, group=lg.group, name=lg.run_name, id=id_file.read_text().strip(),
+                     resume="allow", dir=str(run_dir), mode=wandb_mode(), settings=wandb.Settings(silent=True))
+    run.define_metric("trainer/global_step")
+    run.define_metric("eval/*", step_metric="trainer/global_step")
+    for step, scores in sorted(points, key=lambda p: p[0]):
+        run.log({"trainer/global_step": step, **scores})
+    out = Path(run.dir).parent
+    run.finish()
+    return out

@@ -14,7 +14,9 @@ pairs:
 
 Questions are processed in chunks; each finished chunk is appended to ``<out>.partial.jsonl``, and
 each chunk's sampling is seeded from ``pairs.seed`` and its index, so a re-run after a crash
-continues and produces the very file an uninterrupted run would. ``<out>.meta.json`` reports
+continues and produces the very file an uninterrupted run would. ``pairs.backend=vllm`` samples
+every chunk left in one vLLM engine (:mod:`yfpo.vllm_worker`), one request of ``n=pairs.samples``
+per question with the chunk's seed; ``hf`` samples with transformers' ``generate``. ``<out>.meta.json`` reports
 sampled accuracy, pairs per question and what was filtered out, and why.
 """
 
@@ -31,7 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from yfpo import artefacts, synthetic
+from yfpo import artefacts, synthetic, vllm_worker
 from yfpo.config import compose_config
 from yfpo.data import DataError, load_rows, sft_fields, validate_rows, write_jsonl
 from yfpo.errors import ConfigError, run_cli
@@ -43,6 +45,7 @@ from yfpo.prepare import ensure_model, ensure_synthetic
 from yfpo.prompts import LEAD, default_stops, format_prompt, stop_token_ids
 
 MODES = ("full", "step")
+BACKENDS = ("hf", "vllm")
 # Step checkers: (question, completion) -> index of the first wrong line, or None when all are right.
 CHECKERS: dict[str, Callable[[str, str], int | None]] = {"synthetic": synthetic.first_wrong_step}
 
@@ -101,6 +104,8 @@ def make_pairs(cfg: DictConfig) -> Path:
         raise ConfigError(f"pairs.mode={p.mode!r}: choose one of {MODES}")
     if p.checker is not None and p.checker not in CHECKERS:
         raise ConfigError(f"pairs.checker={p.checker!r}: choose null or one of {sorted(CHECKERS)}")
+    if p.backend not in BACKENDS:
+        raise ConfigError(f"pairs.backend={p.backend!r}: choose one of {BACKENDS}")
     if p.mode == "step" and p.checker is None:
         raise ConfigError("pairs.mode=step needs a step checker (pairs.checker) to find the first wrong step")
     out = Path(p.out)
@@ -111,12 +116,16 @@ def make_pairs(cfg: DictConfig) -> Path:
     # on-policy: pairs are made from these weights, this prompt layout and these questions
     key = {"model": cfg.model_tag, "weights": weights, "template": cfg.data.template,
            "questions": artefacts.source_fingerprint(p.questions, cfg.hub.get("mirror")),
-           "config": OmegaConf.to_container(p, resolve=True)}
+           "config": OmegaConf.to_container(p, resolve=True),
+           "engine": OmegaConf.to_container(cfg.vllm, resolve=True) if p.backend == "vllm" else None}
     if artefacts.check(out, key, f"pairs file {out}", f"Delete {out} (and {out.name}.meta.json) to sample again."):
         print(f"[yfpo] pairs file {out} exists, sampled with these settings; keeping it (delete it to sample again)")
         return out
     tokenizer = load_tokenizer(cfg.model, path)
-    model = model.to(device_for(p.device)).eval()
+    if p.backend == "hf":
+        model = model.to(device_for(p.device)).eval()
+    else:
+        del model  # vLLM loads its own copy, in its own process (on a GPU, two copies would not fit)
     q_field, a_field = sft_fields(p)
     rows = load_rows(p.questions, hub=cfg.hub, key="pairs.questions")
     validate_rows(rows, (q_field, a_field), p.questions)
@@ -137,15 +146,26 @@ def make_pairs(cfg: DictConfig) -> Path:
     if state["done"] == 0:
         partial.unlink(missing_ok=True)
     counts = Counter(state["counts"])
-    chunks = range(state["done"], len(rows), p.chunk_questions)
-    for start in tqdm(chunks, desc="sampling pairs", unit="chunk", initial=state["done"] // p.chunk_questions,
+    starts = range(state["done"], len(rows), p.chunk_questions)
+    prompts = {start: [format_prompt(cfg.data.template, r[q_field], None, tokenizer) for r in rows[start : start + p.chunk_questions]]
+               for start in starts}
+    sampled = {}
+    if p.backend == "vllm":  # one engine for every chunk left; each chunk keeps its own seed, so a resumed run matches
+        batches = [{"prompts": prompts[start], "n": p.samples, "temperature": p.temperature, "top_p": p.top_p,
+                    "seed": p.seed + start, "max_tokens": p.max_new_tokens, "stop": stop, "stop_token_ids": stop_ids}
+                   for start in starts]
+        _, outputs = vllm_worker.sample(path, OmegaConf.to_container(cfg.vllm, resolve=True), cfg.model.trust_remote_code, batches)
+        sampled = {start: [c["text"] for per_prompt in out for c in per_prompt] for start, out in zip(starts, outputs)}
+    for start in tqdm(starts, desc="sampling pairs", unit="chunk", initial=state["done"] // p.chunk_questions,
                       total=-(-len(rows) // p.chunk_questions)):
         chunk = rows[start : start + p.chunk_questions]
-        torch.manual_seed(p.seed + start)  # this chunk's samples do not depend on earlier chunks
-        prompts = [format_prompt(cfg.data.template, r[q_field], None, tokenizer) for r in chunk]
-        texts = [c.text for c in generate(model, tokenizer, [q for q in prompts for _ in range(p.samples)],
-                                          p.max_new_tokens, p.batch_size, stop, stop_ids, progress=False,
-                                          temperature=p.temperature, top_p=p.top_p)]
+        if start in sampled:
+            texts = sampled[start]
+        else:
+            torch.manual_seed(p.seed + start)  # this chunk's samples do not depend on earlier chunks
+            texts = [c.text for c in generate(model, tokenizer, [q for q in prompts[start] for _ in range(p.samples)],
+                                              p.max_new_tokens, p.batch_size, stop, stop_ids, progress=False,
+                                              temperature=p.temperature, top_p=p.top_p)]
         new_rows = []
         for j, r in enumerate(chunk):
             completions = texts[j * p.samples : (j + 1) * p.samples]

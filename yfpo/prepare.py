@@ -66,7 +66,8 @@ def model_key(cfg: DictConfig) -> dict:
             version = metadata.version(m.gguf_package)
         except metadata.PackageNotFoundError:
             version = None
-        return {"prepare": m.prepare, "gguf_package": m.gguf_package, "version": version, "gguf_file": m.gguf_file}
+        return {"prepare": m.prepare, "gguf_package": m.gguf_package, "version": version, "gguf_file": m.gguf_file,
+                "converter": 2}  # 2: no quantization_config left in the saved config
     raise ConfigError(f"model.prepare={m.prepare!r}: use 'build_tiny', 'gguf' or 'train:<experiment>'")
 
 
@@ -113,7 +114,9 @@ def ensure_model(cfg: DictConfig) -> Path:
             # the run exports to model.path and keys it (train.export); a finished run only exports again
             print(f"[yfpo] {path} not found: preparing it with `python -m yfpo.train +experiment={prepare[6:]}`", flush=True)
             env = {**os.environ, "YFPO_CACHE": str(Path(cfg.cache_dir).resolve())}
-            subprocess.run([sys.executable, "-m", "yfpo.train", f"+experiment={prepare[6:]}"], check=True, env=env)
+            if subprocess.run([sys.executable, "-m", "yfpo.train", f"+experiment={prepare[6:]}"], env=env).returncode:
+                raise UserError(f"preparing model.path={path} with `python -m yfpo.train +experiment={prepare[6:]}` "
+                                "failed: its error is above")
             if not current():
                 raise RuntimeError(f"experiment {prepare[6:]} finished without exporting a model to {path}")
             return path
@@ -140,7 +143,10 @@ def convert_gguf(package: str, filename: str, out: Path) -> None:
     print(f"[yfpo] converting {src / filename} to {out}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=filename)
     loaded = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=filename, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(loaded.config)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantised: a config still saying "gguf" stops vLLM
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

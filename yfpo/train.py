@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from yfpo import artefacts
-from yfpo.checkpoints import HFCheckpoints, is_complete, saved_step
+from yfpo.checkpoints import HFCheckpoints, is_complete, resume_point
 from yfpo.config import CONF_DIR, run_identity
 from yfpo.data import PreferenceDataModule
 from yfpo.errors import ConfigError, UserError, run_cli
@@ -182,8 +182,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
         callbacks.append(TQDMProgressBar())  # plain tqdm: readable in log files and SLURM output, unlike rich
     options = {**cfg.trainer, "strategy": build_strategy(cfg.trainer.strategy, policy)}
     last = ckpt_dir / "last.ckpt"
-    resume_step = saved_step(last) if last.is_file() else None
-    trainer = L.Trainer(**options, logger=make_loggers(cfg, run_dir, resume_step), callbacks=callbacks,
+    resume_step, last_row = resume_point(last) if last.is_file() else (None, None)
+    trainer = L.Trainer(**options, logger=make_loggers(cfg, run_dir, resume_step, last_row), callbacks=callbacks,
                         default_root_dir=run_dir, use_distributed_sampler=False)  # GlobalBatchSampler shards the batches itself
     if cfg.data.get("global_batch_size"):
         trainer.accumulate_grad_batches = accumulation(cfg.data.global_batch_size, cfg.data.batch_size, trainer.world_size)

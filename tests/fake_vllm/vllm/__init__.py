@@ -1,4 +1,6 @@
-"""A stand-in for vLLM that records how it is called (tests only; vLLM needs a GPU).
+"""A stand-in for vLLM that records how it is called (tests only). The real engine runs in
+tests/test_vllm.py; this one is kept for what a CPU cannot show (tensor parallelism) and for
+completions chosen by the test (stop handling, truncation, scoring of given texts).
 
 Each call appends one JSON line to $FAKE_VLLM_LOG. The completion of a prompt is "#### 0" with
 finish_reason "stop", or what $FAKE_VLLM_TEXTS (a JSON file {prompt: text or {text, finish_reason}})
@@ -30,8 +32,8 @@ class LLM:
             return SimpleNamespace(text=text[: min(cuts)], finish_reason="stop")
         return SimpleNamespace(text=text, finish_reason=reason)
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, **kwargs):
         with open(os.environ["FAKE_VLLM_LOG"], "a") as f:
             f.write(json.dumps({"pid": os.getpid(), "model": self.model, "llm": self.kwargs,
                                 "sampling": params.kwargs, "prompts": prompts}) + "\n")
-        return [SimpleNamespace(outputs=[self._complete(p, params)]) for p in prompts]
+        return [SimpleNamespace(outputs=[self._complete(p, params)] * params.kwargs.get("n", 1)) for p in prompts]
