@@ -12,7 +12,7 @@ from tests import hub_fixtures as hf
 from tests.conftest import FAST, ROOT, compose_cfg
 from yfpo import hub
 from yfpo.artefacts import StaleArtefactError
-from yfpo.data import DataError, read_rows
+from yfpo.data import read_rows
 from yfpo.evaluate import load_problems
 from yfpo.train import fit
 
