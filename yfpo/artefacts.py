@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -114,6 +115,12 @@ def refuse_changes(what: str, saved: Mapping, now: Mapping, fix: str) -> None:
         raise StaleArtefactError(f"{what} was made from other inputs ({detail}). {fix}")
 
 
+def refuse_metadata_changes(what: str, metadata: Mapping, key: Mapping, fix: str) -> None:
+    """:func:`refuse_changes` for a key kept inside a file's own metadata (safetensors), which holds
+    other fields too (format, date): only the key's fields are compared."""
+    refuse_changes(what, {k: metadata.get(k) for k in key}, key, fix)
+
+
 def saved_key(artefact: Path) -> dict | None:
     """The key written for ``artefact``, or None when there is none (never finished, or absent)."""
     path = key_path(artefact)
@@ -135,3 +142,11 @@ def check(artefact: Path, key: Mapping, what: str, fix: str) -> bool:
 def commit(artefact: Path, key: Mapping) -> None:
     """Record ``key`` for the finished ``artefact`` (always last, so a crash leaves it unkeyed)."""
     atomic_write(key_path(Path(artefact)), json.dumps(stringify(key), indent=2, sort_keys=True))
+
+
+def publish(built: Path, target: Path, key: Mapping) -> None:
+    """Move the directory ``built`` (made beside ``target``) into place, replacing what was there
+    (unkeyed: torn, or left by an older yfpo), and commit its ``key``."""
+    shutil.rmtree(target, ignore_errors=True)
+    built.rename(target)
+    commit(target, key)

@@ -265,15 +265,15 @@ def read_rows(cfg: DictConfig, kind: str, hub: DictConfig | None = None) -> list
             rows = _source_rows(cfg, kind, hub)
         except UserError:
             if saved_key := artefacts.saved_key(saved):  # e.g. an offline compute node: the subset is what it reads
-                artefacts.refuse_changes(what, {k: saved_key.get(k) for k in key}, key, fix)
+                artefacts.refuse_metadata_changes(what, saved_key, key, fix)  # all but the content, which needs the source
                 print(f"[yfpo] {cfg.path} cannot be read here; using {saved} as saved (its source is not re-checked)", flush=True)
-                return [json.loads(line) for line in saved.read_text().splitlines()]
+                return read_jsonl(saved)
             raise
         key["content"] = artefacts.rows_fingerprint(rows)
         if not artefacts.check(saved, key, what, fix):
             write_jsonl(saved, subset(rows, cfg.subset_size, cfg.subset_seed), key)
             artefacts.commit(saved, key)
-    return [json.loads(line) for line in saved.read_text().splitlines()]
+    return read_jsonl(saved)
 
 
 def _source_rows(cfg: DictConfig, kind: str, hub: DictConfig | None) -> list[dict]:

@@ -117,6 +117,7 @@ class PreferenceModule(L.LightningModule):
             self.neuron_stats = neurons.stats_by_layer()
         self.recorder: NeuronRecorder | None = None
         self._last_step: tuple[float, int] | None = None  # (time, non-pad tokens) of the previous batch
+        self._log_row: tuple[int, dict] | None = None  # (step, metrics) the loggers write after this step
 
     # --- the reference stays frozen and in eval mode whatever Lightning does ---------------------
     def train(self, mode: bool = True):
@@ -129,10 +130,9 @@ class PreferenceModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
         # Lightning writes a step's metrics row after that step's checkpoint callbacks: the row goes
         # into the checkpoint, so a kill between the two loses no row of metrics.csv on resume.
-        row = getattr(self, "_log_row", None)
-        if row is not None and row[0] == self.trainer.global_step - 1:
-            checkpoint["yfpo_log_row"] = {"epoch": self.current_epoch, "step": row[0],
-                                          **{k: float(v) for k, v in row[1].items()}}
+        if self._log_row is not None and self._log_row[0] == self.trainer.global_step - 1:
+            step, metrics = self._log_row
+            checkpoint["yfpo_log_row"] = {"epoch": self.current_epoch, "step": step, **{k: float(v) for k, v in metrics.items()}}
         # Nothing in training draws random numbers today; the states are kept so that anything that
         # does (dropout, sampling) resumes bit-identically too.
         # Stored as tensors and ints: Lightning reads checkpoints with torch.load(weights_only=True).
@@ -248,7 +248,6 @@ class PreferenceModule(L.LightningModule):
             metrics = dict(zip(names, mean.unbind()))
         metrics["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
         self.log_dict(metrics, on_step=True, prog_bar=False, batch_size=batch["input_ids"].shape[0])
-        # this step's row, as the loggers will write it after the step (see on_save_checkpoint)
         self._log_row = (self.trainer.global_step, metrics) if self.trainer._logger_connector.should_update_logs else None
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss

@@ -113,11 +113,12 @@ def make_pairs(cfg: DictConfig) -> Path:
     path = ensure_model(cfg)
     model = load_model(cfg.model, path)
     weights = weights_fingerprint(model)
+    engine = OmegaConf.to_container(cfg.vllm, resolve=True) if p.backend == "vllm" else None
     # on-policy: pairs are made from these weights, this prompt layout and these questions
     key = {"model": cfg.model_tag, "weights": weights, "template": cfg.data.template,
            "questions": artefacts.source_fingerprint(p.questions, cfg.hub.get("mirror")),
            "config": OmegaConf.to_container(p, resolve=True),
-           "engine": OmegaConf.to_container(cfg.vllm, resolve=True) if p.backend == "vllm" else None}
+           "engine": engine}
     if artefacts.check(out, key, f"pairs file {out}", f"Delete {out} (and {out.name}.meta.json) to sample again."):
         print(f"[yfpo] pairs file {out} exists, sampled with these settings; keeping it (delete it to sample again)")
         return out
@@ -141,8 +142,8 @@ def make_pairs(cfg: DictConfig) -> Path:
     partial, progress = out.with_name(out.name + ".partial.jsonl"), out.with_name(out.name + ".progress.json")
     identity = artefacts.stringify(key)
     state = json.loads(progress.read_text()) if progress.is_file() else {"identity": identity, "done": 0, "counts": {}}
-    if state["identity"] != identity:
-        raise DataError(f"{partial} was started with other settings; delete it and {progress} to start again")
+    artefacts.refuse_changes(f"the interrupted sampling {partial}", state["identity"], identity,
+                             f"Delete it and {progress} to start again.")
     if state["done"] == 0:
         partial.unlink(missing_ok=True)
     counts = Counter(state["counts"])
@@ -154,7 +155,7 @@ def make_pairs(cfg: DictConfig) -> Path:
         batches = [{"prompts": prompts[start], "n": p.samples, "temperature": p.temperature, "top_p": p.top_p,
                     "seed": p.seed + start, "max_tokens": p.max_new_tokens, "stop": stop, "stop_token_ids": stop_ids}
                    for start in starts]
-        _, outputs = vllm_worker.sample(path, OmegaConf.to_container(cfg.vllm, resolve=True), cfg.model.trust_remote_code, batches)
+        _, outputs = vllm_worker.sample(path, engine, cfg.model.trust_remote_code, batches)
         sampled = {start: [c["text"] for per_prompt in out for c in per_prompt] for start, out in zip(starts, outputs)}
     for start in tqdm(starts, desc="sampling pairs", unit="chunk", initial=state["done"] // p.chunk_questions,
                       total=-(-len(rows) // p.chunk_questions)):

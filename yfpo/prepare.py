@@ -57,7 +57,7 @@ def model_key(cfg: DictConfig) -> dict:
         return {"prepare": m.prepare, "vocab_size": m.vocab_size, "corpus_rows": m.corpus_rows, "arch": dict(m.arch),
                 "init_seed": m.init_seed, "corpus": artefacts.file_fingerprint(corpus)}
     if m.prepare.startswith("train:"):
-        run = compose_config([f"+experiment={m.prepare.split(':', 1)[1]}", f"cache_dir={cfg.cache_dir}"])
+        run = compose_config([f"+experiment={m.prepare.removeprefix('train:')}", f"cache_dir={cfg.cache_dir}"])
         return run_identity(run)
     if m.prepare == "gguf":
         from importlib import metadata
@@ -92,9 +92,9 @@ def ensure_model(cfg: DictConfig) -> Path:
             raise UserError(f"model.path={m.path}: no HF model directory (config.json) there{made_by}")
         return Path(m.path)
     path, key = Path(m.path), model_key(cfg)
-    made_by = f"the run `python -m yfpo.train +experiment={prepare[6:]}`" if prepare.startswith("train:") else None
-    fix = (f"Delete {path}{f' and the directory of {made_by}' if made_by else ''} to prepare it again, "
-           f"or give this model its own model.path.")
+    experiment = prepare.removeprefix("train:") if prepare.startswith("train:") else None
+    made_by = f" and the directory of the run `python -m yfpo.train +experiment={experiment}`" if experiment else ""
+    fix = f"Delete {path}{made_by} to prepare it again, or give this model its own model.path."
 
     def current() -> bool:
         return artefacts.check(path, key, f"model.path={path}", fix) and (path / "config.json").is_file()
@@ -110,21 +110,19 @@ def ensure_model(cfg: DictConfig) -> Path:
             rows = [json.loads(line) for line in ensure_synthetic(cfg)["sft"].read_text().splitlines()[: m.corpus_rows]]
             corpus = [format_prompt("alpaca", r["question"], None) + r["answer"] for r in rows]
             tiny.save_base(tmp, corpus, m.vocab_size, m.init_seed, dict(m.arch))
-        elif prepare.startswith("train:"):
+        elif experiment:
             # the run exports to model.path and keys it (train.export); a finished run only exports again
-            print(f"[yfpo] {path} not found: preparing it with `python -m yfpo.train +experiment={prepare[6:]}`", flush=True)
+            command = f"python -m yfpo.train +experiment={experiment}"
+            print(f"[yfpo] {path} not found: preparing it with `{command}`", flush=True)
             env = {**os.environ, "YFPO_CACHE": str(Path(cfg.cache_dir).resolve())}
-            if subprocess.run([sys.executable, "-m", "yfpo.train", f"+experiment={prepare[6:]}"], env=env).returncode:
-                raise UserError(f"preparing model.path={path} with `python -m yfpo.train +experiment={prepare[6:]}` "
-                                "failed: its error is above")
+            if subprocess.run([sys.executable, "-m", "yfpo.train", f"+experiment={experiment}"], env=env).returncode:
+                raise UserError(f"preparing model.path={path} with `{command}` failed: its error is above")
             if not current():
-                raise RuntimeError(f"experiment {prepare[6:]} finished without exporting a model to {path}")
+                raise RuntimeError(f"experiment {experiment} finished without exporting a model to {path}")
             return path
         else:
             convert_gguf(m.gguf_package, m.gguf_file, tmp)
-        shutil.rmtree(path, ignore_errors=True)  # unkeyed: torn, or left by an older yfpo
-        tmp.rename(path)
-        artefacts.commit(path, key)
+        artefacts.publish(tmp, path, key)
     return path
 
 

@@ -82,8 +82,8 @@ class ReferenceCache:
             raise ReferenceCacheError(f"{self.path} is not a yfpo reference cache (format {meta.get('format')!r}); "
                                       f"delete it or set reference.cache_path elsewhere")
         try:
-            artefacts.refuse_changes(f"reference cache {self.path}", {k: meta.get(k) for k in self.identity}, self.identity,
-                                     "Delete it to recompute, or use reference=live.")
+            artefacts.refuse_metadata_changes(f"reference cache {self.path}", meta, self.identity,
+                                              "Delete it to recompute, or use reference=live.")
         except artefacts.StaleArtefactError as e:
             raise ReferenceCacheError(str(e)) from None
         return True

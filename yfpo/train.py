@@ -37,6 +37,8 @@ from yfpo.strategies import build_strategy
 DONE = "DONE"
 LOCK = ".lock"
 RUN_CONFIG = "run_config.yaml"
+
+
 def load_neurons(cfg: DictConfig, policy):
     """The neuron set of ``neurons.path``: required for ``method.loss=yfpo``, optional (tracked) otherwise."""
     n = cfg.neurons
@@ -125,9 +127,7 @@ def export(cfg: DictConfig, ckpt_dir: Path) -> None:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(final, tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    artefacts.commit(target, key)
+    artefacts.publish(tmp, target, key)
 
 
 def accumulation(global_batch: int, batch_size: int, world: int) -> int:

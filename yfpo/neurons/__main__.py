@@ -59,8 +59,8 @@ def select(cfg: DictConfig, overrides: list[str] = ()) -> Path:
     key = io.neuron_key(cfg, weights_fingerprint(model), num_layers, width)
     if out.is_file() and not n.overwrite:
         meta = io.load(out).meta
-        artefacts.refuse_changes(f"neuron file {out}", {k: meta.get(k) for k in key}, key,
-                                 f"Recompute it with: {io.command(list(overrides), 'neurons.overwrite=true')}")
+        artefacts.refuse_metadata_changes(f"neuron file {out}", meta, key,
+                                          f"Recompute it with: {io.command(list(overrides), 'neurons.overwrite=true')}")
         print(f"[yfpo] neuron file {out} exists, made with these settings; keeping it (neurons.overwrite=true recomputes it)")
         return out
     start = time.perf_counter()

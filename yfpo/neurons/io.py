@@ -141,8 +141,8 @@ def load_for(cfg, model_config, weights: str, user: str, overrides: list[str] | 
         raise NeuronFileError(f"{e}. {user} needs it; create it with: {command(overrides)}") from None
     key = neuron_key(cfg, weights, model_config.num_hidden_layers, model_config.intermediate_size)
     try:
-        artefacts.refuse_changes(f"neuron file {n.path}", {k: neurons.meta.get(k) for k in key}, key,
-                                 f"{user} needs one made for this model; make it with: {command(overrides, 'neurons.overwrite=true')}")
+        artefacts.refuse_metadata_changes(f"neuron file {n.path}", neurons.meta, key, f"{user} needs one made for this "
+                                          f"model; make it with: {command(overrides, 'neurons.overwrite=true')}")
     except artefacts.StaleArtefactError as e:
         raise NeuronFileError(str(e)) from None
     return neurons
