@@ -445,3 +445,16 @@ def test_evaluation_scores_go_to_the_training_runs_wandb_run(tmp_path, cache, mo
     ev.evaluate(compose_cfg(*FAST, f"run_dir={run}", "eval.limit=4", "eval.max_new_tokens=4"))  # finished: skipped
     again = [r for f in sorted(run.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")) for r in wandb_history(f)]
     assert len([r for r in again if "eval/synthetic/accuracy" in r]) == 3  # not logged twice
+
+
+def test_a_shared_start_model_is_copied_only_to_runs_with_the_same_key(tmp_path, cache):
+    """Runs of a sweep share ckpt-0: its evaluation is copied between them, but not to a run whose
+    own settings (here its prompt template) make other predictions."""
+    sweep = tmp_path / "multirun"
+    for name, extra in (("a", []), ("b", []), ("c", ["model.template=chat"])):
+        fit(compose_cfg(*FAST, "checkpoints.count=1", *extra), sweep / name)
+    ev.evaluate(compose_cfg(*FAST, f"run_dir={sweep}", "eval.limit=3", "eval.max_new_tokens=4"))
+    prompts = {n: [json.loads(l)["prompt"] for l in (sweep / n / "eval" / "synthetic" / "ckpt-0" / "predictions.jsonl")
+                   .read_text().splitlines()] for n in "abc"}
+    assert prompts["a"] == prompts["b"] and "### Instruction" in prompts["a"][0]
+    assert prompts["c"] != prompts["a"] and "<|im_start|>" in prompts["c"][0]  # its own template, not a's copy

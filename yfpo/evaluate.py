@@ -460,11 +460,12 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         points: dict[Path, list] = {}
         for root, job in jobs:
             name, model_dir, out_dir = job.name, job.model_dir, job.out_dir
-            key = model_dir.resolve()
-            if key in first_output and not (out_dir / "summary.json").is_file():
-                # runs of a sweep share their starting model: evaluate it once, copy the files
-                shutil.copytree(first_output[key], out_dir, dirs_exist_ok=True)
-            first_output.setdefault(key, out_dir)
+            # runs of a sweep share their starting model: evaluate it once, copy the files, but only
+            # to a run whose key (its prompt template, dtype, ...) is the same
+            shared = (model_dir.resolve(), json.dumps(artefacts.stringify(job.key), sort_keys=True))
+            if shared in first_output and not (out_dir / "summary.json").is_file():
+                shutil.copytree(first_output[shared], out_dir, dirs_exist_ok=True)
+            first_output.setdefault(shared, out_dir)
             before = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").is_file() else None
             s = evaluate_checkpoint(job, problems)
             summaries.append(s)
