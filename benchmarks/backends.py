@@ -73,7 +73,8 @@ def main() -> None:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     work = ROOT / "multirun" / "bench-eval"
     rows = []
-    # the tiny SFT model (prepared on first use) and a short DPO run from it: ckpt-0, ckpt-1, ckpt-2
+    # the tiny SFT model and a short DPO run from it: ckpt-0, ckpt-1, ckpt-2
+    run(["yfpo.prepare", "model=tiny"], env)
     run(["yfpo.train", "model=tiny", "trainer.max_steps=20", "checkpoints.count=2", f"hydra.run.dir={work / 'tiny'}"], env)
     tiny = ["model=tiny", f"eval.limit={a.problems}", "vllm.dtype=float32"]
     rows.append(measure("tiny (3 checkpoints)", tiny, work / "tiny", a.problems, env))

@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import FAST, compose_cfg
 from yfpo import artefacts
 from yfpo.data import DataError, load_rows
-from yfpo.prepare import ensure_model, ensure_synthetic
+from yfpo.prepare import ensure_model, synthetic_files
 
 
 def test_check_commit_and_every_changed_field_listed(tmp_path):
@@ -49,10 +49,10 @@ def test_models_sharing_a_name_get_their_own_file_names(tmp_path):
 
 
 def test_synthetic_data_made_with_other_settings_is_refused_and_the_fix_works(cache):
-    ensure_synthetic(compose_cfg(*FAST))
+    synthetic_files(compose_cfg(*FAST).synthetic)
     with pytest.raises(artefacts.StaleArtefactError, match=r"synthetic data .* \(slip_rate: made with '0.0', now '0.5'\).*synthetic.dir="):
-        ensure_synthetic(compose_cfg(*FAST, "synthetic.slip_rate=0.5"))
-    paths = ensure_synthetic(compose_cfg(*FAST, "synthetic.slip_rate=0.5", f"synthetic.dir={cache}/smoke/synthetic-slips"))
+        synthetic_files(compose_cfg(*FAST, "synthetic.slip_rate=0.5").synthetic)
+    paths = synthetic_files(compose_cfg(*FAST, "synthetic.slip_rate=0.5", f"synthetic.dir={cache}/smoke/synthetic-slips").synthetic)
     assert paths["sft"].is_file()
 
 
@@ -78,3 +78,50 @@ def test_a_data_directory_without_data_files_is_one_clear_error(tmp_path):
     (tmp_path / "jsonl").mkdir()
     (tmp_path / "jsonl" / "train.jsonl").write_text('{"question": "q", "answer": "a"}\n')
     assert load_rows(str(tmp_path / "jsonl")) == [{"question": "q", "answer": "a"}]
+
+
+def test_a_stage_that_reads_no_synthetic_file_writes_none(tmp_path, cache, monkeypatch):
+    """evaluate on a local file with a checkpoint made elsewhere: nothing appears in synthetic.dir."""
+    import subprocess
+    import sys
+
+    from yfpo.prepare import ensure_synthetic
+
+    cfg = compose_cfg(*FAST)
+    ensure_synthetic(cfg.synthetic, "openai/gsm8k", tmp_path / "elsewhere.jsonl", None)
+    assert not cache.exists()
+    model = ensure_model(cfg)  # the smoke model is built from the synthetic corpus: this cache has it
+    monkeypatch.setenv("YFPO_CACHE", str(tmp_path / "other-cache"))
+    done = subprocess.run([sys.executable, "-m", "yfpo.evaluate", *FAST, f"run_dir={model}", "eval=gsm8k",
+                           "eval.path=tests/fixtures/eval/gsm8k_mini.jsonl", "eval.limit=2", "eval.max_new_tokens=4"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (tmp_path / "other-cache" / "smoke" / "synthetic").exists()
+    ensure_synthetic(cfg.synthetic, f"{cfg.synthetic.dir}/test.jsonl")  # a read under synthetic.dir makes them
+    assert (cache / "smoke" / "synthetic" / "test.jsonl").is_file()
+
+
+def test_a_model_made_by_training_is_a_named_step_and_its_hint_works(tmp_path, cache):
+    """model.prepare=train:<experiment> is never trained behind a stage's back: the stage stops with
+    the `python -m yfpo.prepare` command, which (run as printed) makes it; then the stage runs."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    env = {**os.environ, "YFPO_CACHE": str(cache)}
+    train = [sys.executable, "-m", "yfpo.train", *FAST, "model.path=${cache_dir}/smoke/sft", "model.prepare=train:smoke_sft",
+             f"hydra.run.dir={tmp_path / 'run'}"]
+    first = subprocess.run(train, capture_output=True, text=True, env=env)
+    errors = [l for l in first.stderr.splitlines() if l.startswith("yfpo: error:")]
+    assert first.returncode == 2 and len(errors) == 1, first.stderr[-2000:]
+    assert not (cache / "smoke" / "sft").exists() and not (cache / "smoke" / "sft-run").exists()
+    command = errors[0].split("`")[1]
+    assert command.startswith("python -m yfpo.prepare ") and "model.prepare=train:smoke_sft" in command
+    argv = shlex.split(command)
+    made = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, env=env)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert made.stdout.strip().splitlines()[-1] == str(cache / "smoke" / "sft")
+    again = subprocess.run(train, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "run" / "DONE").is_file()

@@ -102,10 +102,10 @@ def test_selection_leaves_training_bit_identical(tmp_path, cache):
     cfg = compose_cfg(*FAST, "method=dpo")
     from yfpo.data import PreferenceDataModule
     from yfpo.models import load_model, load_tokenizer
-    from yfpo.prepare import ensure_model, ensure_synthetic
+    from yfpo.prepare import ensure_model, synthetic_files
     from yfpo.module import PreferenceModule
 
-    ensure_synthetic(cfg)
+    synthetic_files(cfg.synthetic)
     path = ensure_model(cfg)
     tok = load_tokenizer(cfg.model, path)
     dm = PreferenceDataModule(cfg.data, tok, "pairs", cfg.seed)

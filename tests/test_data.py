@@ -139,15 +139,15 @@ def test_cached_synthetic_data_follows_its_settings(cache):
     runs made from the old files would silently change under it; the same settings reuse the files,
     and the suggested directory of its own generates them."""
     from yfpo.artefacts import StaleArtefactError
-    from yfpo.prepare import ensure_synthetic
+    from yfpo.prepare import synthetic_files
 
     args = ["synthetic.num_sft=40", "synthetic.num_preference=8", "synthetic.num_test=8"]
-    paths = ensure_synthetic(compose_cfg(*args))
+    paths = synthetic_files(compose_cfg(*args).synthetic)
     clean, test, stamp = paths["sft"].read_text(), paths["test"].read_text(), paths["sft"].stat().st_mtime_ns
-    assert ensure_synthetic(compose_cfg(*args)) == paths and paths["sft"].stat().st_mtime_ns == stamp
+    assert synthetic_files(compose_cfg(*args).synthetic) == paths and paths["sft"].stat().st_mtime_ns == stamp
     with pytest.raises(StaleArtefactError, match=r"slip_rate: made with '0.0', now '1.0'") as refused:
-        ensure_synthetic(compose_cfg(*args, "synthetic.slip_rate=1.0"))
+        synthetic_files(compose_cfg(*args, "synthetic.slip_rate=1.0").synthetic)
     fix = str(refused.value).split("(synthetic.dir=")[1].split(")")[0].replace("NAME", "slips")
-    slipped = ensure_synthetic(compose_cfg(*args, "synthetic.slip_rate=1.0", f"synthetic.dir={fix}"))
+    slipped = synthetic_files(compose_cfg(*args, "synthetic.slip_rate=1.0", f"synthetic.dir={fix}").synthetic)
     assert slipped["sft"].read_text() != clean and slipped["test"].read_text() == test  # slips touch SFT demonstrations only
     assert paths["sft"].read_text() == clean

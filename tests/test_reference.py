@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import FAST, compose_cfg
-from yfpo import reference
+from yfpo import module, reference
 from yfpo.reference import ReferenceCacheError
 from yfpo.train import fit
 
@@ -34,10 +34,14 @@ def counted(monkeypatch):
     return calls
 
 
-def test_precomputed_reference_gives_the_live_losses_and_is_reused(tmp_path, cache, counted):
+def test_precomputed_reference_gives_the_live_losses_and_is_reused(tmp_path, cache, counted, monkeypatch):
     live = fit(compose_cfg(*FAST, *LR, "method=dpo"), tmp_path / "live").parent
+    copies = []
+    real_copy = module.frozen_copy
+    monkeypatch.setattr(module, "frozen_copy", lambda *a: copies.append(1) or real_copy(*a))
     pre = fit(compose_cfg(*FAST, *LR, "method=dpo", "reference=precompute"), tmp_path / "pre").parent
     assert len(counted) == 1
+    assert copies == []  # the table comes from the policy before its first step: no second model in memory
     a, b = _metrics(live), _metrics(pre)
     for k in a:  # training moves the policy, so later steps compare the reference too
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5, msg=k)

@@ -18,8 +18,9 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from yfpo.errors import UserError
 
@@ -93,12 +94,37 @@ def key_path(artefact: Path) -> Path:
     return artefact / "key.json" if artefact.is_dir() else artefact.with_name(artefact.name + ".key.json")
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers see all of it or none."""
+@contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """The one atomic write: a temporary path beside ``path`` (a file or a directory) to build the
+    artefact in, moved onto ``path`` by a rename when the block succeeds. Readers see all of it or
+    none; a crash leaves ``path`` as it was and the temporary one is cleared by the next write.
+    (A directory that already exists is removed first: a rename cannot replace it.)"""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`staged`."""
+    with staged(path) as tmp:
+        tmp.write_text(text)
 
 
 def stringify(key: Mapping) -> dict[str, str]:
@@ -144,9 +170,10 @@ def commit(artefact: Path, key: Mapping) -> None:
     atomic_write(key_path(Path(artefact)), json.dumps(stringify(key), indent=2, sort_keys=True))
 
 
-def publish(built: Path, target: Path, key: Mapping) -> None:
-    """Move the directory ``built`` (made beside ``target``) into place, replacing what was there
-    (unkeyed: torn, or left by an older yfpo), and commit its ``key``."""
-    shutil.rmtree(target, ignore_errors=True)
-    built.rename(target)
+@contextmanager
+def publishing(target: Path, key: Mapping) -> Iterator[Path]:
+    """:func:`staged` for a keyed directory: build it in the yielded path; it replaces ``target``
+    (unkeyed: torn, or left by an older yfpo), then its ``key`` is committed."""
+    with staged(target) as tmp:
+        yield tmp
     commit(target, key)

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from yfpo.artefacts import staged
 from yfpo.errors import ConfigError
 
 STATE_FILE = "yfpo_state.json"
@@ -27,6 +28,16 @@ def is_complete(path: Path) -> bool:
     return (path / STATE_FILE).is_file()
 
 
+def ckpt_name(k: int) -> str:
+    """The directory of the k-th HF checkpoint of a run (``ckpt-0``: the model it started from)."""
+    return f"ckpt-{k}"
+
+
+def ckpt_index(name: str) -> int:
+    """The k of a checkpoint directory name (:func:`ckpt_name`)."""
+    return int(name.removeprefix("ckpt-"))
+
+
 def resume_point(path: Path) -> tuple[int, dict | None]:
     """The optimizer step a Lightning checkpoint (``last.ckpt``) was saved at, and the metrics row
     of that step's batch when it is one the loggers write (``yfpo_log_row``, see
@@ -39,13 +50,10 @@ def resume_point(path: Path) -> tuple[int, dict | None]:
 def save_hf(policy, tokenizer, path: Path, state: dict, state_dict: dict | None = None) -> None:
     """Write weights (safetensors), config, tokenizer and ``yfpo_state.json`` atomically to ``path``;
     ``state_dict`` replaces the policy's own (full weights gathered from a sharded model)."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    with staged(path) as tmp:
+        policy.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
 def full_policy_state(trainer: L.Trainer) -> dict:
@@ -72,7 +80,7 @@ class HFCheckpoints(L.Callback):
         k = self.steps.get(trainer.global_step)
         if k is None:
             return
-        path = self.dir / f"ckpt-{k}"
+        path = self.dir / ckpt_name(k)
         if trainer.strategy.broadcast(is_complete(path)):  # rank 0's answer, so all ranks agree
             return
         weights = full_policy_state(trainer)

@@ -152,7 +152,8 @@ def main(argv: list[str]) -> None:
     unknown = sorted({a for pair in cfg.demo.compare for a in pair} - set(cfg.demo.variants))
     if unknown:  # before any training, not after it
         raise ConfigError(f"demo.compare names {unknown}, which are not in demo.variants={list(cfg.demo.variants)}")
-    sh("yfpo.neurons", [*base, "neurons=attnlrp"])  # prepares the tiny SFT model on first use
+    sh("yfpo.prepare", base)  # the tiny SFT model: a training run of its own, done once
+    sh("yfpo.neurons", [*base, "neurons=attnlrp"])
     sh("yfpo.neurons", [*base, "neurons=random"])
     sh("yfpo.pairs", base)
     variants, seeds = ",".join(cfg.demo.variants), ",".join(str(s) for s in cfg.demo.seeds)

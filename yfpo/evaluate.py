@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from yfpo import artefacts, hub, vllm_worker
-from yfpo.checkpoints import STATE_FILE
+from yfpo.checkpoints import STATE_FILE, ckpt_index, ckpt_name
 from yfpo.config import CONF_DIR
 from yfpo.data import DataError, load_rows
 from yfpo.errors import ConfigError, MissingError, run_cli
@@ -52,7 +52,6 @@ from yfpo.loggers import log_evaluation
 from yfpo.models import load_model, load_tokenizer
 from yfpo.prepare import ensure_synthetic
 from yfpo.prompts import PromptError, check_stops, default_stops, eval_prompt, stop_token_ids
-from yfpo.tables import ckpt_index
 
 BACKENDS = ("hf", "vllm")
 RUN_MODEL_KEYS = ("name", "template", "add_bos", "dtype", "attn_implementation", "trust_remote_code")
@@ -95,7 +94,7 @@ def find_checkpoints(target: Path, hub_cfg: DictConfig | None = None) -> list[tu
             if hub.is_hub_id(base) and hub_cfg is not None:
                 base = hub.local_model(str(base), hub_cfg)
             if (base / "config.json").is_file():
-                found.append(("ckpt-0", base, run))
+                found.append((ckpt_name(0), base, run))
         found += [(p.name, p, run) for p in ckpts]
     if not found:
         raise MissingError(f"no HF checkpoints (config.json) under {target}: pass a run, multirun or checkpoint directory")
@@ -437,7 +436,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     check_eval_config(e)
     if not cfg.get("run_dir"):
         raise ConfigError("run_dir=PATH is required: a run directory, a multirun directory or one HF checkpoint")
-    ensure_synthetic(cfg)
+    ensure_synthetic(cfg.synthetic, e.path)
     rows = load_rows(e.path, split=e.split, name=e.get("hub_config"), hub=cfg.hub, key="eval.path")
     problems, src = problems_of(cfg, rows), source(e, artefacts.rows_fingerprint(rows))
     summaries, first_output, locked, jobs = [], {}, set(), []
@@ -491,7 +490,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
 def training_step(model_dir: Path, name: str) -> int:
     """The optimizer step a checkpoint was saved at (0 for the starting model ``ckpt-0``)."""
     state = model_dir / STATE_FILE
-    return int(json.loads(state.read_text())["step"]) if name != "ckpt-0" and state.is_file() else 0
+    return int(json.loads(state.read_text())["step"]) if ckpt_index(name) and state.is_file() else 0
 
 
 def wandb_scores(name: str, s: dict) -> dict:

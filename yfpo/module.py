@@ -71,6 +71,12 @@ def build_optimizer(model: torch.nn.Module, o, fused: bool) -> torch.optim.AdamW
                              fused=True if fused else None)
 
 
+def frozen_copy(model: nn.Module, dtype: str | None) -> nn.Module:
+    """A copy of ``model`` without gradients, in eval mode, in ``dtype`` (``None``: the model's)."""
+    copy_ = copy.deepcopy(model).requires_grad_(False).eval()
+    return copy_.to(DTYPES[dtype]) if dtype is not None else copy_
+
+
 class PreferenceModule(L.LightningModule):
     """Trains ``policy`` with ``method.loss`` (sft | dpo | yfpo), optionally with FDT on the LM head
     and the NLL term ``method.nll_weight`` on the chosen responses.
@@ -103,12 +109,11 @@ class PreferenceModule(L.LightningModule):
         self.pairwise = method.loss != "sft"
         self.chunk_tokens = chunk_tokens
         self.reference_mode, self.reference_cache = reference, reference_cache
-        # A frozen copy of the initial policy; excluded from checkpoints (see on_save_checkpoint).
-        self.reference = None
-        if self.pairwise:
-            self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
-            if reference_dtype is not None:
-                self.reference.to(DTYPES[reference_dtype])
+        # live: a frozen copy of the initial policy, excluded from checkpoints (see on_save_checkpoint).
+        # precompute: no copy; the policy itself, still initial in setup(), makes the table.
+        self.reference, self.reference_dtype = None, reference_dtype
+        if self.pairwise and reference == "live":
+            self.reference = frozen_copy(policy, reference_dtype)
         self.ref_table: torch.Tensor | None = None  # [rows, 2] with reference=precompute
         self.neurons = neurons
         # (mean, std) of SPEC's normalised score, moved to the device with the module
@@ -159,7 +164,6 @@ class PreferenceModule(L.LightningModule):
         # computed and freed here, so no strategy ever holds a copy of it.
         if self.pairwise and self.reference_mode == "precompute" and self.ref_table is None:
             self.ref_table = self._precomputed_table()
-            self.reference = None  # from here on training holds one model
         if self.pairwise and self.neurons is not None and self.recorder is None:
             self.recorder = NeuronRecorder(self.policy, self.neurons.by_layer())
 
@@ -181,11 +185,16 @@ class PreferenceModule(L.LightningModule):
         if table is not None:
             return table.to(device)
         data = trainer.datamodule
-        self.reference.to(device)
-        with trainer.precision_plugin.forward_context():
-            table = compute_table(data.train_set, self.reference_logps, data.collate, data.cfg.batch_size, device,
-                                  trainer.global_rank, trainer.world_size)
-        self.reference.to("cpu")
+        # the policy before its first step is the reference; a copy only for another reference dtype
+        reference = self.policy if self.reference_dtype is None else frozen_copy(self.policy, self.reference_dtype)
+        home = next(reference.parameters()).device
+        reference.eval().to(device)
+        with trainer.precision_plugin.forward_context():  # compute_table runs in inference mode
+            table = compute_table(data.train_set, lambda b: model_logps(reference, b, self.chunk_tokens).logps,
+                                  data.collate, data.cfg.batch_size, device, trainer.global_rank, trainer.world_size)
+        reference.to(home)
+        self.policy.train()
+        del reference
         table = trainer.strategy.reduce(table, reduce_op="sum")  # each rank filled its own rows
         if cache is not None and trainer.is_global_zero:
             cache.save(table)

@@ -97,7 +97,7 @@ def pairs_for_question(question: str, completions: list[str], correct: list[bool
     return rows[:per_question], None
 
 
-def make_pairs(cfg: DictConfig) -> Path:
+def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     """Sample, grade and pair as ``cfg.pairs`` says; returns the pairs file (skipped when it exists)."""
     p = cfg.pairs
     if p.mode not in MODES:
@@ -109,8 +109,8 @@ def make_pairs(cfg: DictConfig) -> Path:
     if p.mode == "step" and p.checker is None:
         raise ConfigError("pairs.mode=step needs a step checker (pairs.checker) to find the first wrong step")
     out = Path(p.out)
-    ensure_synthetic(cfg)
-    path = ensure_model(cfg)
+    ensure_synthetic(cfg.synthetic, p.questions)
+    path = ensure_model(cfg, overrides)
     model = load_model(cfg.model, path)
     weights = weights_fingerprint(model)
     engine = OmegaConf.to_container(cfg.vllm, resolve=True) if p.backend == "vllm" else None
@@ -208,10 +208,10 @@ def make_pairs(cfg: DictConfig) -> Path:
     return out
 
 
-def pairs_for_training(cfg: DictConfig) -> Path:
+def pairs_for_training(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     """:func:`make_pairs`, refusing a result that training cannot use: a file with no pairs (every
     sample of every question right, or every one wrong), with the counts and what to change."""
-    out = make_pairs(cfg)
+    out = make_pairs(cfg, overrides)
     meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
     if not meta["pairs"]:
         raise DataError(f"{out}: no pairs from {meta['questions']} questions x {meta['samples_per_question']} samples "
@@ -221,7 +221,7 @@ def pairs_for_training(cfg: DictConfig) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    run_cli(lambda: pairs_for_training(compose_config(argv)))
+    run_cli(lambda: pairs_for_training(compose_config(argv), argv))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,18 +21,27 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from yfpo import artefacts, hub, synthetic, tiny
 from yfpo.config import compose_config, run_identity
-from yfpo.errors import ConfigError, UserError, run_cli
+from yfpo.errors import ConfigError, MissingError, UserError, run_cli
 from yfpo.locks import file_lock
 from yfpo.prompts import format_prompt
 
 
-def ensure_synthetic(cfg: DictConfig) -> dict[str, Path]:
-    """Generate the synthetic SFT/preference/test/dev files into ``cfg.synthetic.dir`` unless they are
-    there, keyed on the ``cfg.synthetic`` settings (:mod:`yfpo.artefacts`); other settings are refused,
-    since runs already trained or evaluated on those files would silently change under them."""
-    out = Path(cfg.synthetic.dir)
-    params = {k: v for k, v in OmegaConf.to_container(cfg.synthetic, resolve=True).items() if k != "dir"}
+def ensure_synthetic(syn: DictConfig, *reads: str | Path | None) -> None:
+    """Make the synthetic files of ``syn`` (the ``synthetic`` group) when one of the paths a stage
+    ``reads`` lies in ``syn.dir``; a stage that reads none of them (a hub dataset, an on-policy pairs
+    file) writes nothing."""
+    out = Path(syn.dir).resolve()
+    if any(r is not None and Path(str(r)).resolve().is_relative_to(out) for r in reads):
+        synthetic_files(syn)
+
+
+def synthetic_files(syn: DictConfig) -> dict[str, Path]:
+    """The synthetic SFT/preference/test/dev files in ``syn.dir``, generated unless they are there,
+    keyed on the ``syn`` settings (:mod:`yfpo.artefacts`); other settings are refused, since runs
+    already trained or evaluated on those files would silently change under them."""
+    out = Path(syn.dir)
     paths = {n: out / f"{n}.jsonl" for n in ("sft", "preference", "test", "dev")}
+    params = {k: v for k, v in OmegaConf.to_container(syn, resolve=True).items() if k != "dir"}
     fix = f"Give these settings their own directory (synthetic.dir={out}-NAME), or delete {out} to generate it again."
 
     def current() -> bool:
@@ -53,7 +63,7 @@ def model_key(cfg: DictConfig) -> dict:
     file and its package's version."""
     m = cfg.model
     if m.prepare == "build_tiny":
-        corpus = ensure_synthetic(cfg)["sft"]
+        corpus = synthetic_files(cfg.synthetic)["sft"]
         return {"prepare": m.prepare, "vocab_size": m.vocab_size, "corpus_rows": m.corpus_rows, "arch": dict(m.arch),
                 "init_seed": m.init_seed, "corpus": artefacts.file_fingerprint(corpus)}
     if m.prepare.startswith("train:"):
@@ -71,16 +81,18 @@ def model_key(cfg: DictConfig) -> dict:
     raise ConfigError(f"model.prepare={m.prepare!r}: use 'build_tiny', 'gguf' or 'train:<experiment>'")
 
 
-def ensure_model(cfg: DictConfig) -> Path:
+def ensure_model(cfg: DictConfig, overrides: list[str] | None = None, train: bool = False) -> Path:
     """The local directory to load ``cfg.model`` from, preparing or fetching it when missing.
 
-    ``model.prepare`` says how: ``build_tiny`` trains the tokenizer and saves random weights;
-    ``train:<experiment>`` runs ``python -m yfpo.train +experiment=<experiment>`` (resumable),
-    whose ``export_to`` is ``model.path``; ``gguf`` converts ``model.gguf_file`` shipped inside
-    the installed package ``model.gguf_package``. A prepared model is keyed on what it is made
-    from (:func:`model_key`): one made from other settings is refused. Without ``prepare``,
-    ``model.path`` is a local directory or a hub id (fetched through :mod:`yfpo.hub`: mirror,
-    cache, or download).
+    ``model.prepare`` says how: ``build_tiny`` trains the tokenizer and saves random weights
+    (seconds); ``gguf`` converts ``model.gguf_file`` shipped inside the installed package
+    ``model.gguf_package``; ``train:<experiment>`` is a training run of its own (``python -m
+    yfpo.train +experiment=<experiment>``, resumable, whose ``export_to`` is ``model.path``), so
+    only ``train=True`` (the named step ``python -m yfpo.prepare``) starts it: any other stage
+    refuses a missing one with that command, made of its own ``overrides``. A prepared model is
+    keyed on what it is made from (:func:`model_key`): one made from other settings is refused.
+    Without ``prepare``, ``model.path`` is a local directory or a hub id (fetched through
+    :mod:`yfpo.hub`: mirror, cache, or download).
     """
     m = cfg.model
     prepare = m.get("prepare")
@@ -101,16 +113,14 @@ def ensure_model(cfg: DictConfig) -> Path:
 
     if current():
         return path
+    if experiment and not train:
+        command = shlex.join(["python", "-m", "yfpo.prepare", *(overrides or [f"model={m.name}"])])
+        raise MissingError(f"model.path={path} ({m.name}) is not prepared: `{command}` makes it (a training run of "
+                           f"its own, `python -m yfpo.train +experiment={experiment}`), then run this command again")
     with file_lock(path.with_name(path.name + ".lock")):
         if current():
             return path
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if prepare == "build_tiny":
-            rows = [json.loads(line) for line in ensure_synthetic(cfg)["sft"].read_text().splitlines()[: m.corpus_rows]]
-            corpus = [format_prompt("alpaca", r["question"], None) + r["answer"] for r in rows]
-            tiny.save_base(tmp, corpus, m.vocab_size, m.init_seed, dict(m.arch))
-        elif experiment:
+        if experiment:
             # the run exports to model.path and keys it (train.export); a finished run only exports again
             command = f"python -m yfpo.train +experiment={experiment}"
             print(f"[yfpo] {path} not found: preparing it with `{command}`", flush=True)
@@ -120,9 +130,14 @@ def ensure_model(cfg: DictConfig) -> Path:
             if not current():
                 raise RuntimeError(f"experiment {experiment} finished without exporting a model to {path}")
             return path
-        else:
-            convert_gguf(m.gguf_package, m.gguf_file, tmp)
-        artefacts.publish(tmp, path, key)
+        with artefacts.publishing(path, key) as tmp:
+            if prepare == "build_tiny":
+                sft = synthetic_files(cfg.synthetic)["sft"].read_text().splitlines()
+                rows = [json.loads(line) for line in sft[: m.corpus_rows]]
+                corpus = [format_prompt("alpaca", r["question"], None) + r["answer"] for r in rows]
+                tiny.save_base(tmp, corpus, m.vocab_size, m.init_seed, dict(m.arch))
+            else:
+                convert_gguf(m.gguf_package, m.gguf_file, tmp)
     return path
 
 
@@ -151,4 +166,4 @@ def convert_gguf(package: str, filename: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    print(run_cli(lambda: ensure_model(compose_config(sys.argv[1:]))))
+    print(run_cli(lambda: ensure_model(compose_config(sys.argv[1:]), sys.argv[1:], train=True)))

@@ -97,10 +97,9 @@ class ReferenceCache:
 
     def save(self, table: torch.Tensor) -> None:
         """Write ``table`` and the identity atomically."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        save_file({"logps": table.detach().float().cpu().contiguous()}, str(tmp), metadata={**self.identity, "format": FORMAT})
-        tmp.replace(self.path)
+        with artefacts.staged(self.path) as tmp:
+            save_file({"logps": table.detach().float().cpu().contiguous()}, str(tmp),
+                      metadata={**self.identity, "format": FORMAT})
 
 
 @torch.inference_mode()

@@ -53,6 +53,7 @@ import numpy as np
 import yaml
 
 from yfpo import stats
+from yfpo.checkpoints import ckpt_index, ckpt_name
 from yfpo.config import CONF_DIR
 from yfpo.errors import ConfigError, MissingError, run_cli
 
@@ -89,11 +90,6 @@ class RunResults:
     scoring: dict[str, dict] = field(default_factory=dict)
 
 
-def ckpt_index(name: str) -> int:
-    """The k of a checkpoint directory name ``ckpt-k``."""
-    return int(name.split("-")[1])
-
-
 def _mean_of(rows: list[dict], key: str) -> float | None:
     """Mean of ``key`` over ``rows`` (booleans as 0/1); None when a row lacks it or holds None."""
     values = [r.get(key) for r in rows]
@@ -118,7 +114,7 @@ def read_run(run: Path, task: str, start: bool = False) -> RunResults:
         raise MissingError(f"{root} not found: run `{evaluate_hint(run, task)}` first")
     res = RunResults(run)
     for ckpt in sorted(root.glob("ckpt-*"), key=lambda p: ckpt_index(p.name)):
-        if (ckpt.name == "ckpt-0") != start or not (ckpt / "summary.json").is_file():
+        if (ckpt.name == ckpt_name(0)) != start or not (ckpt / "summary.json").is_file():
             continue
         rows = [json.loads(l) for l in (ckpt / "predictions.jsonl").read_text().splitlines() if l.strip()]
         res.by_ckpt[ckpt.name] = {r["id"]: float(r["correct"]) for r in rows}
@@ -345,7 +341,7 @@ def _build(spec: dict, base_dir: Path, task: str) -> tuple[list[str], list[list[
     table = []
     for i, (cells, row) in enumerate(zip(lead, rows)):
         acc, avg = row.ckpt_acc(), stats.mean(row.avg())
-        ckpts = [f"{acc[f'ckpt-{k}']:.4f}" if f"ckpt-{k}" in acc else "" for k in range(1, n_ckpts + 1)]
+        ckpts = [f"{acc[ckpt_name(k)]:.4f}" if ckpt_name(k) in acc else "" for k in range(1, n_ckpts + 1)]
         dev_cells = []
         if task in dev:
             sel = row.dev_selected()

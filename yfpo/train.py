@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from yfpo import artefacts
-from yfpo.checkpoints import HFCheckpoints, is_complete, resume_point
+from yfpo.checkpoints import HFCheckpoints, ckpt_name, is_complete, resume_point
 from yfpo.config import CONF_DIR, run_identity
 from yfpo.data import PreferenceDataModule
 from yfpo.errors import ConfigError, UserError, run_cli
@@ -39,15 +39,20 @@ LOCK = ".lock"
 RUN_CONFIG = "run_config.yaml"
 
 
+def task_overrides() -> list[str] | None:
+    """This command's overrides (for the commands a hint prints), None outside a Hydra app."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
 def load_neurons(cfg: DictConfig, policy):
     """The neuron set of ``neurons.path``: required for ``method.loss=yfpo``, optional (tracked) otherwise."""
     n = cfg.neurons
     needed = cfg.method.loss == "yfpo"
     if not needed and not (cfg.method.track_neurons and Path(n.path).is_file()):
         return None
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
     try:
-        neurons = neuron_io.load_for(cfg, policy.config, weights_fingerprint(policy), f"method={cfg.method.name}", overrides)
+        neurons = neuron_io.load_for(cfg, policy.config, weights_fingerprint(policy), f"method={cfg.method.name}",
+                                     task_overrides())
     except neuron_io.NeuronFileError as e:
         if needed:
             raise
@@ -118,16 +123,14 @@ def check_training_config(cfg: DictConfig, warn: bool = True) -> None:
 def export(cfg: DictConfig, ckpt_dir: Path) -> None:
     """Copy the final HF checkpoint to ``export_to``, keyed on this run's config (the key
     :func:`yfpo.prepare.model_key` expects of a model made by ``train:<experiment>``)."""
-    final = ckpt_dir / f"ckpt-{cfg.checkpoints.count}"
+    final = ckpt_dir / ckpt_name(cfg.checkpoints.count)
     if not cfg.get("export_to") or not is_complete(final):
         return
     target, key = Path(cfg.export_to), run_identity(cfg)
     if artefacts.saved_key(target) == artefacts.stringify(key):
         return
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(final, tmp)
-    artefacts.publish(tmp, target, key)
+    with artefacts.publishing(target, key) as tmp:
+        shutil.copytree(final, tmp)
 
 
 def accumulation(global_batch: int, batch_size: int, world: int) -> int:
@@ -159,8 +162,8 @@ def fit(cfg: DictConfig, run_dir: Path) -> Path:
 def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
     check_resume(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
-    ensure_synthetic(cfg)
-    path = ensure_model(cfg)
+    ensure_synthetic(cfg.synthetic, cfg.data.path)
+    path = ensure_model(cfg, overrides=task_overrides())
     tokenizer = load_tokenizer(cfg.model, path)
     policy = load_model(cfg.model, path, autocast=str(cfg.trainer.precision).startswith(("bf16", "16")))
     kind = "sft" if cfg.method.loss == "sft" else "pairs"

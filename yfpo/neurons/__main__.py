@@ -52,8 +52,8 @@ def select(cfg: DictConfig, overrides: list[str] = ()) -> Path:
     out = Path(n.path)
     if n.selector not in SELECTORS:
         raise ConfigError(f"neurons.selector={n.selector!r}: choose one of {SELECTORS}")
-    ensure_synthetic(cfg)
-    path = ensure_model(cfg)
+    ensure_synthetic(cfg.synthetic, n.data)
+    path = ensure_model(cfg, list(overrides))
     model = load_model(cfg.model, path)
     num_layers, width = model.config.num_hidden_layers, model.config.intermediate_size
     key = io.neuron_key(cfg, weights_fingerprint(model), num_layers, width)

@@ -56,8 +56,8 @@ def accuracy(model, tokenizer, cfg: DictConfig, rows: list[dict]) -> float:
 
 def ablate(cfg: DictConfig, overrides: list[str] = ()) -> dict:
     a, n = cfg.ablate, cfg.neurons
-    ensure_synthetic(cfg)
-    path = ensure_model(cfg)
+    ensure_synthetic(cfg.synthetic, a.data)
+    path = ensure_model(cfg, list(overrides))
     tokenizer = load_tokenizer(cfg.model, path)
     model = load_model(cfg.model, path).to(device_for(n.device)).eval()
     c = model.config

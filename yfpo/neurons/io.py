@@ -85,9 +85,8 @@ def save(path: str | Path, neurons: NeuronSet, **meta) -> Path:
     }
     if neurons.mean is not None:
         tensors.update(mean=neurons.mean.float().contiguous(), std=neurons.std.float().contiguous())
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with artefacts.staged(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
