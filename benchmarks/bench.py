@@ -100,8 +100,8 @@ def make_pairs(seq_len: int, vocab: int, seed: int = 0) -> list[tuple[list[int],
 
 
 def yfpo_batch(pairs, vocab: int) -> dict:
-    """yfpo's batch: :func:`yfpo.data.collate` of the pairs as ``Encoded`` rows (row ``i`` = pair ``i``)."""
-    from yfpo.data import Encoded, collate  # imports lightning: only where yfpo runs
+    """yfpo's batch: :func:`yfpo.data.encode.collate` of the pairs as ``Encoded`` rows (row ``i`` = pair ``i``)."""
+    from yfpo.data.encode import Encoded, collate  # imports torch: only where yfpo runs
 
     return collate([Encoded(prompt=p, chosen=c, rejected=r, index=i) for i, (p, c, r) in enumerate(pairs)],
                    eos_id(vocab))
@@ -127,7 +127,7 @@ def to_text(ids: list[int], vocab: int) -> str:
 
 
 def build_policy(tokenizer, arch: dict, seed: int):
-    from yfpo import tiny
+    from yfpo.assets import tiny
 
     if len(tokenizer) != arch["vocab_size"]:
         raise AssertionError(f"tokenizer has {len(tokenizer)} tokens, the model {arch['vocab_size']}")
@@ -194,8 +194,8 @@ def make_yfpo(policy, method: str, pre: bool, chunk_tokens: int, arch: dict, bat
     before ``setup("fit")``, which then only registers the neuron hooks (YFPO)."""
     import torch
 
-    from yfpo.config import compose_config
-    from yfpo.module import PreferenceModule
+    from yfpo.core.config import compose_config
+    from yfpo.train.module import PreferenceModule
     from yfpo.neurons.io import NeuronSet
 
     cfg = compose_config([f"method={method}", f"optim.lr={LR}"])
@@ -291,8 +291,8 @@ def worker_measure(spec: dict) -> dict:
     if kind == "trl":
         opt = trainer.create_optimizer()
     else:
-        from yfpo.config import compose_config
-        from yfpo.module import build_optimizer
+        from yfpo.core.config import compose_config
+        from yfpo.train.module import build_optimizer
 
         optim = compose_config([f"optim.lr={LR}"]).optim
         opt = build_optimizer(policy, optim, fused=optim.fused)
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     seq_len = 64 if args.quick else args.seq_len
     steps, warmup = (1, 0) if args.quick else (args.steps, args.warmup)
     if args.chunk_tokens is None:
-        from yfpo.config import compose_config
+        from yfpo.core.config import compose_config
 
         args.chunk_tokens = str(compose_config([]).logprobs.chunk_tokens)
     chunks = [int(c) for c in args.chunk_tokens.split(",") if c.strip()]

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from yfpo import synthetic, tiny
-from yfpo.config import compose_config
-from yfpo.prompts import format_prompt
+from yfpo.data import synthetic
+from yfpo.assets import tiny
+from yfpo.core.config import compose_config
+from yfpo.data.prompts import format_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from tests.conftest import FAST, compose_cfg
-from yfpo import artefacts
-from yfpo.data import DataError, load_rows
-from yfpo.prepare import ensure_model, synthetic_files
+from yfpo.core import artefacts
+from yfpo.data.rows import DataError, load_rows
+from yfpo.assets.prepare import ensure_model, synthetic_files
 
 
 def test_check_commit_and_every_changed_field_listed(tmp_path):
@@ -85,7 +85,7 @@ def test_a_stage_that_reads_no_synthetic_file_writes_none(tmp_path, cache, monke
     import subprocess
     import sys
 
-    from yfpo.prepare import ensure_synthetic
+    from yfpo.assets.prepare import ensure_synthetic
 
     cfg = compose_cfg(*FAST)
     ensure_synthetic(cfg.synthetic, "openai/gsm8k", tmp_path / "elsewhere.jsonl", None)

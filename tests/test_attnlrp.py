@@ -8,14 +8,14 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.conftest import FAST, compose_cfg, make_model
-from yfpo.data import Encoder, collate
+from yfpo.data.encode import Encoder, collate
 from yfpo.neurons import io
-from yfpo.hooks import zeroed
+from yfpo.neurons.hooks import zeroed
 from yfpo.neurons.ablate import ablate, loglik_per_token
 from yfpo.neurons.attribution import lrp_scores, target_logits
 from yfpo.neurons.lxt_compat import lrp_patched
-from yfpo.neurons.__main__ import select
-from yfpo.train import fit
+from yfpo.neurons.selection import select
+from yfpo.train.fit import fit
 
 pytest.importorskip("lxt", reason="lxt is installed by `make install` (pip install --no-deps lxt==2.1)")
 
@@ -100,10 +100,10 @@ def test_planted_neuron_is_ranked_first(tokenizer, samples):
 
 def test_selection_leaves_training_bit_identical(tmp_path, cache):
     cfg = compose_cfg(*FAST, "method=dpo")
-    from yfpo.data import PreferenceDataModule
-    from yfpo.models import load_model, load_tokenizer
-    from yfpo.prepare import ensure_model, synthetic_files
-    from yfpo.module import PreferenceModule
+    from yfpo.data.datamodule import PreferenceDataModule
+    from yfpo.core.models import load_model, load_tokenizer
+    from yfpo.assets.prepare import ensure_model, synthetic_files
+    from yfpo.train.module import PreferenceModule
 
     synthetic_files(cfg.synthetic)
     path = ensure_model(cfg)

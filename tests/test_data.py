@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from tests.conftest import compose_cfg
-from yfpo import synthetic
-from yfpo.data import DataError, Encoder, collate, load_rows, subset, truncate
-from yfpo.prompts import ALPACA, LEAD, PromptError, format_prompt
-from yfpo.grading import gold_answer
+from yfpo.data import synthetic
+from yfpo.data.rows import DataError, load_rows, subset
+from yfpo.data.encode import Encoder, collate, truncate
+from yfpo.data.prompts import ALPACA, LEAD, PromptError, format_prompt
+from yfpo.evaluate.grading import gold_answer
 
 EQ = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)")
 
@@ -106,7 +107,7 @@ def test_collate_pairs_share_prompt_positions(synth_dir, tokenizer, mode, eos):
 
 
 def test_step_checker_rejects_a_right_answer_reached_through_a_wrong_step(synth_dir):
-    from yfpo.synthetic import first_wrong_step
+    from yfpo.data.synthetic import first_wrong_step
 
     q = "Mia has 20 books. Mia finds 5 more, then gives away 7. How many books does Mia have now?"
     assert first_wrong_step(q, "Let's think step by step.\n20 + 5 = 25 books.\n25 - 7 = 18 books.\n#### 18") is None
@@ -138,8 +139,8 @@ def test_cached_synthetic_data_follows_its_settings(cache):
     """The directory is named by no setting: a changed synthetic.* (e.g. slip_rate) is refused, since
     runs made from the old files would silently change under it; the same settings reuse the files,
     and the suggested directory of its own generates them."""
-    from yfpo.artefacts import StaleArtefactError
-    from yfpo.prepare import synthetic_files
+    from yfpo.core.artefacts import StaleArtefactError
+    from yfpo.assets.prepare import synthetic_files
 
     args = ["synthetic.num_sft=40", "synthetic.num_preference=8", "synthetic.num_test=8"]
     paths = synthetic_files(compose_cfg(*args).synthetic)

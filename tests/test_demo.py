@@ -6,8 +6,8 @@ import sys
 import pytest
 import yaml
 
-from yfpo.demo import find_runs
-from yfpo.errors import MissingError
+from yfpo.pipelines.demo import find_runs
+from yfpo.core.errors import MissingError
 
 
 def check_demo_outputs(out):

@@ -9,11 +9,11 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from tests.conftest import FAST, compose_cfg, make_model
-from yfpo import evaluate as ev
-from yfpo.data import load_rows
-from yfpo.generation import generate
-from yfpo.prompts import PromptError, default_stops, eval_prompt, format_prompt
-from yfpo.train import fit
+from yfpo.evaluate import run as ev
+from yfpo.data.rows import load_rows
+from yfpo.evaluate.generation import generate
+from yfpo.data.prompts import PromptError, default_stops, eval_prompt, format_prompt
+from yfpo.train.fit import fit
 
 FAKE_VLLM = str(Path(__file__).parent / "fake_vllm")
 
@@ -191,7 +191,7 @@ def test_stop_strings_cut_completions_and_end_their_row_early(tokenizer):
     model = Scripted(make_model(tokenizer), scripts, filler)
     free = generate(model, tokenizer, prompts, budget, 3, [], progress=False)
     assert free[0].text == RUNAWAY + "xxxxx" and free[0].truncated
-    from yfpo.grading import score
+    from yfpo.evaluate.grading import score
     assert score("gsm8k", free[0].text, "18")["correct_flexible"] is False
     assert score("gsm8k", out[0].text, "18")["correct_flexible"] is True
 
@@ -346,8 +346,8 @@ def test_the_tables_hint_for_a_missing_evaluation_runs_as_pasted(tmp_path, cache
     import subprocess
     import sys
 
-    from yfpo import tables
-    from yfpo.errors import MissingError
+    from yfpo.pipelines import tables
+    from yfpo.core.errors import MissingError
 
     monkeypatch.chdir(tmp_path)
     run_dir = Path("multirun") / "smoke" / "+variant=dpo,seed=1"
@@ -365,8 +365,8 @@ def test_the_tables_hint_for_a_missing_evaluation_runs_as_pasted(tmp_path, cache
 
 
 def test_a_second_evaluation_of_the_same_name_is_refused(run):
-    from yfpo.errors import UserError
-    from yfpo.locks import exclusive
+    from yfpo.core.errors import UserError
+    from yfpo.core.locks import exclusive
 
     cfg = compose_cfg(*FAST, f"run_dir={run}", "eval.limit=4")
     with exclusive(run / "eval" / "synthetic.lock", "evaluation"):  # another process evaluating it

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from yfpo.generation import cut_at_stop
-from yfpo.grading import TASKS, extract_answer, gold_answer, grade, score
-from yfpo.prompts import default_stops
+from yfpo.evaluate.generation import cut_at_stop
+from yfpo.evaluate.grading import TASKS, extract_answer, gold_answer, grade, score
+from yfpo.data.prompts import default_stops
 
 # GSM8K "answer" fields: reasoning with <<calculator>> annotations, then "#### <gold>".
 GSM8K_SOLUTIONS = [

@@ -10,11 +10,11 @@ import pytest
 
 from tests import hub_fixtures as hf
 from tests.conftest import FAST, ROOT, compose_cfg
-from yfpo import hub
-from yfpo.artefacts import StaleArtefactError
-from yfpo.data import read_rows
-from yfpo.evaluate import load_problems
-from yfpo.train import fit
+from yfpo.core import hub
+from yfpo.core.artefacts import StaleArtefactError
+from yfpo.data.rows import read_rows
+from yfpo.evaluate.run import load_problems
+from yfpo.train.fit import fit
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +80,9 @@ def test_training_on_math_step_dpo_by_hub_id(mirror, cache, tmp_path):
 
 OFFLINE_SNIPPET = """
 import sys
-from yfpo.config import compose_config
-from yfpo.data import read_rows
-from yfpo.prepare import ensure_model
+from yfpo.core.config import compose_config
+from yfpo.data.rows import read_rows
+from yfpo.assets.prepare import ensure_model
 cfg = compose_config(sys.argv[1:])
 try:
     if cfg.model.name == "qwen2-0.5b":
@@ -116,9 +116,9 @@ def test_model_by_hub_id_from_the_mirror_also_as_ckpt_0(tokenizer, tmp_path, cac
     from omegaconf import OmegaConf
 
     from tests.conftest import make_model
-    from yfpo.evaluate import find_checkpoints, run_settings
-    from yfpo.models import load_model
-    from yfpo.prepare import ensure_model
+    from yfpo.evaluate.run import find_checkpoints, run_settings
+    from yfpo.core.models import load_model
+    from yfpo.assets.prepare import ensure_model
 
     mirror = tmp_path / "mirror"
     make_model(tokenizer).save_pretrained(mirror / "Qwen" / "Qwen2-0.5B")

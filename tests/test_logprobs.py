@@ -1,11 +1,11 @@
-"""The fused response log-probs (yfpo/logprobs.py) against full logits: values, gradients, FDT, memory."""
+"""The fused response log-probs (yfpo/train/logprobs.py) against full logits: values, gradients, FDT, memory."""
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.unfused import fdt_logits, sequence_logps
-from yfpo.logprobs import response_logps
+from yfpo.train.logprobs import response_logps
 
 
 def _pairs(B=3, T=11, H=8, V=37, seed=0):

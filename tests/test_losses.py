@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from yfpo import losses
+from yfpo.train import losses
 
 
 def test_dpo_loss_and_metrics_by_hand():

@@ -10,10 +10,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests import unfused
 from tests.conftest import compose_cfg, make_model
-from yfpo import losses
-from yfpo.data import Encoder, collate
-from yfpo.hooks import NeuronRecorder
-from yfpo.module import PreferenceModule
+from yfpo.train import losses
+from yfpo.data.encode import Encoder, collate
+from yfpo.neurons.hooks import NeuronRecorder
+from yfpo.train.module import PreferenceModule
 from yfpo.neurons.io import NeuronSet
 
 

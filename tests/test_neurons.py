@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import FAST, compose_cfg
-from yfpo.artefacts import StaleArtefactError
+from yfpo.core.artefacts import StaleArtefactError
 from yfpo.neurons import io
 from yfpo.neurons.select import random_neurons
 
@@ -47,9 +47,9 @@ def test_a_training_seed_sweep_shares_one_neuron_set(selector):
 
 def test_a_file_for_another_model_or_other_weights_is_refused_with_the_command_that_makes_it(tmp_path, cache):
     """The smoke model and tiny_base share model.name: the file names and the key tell them apart."""
-    from yfpo.models import load_model, weights_fingerprint
-    from yfpo.neurons.__main__ import select
-    from yfpo.prepare import ensure_model
+    from yfpo.core.models import load_model, weights_fingerprint
+    from yfpo.neurons.selection import select
+    from yfpo.assets.prepare import ensure_model
 
     smoke, base = compose_cfg(*FAST), compose_cfg("model=tiny_base")
     assert smoke.model.name == base.model.name and smoke.neurons.path != base.neurons.path
@@ -104,9 +104,9 @@ def test_selection_stores_activation_statistics_that_make_the_score_scale_free(s
     import json
 
     from tests.conftest import make_model
-    from yfpo.data import Encoder, collate
-    from yfpo.hooks import NeuronRecorder
-    from yfpo.losses import neuron_scores
+    from yfpo.data.encode import Encoder, collate
+    from yfpo.neurons.hooks import NeuronRecorder
+    from yfpo.train.losses import neuron_scores
     from yfpo.neurons.attribution import ActivationStats, activation_scores
 
     rows = [json.loads(l) for l in (synth_dir / "sft.jsonl").read_text().splitlines()[:6]]
@@ -143,7 +143,7 @@ def test_normalised_score_needs_a_file_with_statistics():
 def test_a_cached_neuron_file_is_reused_only_for_the_same_weights(cache, monkeypatch, capsys):
     """A retrained model under the same name and path is refused the old neurons; the fix recomputes them."""
     from tests.conftest import FAST
-    from yfpo.neurons import __main__ as stage
+    from yfpo.neurons import selection as stage
 
     args = [*FAST, "neurons=random", "neurons.num_samples=4"]
     first = io.load(stage.select(compose_cfg(*args)))

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from tests.conftest import FAST, compose_cfg
-from yfpo.artefacts import StaleArtefactError
-from yfpo import pairs as pairs_mod
-from yfpo.data import PAIR_FIELDS, read_rows
-from yfpo.generation import Completion
-from yfpo.synthetic import first_wrong_step, question_plan
+from yfpo.core.artefacts import StaleArtefactError
+from yfpo.data import pairs as pairs_mod
+from yfpo.data.rows import PAIR_FIELDS, read_rows
+from yfpo.evaluate.generation import Completion
+from yfpo.data.synthetic import first_wrong_step, question_plan
 
 Q = "Mia has 20 books. Mia finds 5 more, then gives away 7. How many books does Mia have now?"
 RIGHT = "20 + 5 = 25 books.\n25 - 7 = 18 books.\n#### 18"
@@ -21,7 +21,7 @@ LUCKY = "20 + 5 = 27 books.\n27 - 9 = 18 books.\n#### 18"  # right answer, wrong
 
 
 def _judge(completions, gold="18"):
-    from yfpo.grading import grade
+    from yfpo.evaluate.grading import grade
 
     first = [first_wrong_step(Q, c) for c in completions]
     return [grade("synthetic", c, gold) and w is None for c, w in zip(completions, first)], first

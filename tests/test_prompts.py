@@ -1,10 +1,10 @@
-"""Prompt templates, few-shot prompts and default stops (yfpo/prompts.py)."""
+"""Prompt templates, few-shot prompts and default stops (yfpo/data/prompts.py)."""
 
 import pytest
 
-from yfpo import prompts
-from yfpo.grading import extract_answer
-from yfpo.prompts import FEWSHOT, PromptError, default_stops, eval_prompt, exemplars, stop_token_ids
+from yfpo.data import prompts
+from yfpo.evaluate.grading import extract_answer
+from yfpo.data.prompts import FEWSHOT, PromptError, default_stops, eval_prompt, exemplars, stop_token_ids
 
 
 def test_zero_shot_is_the_training_prompt(tokenizer):

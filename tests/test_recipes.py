@@ -6,8 +6,8 @@ import subprocess
 import pytest
 
 from tests.conftest import ROOT
-from yfpo.config import compose_config
-from yfpo.reproduce import plan, sweep_jobs
+from yfpo.core.config import compose_config
+from yfpo.pipelines.reproduce import plan, sweep_jobs
 
 YFPO = ["dpo_10k", "yfpo_10k", "dpo_2k", "yfpo_2k", "yfpo_2k_random", "yfpo_fdt_2k"]
 FDT = ["fdt_dpo", "fdt_dpo_fdt", "fdt_step_dpo", "fdt_step_dpo_fdt"]
@@ -131,8 +131,8 @@ def test_reproduce_dry_run_checks_values_not_only_keys(train_args, eval_args, me
     """`make reproduce-tables DRY_RUN=1` checks every job's values as the stage itself will (reproduce.check)."""
     from hydra import initialize_config_dir
 
-    from yfpo.config import CONF_DIR
-    from yfpo.reproduce import check
+    from yfpo.core.config import CONF_DIR
+    from yfpo.pipelines.reproduce import check
 
     specs = [ROOT / "experiments" / f for f in ("yfpo_table1.yaml", "yfpo_table2.yaml", "fdt_table.yaml")]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -145,7 +145,7 @@ def test_attention_auto_prefers_flash_attention_only_for_half_precision(monkeypa
 
     import torch
 
-    from yfpo.models import attention
+    from yfpo.core.models import attention
 
     assert attention("eager", True) == "eager"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -7,9 +7,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import FAST, compose_cfg
-from yfpo import module, reference
-from yfpo.reference import ReferenceCacheError
-from yfpo.train import fit
+from yfpo.train import module
+from yfpo.train import reference
+from yfpo.train.reference import ReferenceCacheError
+from yfpo.train.fit import fit
 
 LR = ["optim.lr=3e-3", "optim.warmup_ratio=0.0", "optim.schedule=constant"]
 
@@ -30,7 +31,7 @@ def counted(monkeypatch):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("yfpo.module.compute_table", compute_table)
+    monkeypatch.setattr("yfpo.train.module.compute_table", compute_table)
     return calls
 
 

@@ -62,8 +62,8 @@ def test_sigkill_mid_epoch_then_same_command_is_bit_identical(tmp_path, cache):
 
 
 def test_a_second_training_into_the_same_run_directory_is_refused_and_a_dead_holder_is_taken_over(tmp_path, cache):
-    from yfpo.errors import UserError
-    from yfpo.locks import exclusive
+    from yfpo.core.errors import UserError
+    from yfpo.core.locks import exclusive
 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "yfpo.train", *FAST, "trainer.max_steps=100000", "checkpoints.count=1", f"hydra.run.dir={run}"]
@@ -87,8 +87,8 @@ def test_a_second_training_into_the_same_run_directory_is_refused_and_a_dead_hol
 def test_a_kill_between_a_checkpoint_and_its_metrics_row_loses_no_row(tmp_path, cache):
     """Lightning writes a step's row after that step's checkpoint; last.ckpt carries the row, and a
     resume from it restores the row when the kill came in between (the window the test above can hit)."""
-    from yfpo.checkpoints import resume_point
-    from yfpo.loggers import keep_rows_before
+    from yfpo.train.checkpoints import resume_point
+    from yfpo.train.loggers import keep_rows_before
     from lightning.pytorch.loggers import CSVLogger
 
     run = tmp_path / "run"

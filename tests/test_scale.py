@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from tests.conftest import FAST, compose_cfg, make_model
-from yfpo import checkpoints as ck
-from yfpo.data import GlobalBatchSampler
-from yfpo.errors import UserError
-from yfpo.strategies import build_strategy
-from yfpo.train import accumulation
+from yfpo.train import checkpoints as ck
+from yfpo.data.datamodule import GlobalBatchSampler
+from yfpo.core.errors import UserError
+from yfpo.train.strategies import build_strategy
+from yfpo.train.fit import accumulation
 
 # A learning rate at which 4 steps change the loss visibly, so that a mismatch would show. Adam's eps
 # is raised so that a weight whose gradient is ~0 (pure rounding noise, which depends on how the
@@ -71,7 +71,7 @@ def test_length_grouping_keeps_the_global_batches_and_cuts_padding():
 def test_loader_reshuffles_every_epoch_and_resumes_mid_epoch():
     from types import SimpleNamespace
 
-    from yfpo.data import ResumableLoader
+    from yfpo.data.datamodule import ResumableLoader
 
     trainer = SimpleNamespace(current_epoch=0)
     loader = ResumableLoader(list(range(10)), batch_sampler=GlobalBatchSampler(10, 2, seed=5), trainer=trainer)
@@ -157,7 +157,7 @@ def test_launcher_configs_compose(launcher, cache):
 
 
 def compose_config_with_hydra(*overrides):
-    from yfpo.config import compose_config
+    from yfpo.core.config import compose_config
 
     return compose_config(list(overrides), hydra=True)
 

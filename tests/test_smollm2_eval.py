@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import compose_cfg
-from yfpo import evaluate as ev
-from yfpo.prepare import ensure_model
+from yfpo.evaluate import run as ev
+from yfpo.assets.prepare import ensure_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from yfpo import stats, tables
+from yfpo.pipelines import stats
+from yfpo.pipelines import tables
 
 ALPHA = 0.05
 

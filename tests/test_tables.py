@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from yfpo import tables
+from yfpo.pipelines import tables
 
 
 def make_run(root, name, task, ckpt_correct, metrics=True):

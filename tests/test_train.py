@@ -8,13 +8,13 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import CONF, FAST, compose_cfg
-from yfpo import checkpoints as ck
-from yfpo.config import run_dirname
+from yfpo.train import checkpoints as ck
+from yfpo.core.config import run_dirname
 from yfpo.neurons import NeuronFileError, io
 from yfpo.neurons.select import random_neurons
-from yfpo.neurons.__main__ import select
-from yfpo.errors import UserError
-from yfpo.train import fit
+from yfpo.neurons.selection import select
+from yfpo.core.errors import UserError
+from yfpo.train.fit import fit
 
 GROUPS = ["model", "data", "method", "neurons", "trainer", "logger"]
 
@@ -154,7 +154,7 @@ def test_inert_or_impossible_settings_are_refused_before_anything_loads(tmp_path
 
 
 def test_yfpo_with_lambda_0_says_it_is_dpo(capsys):
-    from yfpo.train import check_training_config
+    from yfpo.train.fit import check_training_config
 
     check_training_config(compose_cfg(*FAST, "method=yfpo_fdt", "lambda=0"))
     assert "method=yfpo_fdt with lambda=0 trains exactly DPO with FDT" in capsys.readouterr().out

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tests.conftest import compose_cfg, make_model
-from yfpo.data import Encoder, collate
-from yfpo.prompts import format_prompt
-from yfpo.module import PreferenceModule
+from yfpo.data.encode import Encoder, collate
+from yfpo.data.prompts import format_prompt
+from yfpo.train.module import PreferenceModule
 
 trl = pytest.importorskip("trl", reason="trl is in the dev extra (make install adds it)")
 datasets = pytest.importorskip("datasets")

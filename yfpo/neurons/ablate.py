@@ -17,18 +17,18 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from yfpo.config import compose_config
-from yfpo.errors import run_cli
-from yfpo.data import load_rows
-from yfpo.prompts import format_prompt
-from yfpo.generation import greedy_generate
-from yfpo.grading import gold_answer, grade
-from yfpo.hooks import zeroed
-from yfpo.logprobs import model_logps
-from yfpo.models import load_model, load_tokenizer, weights_fingerprint
-from yfpo.prepare import ensure_model, ensure_synthetic
+from yfpo.core.config import compose_config
+from yfpo.core.errors import run_cli
+from yfpo.data.rows import load_rows
+from yfpo.data.prompts import format_prompt
+from yfpo.evaluate.generation import greedy_generate
+from yfpo.evaluate.grading import gold_answer, grade
+from yfpo.neurons.hooks import zeroed
+from yfpo.train.logprobs import model_logps
+from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
+from yfpo.assets.prepare import ensure_model, ensure_synthetic
 from yfpo.neurons import io
-from yfpo.neurons.__main__ import device_for
+from yfpo.core.models import device_for
 from yfpo.neurons.select import batches, math_samples
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from yfpo.hooks import down_proj_hooks
+from yfpo.neurons.hooks import down_proj_hooks
 from yfpo.neurons.lxt_compat import lrp_patched
 
 Batch = dict[str, torch.Tensor]

@@ -18,8 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from yfpo import artefacts
-from yfpo.errors import ConfigError, UserError
+from yfpo.core import artefacts
+from yfpo.core.errors import ConfigError, UserError
 
 FORMAT = "yfpo-neurons/1"
 
@@ -110,7 +110,7 @@ def load(path: str | Path) -> NeuronSet:
 
 
 def neuron_key(cfg, weights: str, num_layers: int, intermediate_size: int) -> dict:
-    """What the neuron file of ``cfg.neurons`` is made from (:mod:`yfpo.artefacts`): the model (its
+    """What the neuron file of ``cfg.neurons`` is made from (:mod:`yfpo.core.artefacts`): the model (its
     tag and weights), the selection settings and the content of the samples' source."""
     n = cfg.neurons
     return {"model": cfg.model_tag, "weights": weights, "num_layers": num_layers, "intermediate_size": intermediate_size,

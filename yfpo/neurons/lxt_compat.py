@@ -27,7 +27,7 @@ from pathlib import Path
 
 from torch import nn
 
-from yfpo.errors import ConfigError, UserError
+from yfpo.core.errors import ConfigError, UserError
 
 VARIANTS = {"attnlrp": "attnLRP", "cp_lrp": "cp_LRP"}
 

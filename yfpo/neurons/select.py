@@ -12,8 +12,9 @@ from typing import Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from yfpo.data import Encoded, Encoder, collate, load_rows, subset, to_device
-from yfpo.errors import ConfigError
+from yfpo.data.encode import Encoded, Encoder, collate, to_device
+from yfpo.data.rows import load_rows, subset
+from yfpo.core.errors import ConfigError
 from yfpo.neurons.attribution import ActivationStats, activation_scores, lrp_scores
 from yfpo.neurons.io import NeuronSet, top_k
 

@@ -9,7 +9,7 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-from yfpo.errors import UserError
+from yfpo.core.errors import UserError
 
 
 @contextmanager

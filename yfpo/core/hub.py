@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
-from yfpo.errors import UserError
+from yfpo.core.errors import UserError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Only weights that load without unpickling, plus configs and tokenizer files.

@@ -24,8 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from yfpo.artefacts import atomic_write
-from yfpo.prompts import LEAD
+from yfpo.core.artefacts import atomic_write
+from yfpo.data.prompts import LEAD
 
 NAMES = ["Mia", "Tom", "Ana", "Sam", "Leo", "Zoe", "Max", "Ivy", "Ben", "Eva"]
 ITEMS = ["apples", "coins", "books", "shells", "cards", "pens", "stamps", "marbles"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-from yfpo.errors import ConfigError
+from yfpo.core.errors import ConfigError
 
 TASKS = ("gsm8k", "synthetic", "math500")
 

@@ -20,19 +20,19 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from yfpo import artefacts
-from yfpo.checkpoints import HFCheckpoints, ckpt_name, is_complete, resume_point
-from yfpo.config import CONF_DIR, run_identity
-from yfpo.data import PreferenceDataModule
-from yfpo.errors import ConfigError, UserError, run_cli
-from yfpo.locks import exclusive
-from yfpo.loggers import make_loggers
-from yfpo.models import load_model, load_tokenizer, weights_fingerprint
-from yfpo.prepare import ensure_model, ensure_synthetic
-from yfpo.module import PreferenceModule, check_module_config
+from yfpo.core import artefacts
+from yfpo.train.checkpoints import HFCheckpoints, ckpt_name, is_complete, resume_point
+from yfpo.core.config import CONF_DIR, run_identity
+from yfpo.data.datamodule import PreferenceDataModule
+from yfpo.core.errors import ConfigError, UserError, run_cli
+from yfpo.core.locks import exclusive
+from yfpo.train.loggers import make_loggers
+from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
+from yfpo.assets.prepare import ensure_model, ensure_synthetic
+from yfpo.train.module import PreferenceModule, check_module_config
 from yfpo.neurons import io as neuron_io
-from yfpo.reference import ReferenceCache, tokens_fingerprint
-from yfpo.strategies import build_strategy
+from yfpo.train.reference import ReferenceCache, tokens_fingerprint
+from yfpo.train.strategies import build_strategy
 
 DONE = "DONE"
 LOCK = ".lock"
@@ -122,7 +122,7 @@ def check_training_config(cfg: DictConfig, warn: bool = True) -> None:
 
 def export(cfg: DictConfig, ckpt_dir: Path) -> None:
     """Copy the final HF checkpoint to ``export_to``, keyed on this run's config (the key
-    :func:`yfpo.prepare.model_key` expects of a model made by ``train:<experiment>``)."""
+    :func:`yfpo.assets.prepare.model_key` expects of a model made by ``train:<experiment>``)."""
     final = ckpt_dir / ckpt_name(cfg.checkpoints.count)
     if not cfg.get("export_to") or not is_complete(final):
         return
@@ -207,6 +207,3 @@ def main(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     run_cli(fit, cfg, Path(HydraConfig.get().runtime.output_dir))
 
-
-if __name__ == "__main__":
-    main()

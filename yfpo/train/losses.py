@@ -1,7 +1,7 @@
 """Loss functions: pure tensor code, no model, no config. See SPEC.md for the maths.
 
 Shapes: ``B`` pairs in a batch, ``T`` sequence length, ``N`` selected neurons. Log-probabilities
-are natural logs summed over response tokens (:mod:`yfpo.logprobs` computes them; FDT lives
+are natural logs summed over response tokens (:mod:`yfpo.train.logprobs` computes them; FDT lives
 there too, since it changes only a gradient). Metrics are detached scalar tensors named as in
 TRL's ``DPOTrainer``.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from yfpo.errors import ConfigError
+from yfpo.core.errors import ConfigError
 
 Metrics = dict[str, torch.Tensor]
 

@@ -5,13 +5,13 @@ found (``checkpoints/ckpt-*``, plus each run's starting model as ``ckpt-0``) is 
 one completion per problem, into ``<run>/eval/<task>/<ckpt>/``:
 
 - ``predictions.jsonl``: id, prompt, completion, gold, and per convention the answer and its
-  verdict (:func:`yfpo.grading.score`), ``extracted`` (a final-answer marker was found) and
+  verdict (:func:`yfpo.evaluate.grading.score`), ``extracted`` (a final-answer marker was found) and
   ``truncated`` (``max_new_tokens`` reached with no stop) — appended per batch, so a crash loses
   at most one batch and a re-run continues where it stopped;
 - ``summary.json``: headline, strict and flexible accuracy, n, 95 % Wilson interval, truncated and
   extracted rates, backend, decoding settings (prompt, stops, budget), library versions,
   seconds — written last; a checkpoint with a summary is skipped;
-- ``key.json``: what the predictions depend on (:mod:`yfpo.artefacts`): backend, data source and a
+- ``key.json``: what the predictions depend on (:mod:`yfpo.core.artefacts`): backend, data source and a
   fingerprint of its rows, decoding settings, the checkpoint's files; a directory made with another
   key is refused, for all checkpoints at once, listing what changed.
 
@@ -40,18 +40,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from yfpo import artefacts, hub, vllm_worker
-from yfpo.checkpoints import STATE_FILE, ckpt_index, ckpt_name
-from yfpo.config import CONF_DIR
-from yfpo.data import DataError, load_rows
-from yfpo.errors import ConfigError, MissingError, run_cli
-from yfpo.generation import generate
-from yfpo.grading import gold_answer, score
-from yfpo.locks import exclusive
-from yfpo.loggers import log_evaluation
-from yfpo.models import load_model, load_tokenizer
-from yfpo.prepare import ensure_synthetic
-from yfpo.prompts import PromptError, check_stops, default_stops, eval_prompt, stop_token_ids
+from yfpo.core import artefacts
+from yfpo.core import hub
+from yfpo.evaluate import vllm_worker
+from yfpo.train.checkpoints import STATE_FILE, ckpt_index, ckpt_name
+from yfpo.core.config import CONF_DIR
+from yfpo.data.rows import DataError, load_rows
+from yfpo.core.errors import ConfigError, MissingError, run_cli
+from yfpo.evaluate.generation import generate
+from yfpo.evaluate.grading import gold_answer, score
+from yfpo.core.locks import exclusive
+from yfpo.train.loggers import log_evaluation
+from yfpo.core.models import load_model, load_tokenizer
+from yfpo.assets.prepare import ensure_synthetic
+from yfpo.data.prompts import PromptError, check_stops, default_stops, eval_prompt, stop_token_ids
 
 BACKENDS = ("hf", "vllm")
 RUN_MODEL_KEYS = ("name", "template", "add_bos", "dtype", "attn_implementation", "trust_remote_code")
@@ -255,7 +257,7 @@ class Job:
 
     @property
     def key(self) -> dict:
-        """What the predictions depend on (:mod:`yfpo.artefacts`): backend, data, decoding, weights."""
+        """What the predictions depend on (:mod:`yfpo.core.artefacts`): backend, data, decoding, weights."""
         vllm = self.cfg.eval.backend == "vllm"
         return {"backend": self.cfg.eval.backend, "source": self.source,
                 "engine": OmegaConf.to_container(self.cfg.vllm, resolve=True) if vllm else None,
@@ -490,7 +492,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
 def training_step(model_dir: Path, name: str) -> int:
     """The optimizer step a checkpoint was saved at (0 for the starting model ``ckpt-0``)."""
     state = model_dir / STATE_FILE
-    return int(json.loads(state.read_text())["step"]) if ckpt_index(name) and state.is_file() else 0
+    return int(json.loads(state.read_text())["step"]) if name != ckpt_name(0) and state.is_file() else 0
 
 
 def wandb_scores(name: str, s: dict) -> dict:
@@ -508,6 +510,3 @@ def main(cfg: DictConfig) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run_cli(evaluate, cfg)
 
-
-if __name__ == "__main__":
-    main()

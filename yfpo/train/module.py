@@ -1,4 +1,4 @@
-"""The LightningModule: a policy, its frozen reference (live or precomputed), and the losses of :mod:`yfpo.losses`."""
+"""The LightningModule: a policy, its frozen reference (live or precomputed), and the losses of :mod:`yfpo.train.losses`."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from yfpo import losses
-from yfpo.errors import ConfigError
-from yfpo.hooks import NeuronRecorder
-from yfpo.logprobs import model_logps
-from yfpo.models import DTYPES
+from yfpo.train import losses
+from yfpo.core.errors import ConfigError
+from yfpo.neurons.hooks import NeuronRecorder
+from yfpo.train.logprobs import model_logps
+from yfpo.core.models import DTYPES
 from yfpo.neurons.io import NeuronSet
-from yfpo.reference import MODES as REFERENCE_MODES, ReferenceCache, compute_table
+from yfpo.train.reference import MODES as REFERENCE_MODES, ReferenceCache, compute_table
 
 LOSSES = ("sft", "dpo", "yfpo")
 NEURON_SCORES = ("raw", "normalised")
@@ -90,10 +90,10 @@ class PreferenceModule(L.LightningModule):
         neurons: the selected set; required for ``loss=yfpo``. With ``dpo`` it is only tracked:
             its margin is logged, the loss stays DPO's.
         reference: ``live`` (a frozen copy, run every step) or ``precompute`` (its log-probs
-            computed once at the start of fit, see :mod:`yfpo.reference`, then the copy is freed).
+            computed once at the start of fit, see :mod:`yfpo.train.reference`, then the copy is freed).
         reference_dtype: dtype of the frozen copy (``None``: the policy's).
         reference_cache: where ``precompute`` keeps its table (``None``: in memory only).
-        chunk_tokens: response tokens per LM-head block (:mod:`yfpo.logprobs`).
+        chunk_tokens: response tokens per LM-head block (:mod:`yfpo.train.logprobs`).
     """
 
     def __init__(self, policy: nn.Module, method: DictConfig, optim: DictConfig, beta: float, lam: float,
@@ -194,7 +194,6 @@ class PreferenceModule(L.LightningModule):
                                   data.collate, data.cfg.batch_size, device, trainer.global_rank, trainer.world_size)
         reference.to(home)
         self.policy.train()
-        del reference
         table = trainer.strategy.reduce(table, reduce_op="sum")  # each rank filled its own rows
         if cache is not None and trainer.is_global_zero:
             cache.save(table)
@@ -215,7 +214,7 @@ class PreferenceModule(L.LightningModule):
         return losses.neuron_scores(self.recorder.activations(), batch["response_mask"], *stats)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss and metrics of one batch (see :func:`yfpo.data.collate` for its layout)."""
+        """Loss and metrics of one batch (see :func:`yfpo.data.encode.collate` for its layout)."""
         out = model_logps(self.policy, batch, self.chunk_tokens, fdt=bool(self.method.fdt))
         if not self.pairwise:
             return losses.sft_loss(out.logps, out.tokens), {}

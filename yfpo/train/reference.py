@@ -20,9 +20,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from yfpo import artefacts
-from yfpo.data import to_device
-from yfpo.errors import UserError
+from yfpo.core import artefacts
+from yfpo.data.encode import to_device
+from yfpo.core.errors import UserError
 
 FORMAT = "yfpo-reference-logps/1"
 MODES = ("live", "precompute")
@@ -36,7 +36,7 @@ class ReferenceCacheError(UserError, ValueError):
 
 
 def tokens_fingerprint(rows: Sequence) -> str:
-    """A hash of the token ids of every row (:class:`yfpo.data.Encoded`), in order."""
+    """A hash of the token ids of every row (:class:`yfpo.data.encode.Encoded`), in order."""
     return artefacts.rows_fingerprint([e.prompt, e.chosen, e.rejected] for e in rows)
 
 

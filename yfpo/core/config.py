@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from yfpo.artefacts import model_tag
+from yfpo.core.artefacts import model_tag
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 DIRNAME_LIMIT = 96  # characters; file systems refuse names over 255
 
 

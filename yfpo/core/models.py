@@ -1,5 +1,5 @@
 """Loading models and tokenizers from a local directory as ``cfg.model`` describes (no side effects:
-making the offline models and data is :mod:`yfpo.prepare`'s job)."""
+making the offline models and data is :mod:`yfpo.assets.prepare`'s job)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from yfpo.errors import ConfigError
+from yfpo.core.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -60,3 +60,10 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
             x = p.detach().double()
             h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|{x.sum().item():.12e}|{x.abs().sum().item():.12e}".encode())
     return h.hexdigest()
+
+
+def device_for(name: str) -> torch.device:
+    """``auto``: cuda when available, else cpu; any other name as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from yfpo.artefacts import staged
-from yfpo.errors import ConfigError
+from yfpo.core.artefacts import staged
+from yfpo.core.errors import ConfigError
 
 STATE_FILE = "yfpo_state.json"
 
@@ -41,7 +40,7 @@ def ckpt_index(name: str) -> int:
 def resume_point(path: Path) -> tuple[int, dict | None]:
     """The optimizer step a Lightning checkpoint (``last.ckpt``) was saved at, and the metrics row
     of that step's batch when it is one the loggers write (``yfpo_log_row``, see
-    :meth:`yfpo.module.PreferenceModule.on_save_checkpoint`). Memory-mapped and tensors-only, so
+    :meth:`yfpo.train.module.PreferenceModule.on_save_checkpoint`). Memory-mapped and tensors-only, so
     neither the weights are read nor anything is unpickled."""
     ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     return int(ckpt["global_step"]), ckpt.get("yfpo_log_row")

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-from yfpo.errors import UserError
+from yfpo.core.errors import UserError
 
 _file_hashes: dict[tuple, str] = {}  # (path, size, mtime_ns) -> content hash, for this process
 
@@ -70,7 +70,7 @@ def source_fingerprint(path: str | Path, mirror: str | Path | None = None) -> st
     """What identifies a data or model source: the content of a local file or directory; for a hub
     id, the content of its copy under ``mirror`` (``hub.mirror``) when there is one, else the id
     itself (the hub's own revision, which the HF cache follows)."""
-    from yfpo.hub import is_hub_id
+    from yfpo.core.hub import is_hub_id
 
     if Path(path).exists():
         return file_fingerprint(path)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from yfpo.errors import ConfigError
+from yfpo.core.errors import ConfigError
 
 # Step-DPO's prompt for base models; its evaluation prompt starts the response with LEAD.
 ALPACA = (

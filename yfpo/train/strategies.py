@@ -17,8 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from yfpo.errors import ConfigError, UserError
-from yfpo.hooks import decoder_layers
+from yfpo.core.errors import ConfigError, UserError
+from yfpo.neurons.hooks import decoder_layers
 
 BUILT = ("fsdp", "deepspeed")
 

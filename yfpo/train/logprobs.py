@@ -150,7 +150,7 @@ def response_logps(hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.
 
 def model_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], chunk_tokens: int, fdt: bool = False) -> ResponseLogps:
     """:func:`response_logps` of a Qwen2/Llama-style causal LM (``model.model`` is the decoder, the
-    output embedding a plain linear head) on a :func:`yfpo.data.collate` batch."""
+    output embedding a plain linear head) on a :func:`yfpo.data.encode.collate` batch."""
     head = model.get_output_embeddings()
     if getattr(head, "bias", None) is not None:
         raise ValueError(f"{type(model).__name__}: LM heads with a bias are not supported")

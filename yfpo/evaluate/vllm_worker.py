@@ -1,5 +1,5 @@
 """vLLM in a process of its own. :class:`Engine` (the caller's side) runs
-``python -m yfpo.vllm_worker FD`` (this module's ``serve``) and sends it requests, one per
+``python -m yfpo.evaluate.vllm_worker FD`` (this module's ``serve``) and sends it requests, one per
 checkpoint: the model, the engine settings (``vllm.*`` of the config) and batches of prompts, each
 with its own sampling settings and seed. The worker answers, on file descriptor FD, with the vLLM
 version and, per prompt, ``n`` completions: the text (stop strings excluded, as vLLM does by
@@ -82,7 +82,7 @@ def check_engine(engine: dict) -> None:
     """Refuse, before a process starts, engine settings this machine cannot run."""
     import torch
 
-    from yfpo.errors import ConfigError
+    from yfpo.core.errors import ConfigError
 
     if engine["batch_invariant"] and not torch.cuda.is_available():
         raise ConfigError("vllm.batch_invariant=true needs vLLM's batch-invariant GPU kernels (its CPU build fails at "
@@ -124,7 +124,7 @@ class Engine:
 
     def _start(self, settings: str) -> None:
         read, write = os.pipe()
-        self.proc = subprocess.Popen([sys.executable, "-m", "yfpo.vllm_worker", str(write)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "yfpo.evaluate.vllm_worker", str(write)], stdin=subprocess.PIPE,
                                      pass_fds=(write,), text=True)
         os.close(write)
         self.results, self.settings = os.fdopen(read), settings
@@ -133,10 +133,10 @@ class Engine:
     def generate(self, model_dir: Path, engine: dict, trust_remote_code: bool, batches: list[dict]) -> tuple[str, list]:
         """``(vllm version, completions)``: per batch, per prompt, ``n`` ``{text, finish_reason}``. A
         batch is ``{prompts, n, temperature, top_p, seed, max_tokens, stop, stop_token_ids}``. An
-        engine that refuses raises :class:`yfpo.errors.ConfigError` naming the fix."""
+        engine that refuses raises :class:`yfpo.core.errors.ConfigError` naming the fix."""
         import torch
 
-        from yfpo.errors import ConfigError
+        from yfpo.core.errors import ConfigError
 
         check_engine(engine)
         settings = json.dumps([engine, trust_remote_code], sort_keys=True)

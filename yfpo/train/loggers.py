@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from yfpo.errors import ConfigError
+from yfpo.core.errors import ConfigError
 
 
 def wandb_mode() -> str:

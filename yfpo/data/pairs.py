@@ -1,0 +1,226 @@
+"""``python -m yfpo.pairs [overrides]``: on-policy preference pairs sampled from a model, graded, and
+written in the Math-Step-DPO-10K layout, so that training reads them with ``data.path=<file>``.
+
+For each of ``pairs.num_questions`` questions the model samples ``pairs.samples`` completions of the
+training prompt (temperature ``pairs.temperature``). A completion is *correct* when its answer grades
+right (``pairs.task``) and, when a step checker is configured (``pairs.checker``), every step is right
+too; otherwise it is *incorrect*. Each question with both kinds gives up to ``pairs.per_question``
+pairs:
+
+- ``full`` mode: a correct and an incorrect completion, whole;
+- ``step`` mode (needs a checker): an incorrect completion whose first wrong step the checker finds,
+  and a correct completion that shares every step before it. ``initial_reason_steps`` holds that
+  shared correct prefix, ``chosen``/``rejected`` the first differing step.
+
+Questions are processed in chunks; each finished chunk is appended to ``<out>.partial.jsonl``, and
+each chunk's sampling is seeded from ``pairs.seed`` and its index, so a re-run after a crash
+continues and produces the very file an uninterrupted run would. ``pairs.backend=vllm`` samples
+every chunk left in one vLLM engine (:mod:`yfpo.evaluate.vllm_worker`), one request of ``n=pairs.samples``
+per question with the chunk's seed; ``hf`` samples with transformers' ``generate``. ``<out>.meta.json`` reports
+sampled accuracy, pairs per question and what was filtered out, and why.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from yfpo.core import artefacts
+from yfpo.data import synthetic
+from yfpo.evaluate import vllm_worker
+from yfpo.core.config import compose_config
+from yfpo.data.rows import DataError, load_rows, sft_fields, validate_rows, write_jsonl
+from yfpo.core.errors import ConfigError, run_cli
+from yfpo.evaluate.generation import generate
+from yfpo.evaluate.grading import gold_answer, grade
+from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
+from yfpo.core.models import device_for
+from yfpo.assets.prepare import ensure_model, ensure_synthetic
+from yfpo.data.prompts import LEAD, default_stops, format_prompt, stop_token_ids
+
+MODES = ("full", "step")
+BACKENDS = ("hf", "vllm")
+# Step checkers: (question, completion) -> index of the first wrong line, or None when all are right.
+CHECKERS: dict[str, Callable[[str, str], int | None]] = {"synthetic": synthetic.first_wrong_step}
+
+
+def _steps(text: str) -> list[str]:
+    return [l for l in text.strip().splitlines() if l.strip()]
+
+
+def pairs_for_question(question: str, completions: list[str], correct: list[bool], first_wrong: list[int | None],
+                       mode: str, per_question: int, rng: random.Random) -> tuple[list[dict], str | None]:
+    """Up to ``per_question`` pair rows for one question, or the reason there are none.
+
+    ``first_wrong[i]`` is the checker's first wrong line of completion ``i`` (None: all right, or
+    no checker). Duplicate completions count once.
+    """
+    seen, kept = set(), []
+    for i in range(len(completions)):
+        if completions[i] not in seen:
+            seen.add(completions[i])
+            kept.append(i)
+    good = [i for i in kept if correct[i]]
+    bad = [i for i in kept if not correct[i]]
+    if not good:
+        return [], "no correct sample"
+    if not bad:
+        return [], "no incorrect sample"
+    rows = []
+    rng.shuffle(good)
+    rng.shuffle(bad)
+    if mode == "full":
+        for g, b in zip(good, bad):
+            rows.append({"initial_reason_steps": LEAD, "chosen": completions[g], "rejected": completions[b],
+                         "full_chosen": completions[g], "full_rejected": completions[b]})
+    else:
+        for b in bad:
+            k, rejected = first_wrong[b], _steps(completions[b])
+            if k is None or k >= len(rejected):
+                continue  # graded wrong but no wrong step (none found, or it stops before its answer): nothing to contrast
+            for g in good:
+                chosen = _steps(completions[g])
+                if len(chosen) > k and chosen[:k] == rejected[:k] and chosen[k] != rejected[k]:
+                    prefix = LEAD + "".join(s + "\n" for s in chosen[:k])
+                    rows.append({"initial_reason_steps": prefix, "chosen": chosen[k], "rejected": rejected[k],
+                                 "full_chosen": "\n".join(chosen[k:]), "full_rejected": "\n".join(rejected[k:])})
+                    good.remove(g)
+                    break
+        if not rows:
+            return [], "no shared correct prefix"
+    return rows[:per_question], None
+
+
+def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
+    """Sample, grade and pair as ``cfg.pairs`` says; returns the pairs file (skipped when it exists)."""
+    p = cfg.pairs
+    if p.mode not in MODES:
+        raise ConfigError(f"pairs.mode={p.mode!r}: choose one of {MODES}")
+    if p.checker is not None and p.checker not in CHECKERS:
+        raise ConfigError(f"pairs.checker={p.checker!r}: choose null or one of {sorted(CHECKERS)}")
+    if p.backend not in BACKENDS:
+        raise ConfigError(f"pairs.backend={p.backend!r}: choose one of {BACKENDS}")
+    if p.mode == "step" and p.checker is None:
+        raise ConfigError("pairs.mode=step needs a step checker (pairs.checker) to find the first wrong step")
+    out = Path(p.out)
+    ensure_synthetic(cfg.synthetic, p.questions)
+    path = ensure_model(cfg, overrides)
+    model = load_model(cfg.model, path)
+    weights = weights_fingerprint(model)
+    engine = OmegaConf.to_container(cfg.vllm, resolve=True) if p.backend == "vllm" else None
+    # on-policy: pairs are made from these weights, this prompt layout and these questions
+    key = {"model": cfg.model_tag, "weights": weights, "template": cfg.data.template,
+           "questions": artefacts.source_fingerprint(p.questions, cfg.hub.get("mirror")),
+           "config": OmegaConf.to_container(p, resolve=True),
+           "engine": engine}
+    if artefacts.check(out, key, f"pairs file {out}", f"Delete {out} (and {out.name}.meta.json) to sample again."):
+        print(f"[yfpo] pairs file {out} exists, sampled with these settings; keeping it (delete it to sample again)")
+        return out
+    tokenizer = load_tokenizer(cfg.model, path)
+    if p.backend == "hf":
+        model = model.to(device_for(p.device)).eval()
+    else:
+        del model  # vLLM loads its own copy, in its own process (on a GPU, two copies would not fit)
+    q_field, a_field = sft_fields(p)
+    rows = load_rows(p.questions, hub=cfg.hub, key="pairs.questions")
+    validate_rows(rows, (q_field, a_field), p.questions)
+    if p.num_questions > len(rows):  # the file name records num_questions: it must be what was sampled
+        raise ConfigError(f"pairs.num_questions={p.num_questions}, but {p.questions} has {len(rows)} rows: "
+                          f"set pairs.num_questions={len(rows)} or fewer")
+    rows = rows[: p.num_questions]
+    check = CHECKERS[p.checker] if p.checker else None
+    stop = default_stops(cfg.data.template)
+    stop_ids = stop_token_ids(cfg.data.template, tokenizer, path)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial, progress = out.with_name(out.name + ".partial.jsonl"), out.with_name(out.name + ".progress.json")
+    identity = artefacts.stringify(key)
+    state = json.loads(progress.read_text()) if progress.is_file() else {"identity": identity, "done": 0, "counts": {}}
+    artefacts.refuse_changes(f"the interrupted sampling {partial}", state["identity"], identity,
+                             f"Delete it and {progress} to start again.")
+    if state["done"] == 0:
+        partial.unlink(missing_ok=True)
+    counts = Counter(state["counts"])
+    starts = range(state["done"], len(rows), p.chunk_questions)
+    prompts = {start: [format_prompt(cfg.data.template, r[q_field], None, tokenizer) for r in rows[start : start + p.chunk_questions]]
+               for start in starts}
+    sampled = {}
+    if p.backend == "vllm":  # one engine for every chunk left; each chunk keeps its own seed, so a resumed run matches
+        batches = [{"prompts": prompts[start], "n": p.samples, "temperature": p.temperature, "top_p": p.top_p,
+                    "seed": p.seed + start, "max_tokens": p.max_new_tokens, "stop": stop, "stop_token_ids": stop_ids}
+                   for start in starts]
+        _, outputs = vllm_worker.sample(path, engine, cfg.model.trust_remote_code, batches)
+        sampled = {start: [c["text"] for per_prompt in out for c in per_prompt] for start, out in zip(starts, outputs)}
+    for start in tqdm(starts, desc="sampling pairs", unit="chunk", initial=state["done"] // p.chunk_questions,
+                      total=-(-len(rows) // p.chunk_questions)):
+        chunk = rows[start : start + p.chunk_questions]
+        if start in sampled:
+            texts = sampled[start]
+        else:
+            torch.manual_seed(p.seed + start)  # this chunk's samples do not depend on earlier chunks
+            texts = [c.text for c in generate(model, tokenizer, [q for q in prompts[start] for _ in range(p.samples)],
+                                              p.max_new_tokens, p.batch_size, stop, stop_ids, progress=False,
+                                              temperature=p.temperature, top_p=p.top_p)]
+        new_rows = []
+        for j, r in enumerate(chunk):
+            completions = texts[j * p.samples : (j + 1) * p.samples]
+            gold = gold_answer(p.task, r[a_field])
+            answer_ok = [grade(p.task, c, gold) for c in completions]
+            first_wrong = [check(r[q_field], LEAD + c) if check else None for c in completions]
+            correct = [ok and w is None for ok, w in zip(answer_ok, first_wrong)]
+            counts["samples"] += len(completions)
+            counts["answer_correct"] += sum(answer_ok)
+            counts["correct"] += sum(correct)
+            counts["right_answer_wrong_step"] += sum(ok and not c for ok, c in zip(answer_ok, correct))
+            pairs, why = pairs_for_question(r[q_field], completions, correct, first_wrong, p.mode, p.per_question,
+                                            random.Random(p.seed + start + j))
+            counts[f"skipped: {why}"] += why is not None
+            for pair in pairs:
+                new_rows.append({"dataset": p.dataset_name, "prompt": r[q_field], **pair, "answer": gold,
+                                 "model": cfg.model.name})
+        with open(partial, "a") as f:
+            f.write("".join(json.dumps(row) + "\n" for row in new_rows))
+        counts["pairs"] += len(new_rows)
+        state.update(done=start + len(chunk), counts=dict(counts))
+        progress.write_text(json.dumps(state))
+    n = len(rows)
+    summary = {
+        "questions": n, "samples_per_question": p.samples, "pairs": counts["pairs"],
+        "pairs_per_question": counts["pairs"] / max(n, 1),
+        "sampled_accuracy": counts["answer_correct"] / max(counts["samples"], 1),
+        "sampled_accuracy_all_steps_right": counts["correct"] / max(counts["samples"], 1) if check else None,
+        "right_answer_wrong_step": counts["right_answer_wrong_step"],
+        "skipped": {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped: ") and v},
+        "model": cfg.model.name, "weights": weights, "settings": key["config"],
+    }
+    rows_out = [json.loads(l) for l in partial.read_text().splitlines()]
+    write_jsonl(out, rows_out, summary)  # the summary goes to <out>.meta.json
+    artefacts.commit(out, key)
+    partial.unlink()
+    progress.unlink()
+    print(f"[yfpo] wrote {len(rows_out)} pairs to {out}\n{json.dumps(summary, indent=2)}")
+    return out
+
+
+def pairs_for_training(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
+    """:func:`make_pairs`, refusing a result that training cannot use: a file with no pairs (every
+    sample of every question right, or every one wrong), with the counts and what to change."""
+    out = make_pairs(cfg, overrides)
+    meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
+    if not meta["pairs"]:
+        raise DataError(f"{out}: no pairs from {meta['questions']} questions x {meta['samples_per_question']} samples "
+                        f"(sampled accuracy {meta['sampled_accuracy']:.3f}, skipped {meta['skipped']}): sample more "
+                        "(pairs.num_questions, pairs.samples) or more diversely (pairs.temperature), then delete the file")
+    return out
+
+
+def main(argv: list[str]) -> None:
+    run_cli(lambda: pairs_for_training(compose_config(argv), argv))
+

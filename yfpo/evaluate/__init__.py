@@ -1,0 +1,1 @@
+"""Evaluation (``python -m yfpo.evaluate``): greedy decoding with hf or vLLM, grading, per-checkpoint results."""

@@ -1,0 +1,141 @@
+"""``python -m yfpo.reproduce experiments/SPEC.yaml ... [--dry-run]``: every command behind the
+papers' tables, in order, then run (or, with ``--dry-run``, only printed).
+
+A table spec (see :mod:`yfpo.pipelines.tables`) names the experiments that make its rows
+(``experiments:``, trained in that order) and the evaluation sets (``evals:``). The commands:
+
+1. neurons: ``python -m yfpo.neurons +experiment=X``, once per neuron file the runs need;
+2. training: ``python -m yfpo.train -m +experiment=X`` (the experiment holds its own sweep);
+3. evaluation: ``python -m yfpo.evaluate -m run_dir=multirun/X eval=A,B``;
+4. tables: ``python -m yfpo.tables SPEC``.
+
+``--seeds 1,2,3,4,5`` sets the training seeds of every row (default: the experiments' 1,2,3;
+the tables aggregate whatever seeds each row has). ``--train-args``/``--eval-args`` are
+appended to the training/evaluation commands, e.g. ``hydra/launcher=slurm trainer=ddp`` or
+``eval.backend=vllm``. Every command's config — each job of each sweep — is composed before
+anything runs, so a typo fails in seconds, not after a day of training. Every stage skips
+finished work: running again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from yfpo.core.config import CONF_DIR
+from yfpo.core.errors import run_cli
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    if GlobalHydra.instance().is_initialized():  # inside main(): one initialisation for all jobs
+        return compose(config_name, overrides=overrides, return_hydra_config=True)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name, overrides=overrides, return_hydra_config=True)
+
+
+def sweep_jobs(config_name: str, overrides: list[str]) -> list[DictConfig]:
+    """The composed config of every job ``python -m ... -m <overrides>`` would run (basic sweeper:
+    the cartesian product of comma-separated values, from the command and from ``hydra.sweeper.params``)."""
+    return _sweep_jobs(config_name, tuple(overrides))
+
+
+@functools.lru_cache(maxsize=None)  # plan() and check() ask for the same training sweeps
+def _sweep_jobs(config_name: str, overrides: tuple[str, ...]) -> list[DictConfig]:
+    base = _compose(config_name, [o for o in overrides if "," not in o.split("=", 1)[-1]])
+    axes = {k: str(v).split(",") for k, v in (base.hydra.sweeper.get("params") or {}).items()}
+    fixed = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if "," in value:
+            axes[key] = value.split(",")
+        elif key in axes:  # as in Hydra, the command line replaces a sweep of hydra.sweeper.params
+            axes[key] = [value]
+        else:
+            fixed.append(o)
+    jobs = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    return [_compose(config_name, fixed + [f"{k}={v}" for k, v in job.items()]) for job in jobs]
+
+
+def plan(specs: list[Path], train_args: list[str], eval_args: list[str], seeds: str | None = None) -> list[tuple[str, list[str]]]:
+    """``(module, arguments)`` of every command, in order, for the table specs. ``seeds`` (``1,2,3,4,5``)
+    replaces the training seeds of the experiments that sweep seeds (not of a start model's, such
+    as fdt_sft, which every seed starts from)."""
+    experiments, evals = [], {}
+    for spec_path in specs:
+        spec = yaml.safe_load(spec_path.read_text())
+        if not spec.get("experiments"):
+            raise ValueError(f"{spec_path}: no `experiments:` list (the conf/experiment/* behind its rows)")
+        experiments += [e for e in spec["experiments"] if e not in experiments]
+        for e in spec["experiments"]:
+            evals.setdefault(e, [])
+            wanted = [*spec.get("evals", [spec.get("task")]), *(spec.get("dev") or {}).values()]
+            evals[e] = list(dict.fromkeys([*evals[e], *wanted]))
+    neurons, train, evaluate = [], [], []
+    seen_neuron_files = set()
+    for e in experiments:
+        base = sweep_jobs("config", [f"+experiment={e}"])[0]
+        args = [*train_args, f"seed={seeds}"] if seeds and "seed" in (base.hydra.sweeper.params or {}) else train_args
+        for job in sweep_jobs("config", [f"+experiment={e}", *args]):
+            uses_neurons = job.method.loss == "yfpo" or (job.method.track_neurons and job.neurons.selector != "random")
+            if uses_neurons and job.neurons.path not in seen_neuron_files:
+                seen_neuron_files.add(job.neurons.path)
+                neurons.append(("yfpo.neurons", [f"+experiment={e}"]))
+        train.append(("yfpo.train", ["-m", f"+experiment={e}", *args]))
+        name = sweep_jobs("config", [f"+experiment={e}", *args])[0].name
+        evaluate.append(("yfpo.evaluate", ["-m", f"run_dir=multirun/{name}", f"eval={','.join(evals[e])}", *eval_args]))
+    tables = [("yfpo.tables", [str(s) for s in specs])]
+    return neurons + train + evaluate + tables
+
+
+def check(commands: list[tuple[str, list[str]]]) -> int:
+    """Compose the config of every job of every command and check its values as the stage itself
+    will, before anything loads; returns the number of jobs."""
+    from yfpo.evaluate.run import check_eval_config
+    from yfpo.train.fit import check_training_config
+
+    count = 0
+    for module, args in commands:
+        if module == "yfpo.tables":
+            continue
+        config_name = "evaluate" if module == "yfpo.evaluate" else "config"
+        for job in sweep_jobs(config_name, [a for a in args if a != "-m"]):
+            if module == "yfpo.train":
+                check_training_config(job, warn=False)
+            elif module == "yfpo.evaluate":
+                check_eval_config(job.eval)
+            count += 1
+    return count
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m yfpo.reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("specs", nargs="+", type=Path, help="table specs, e.g. experiments/yfpo_table1.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--train-args", default="", help="appended to every training command")
+    parser.add_argument("--eval-args", default="", help="appended to every evaluation command")
+    parser.add_argument("--seeds", help="training seeds of every row, e.g. 1,2,3,4,5 (default: the experiments' own, 1,2,3)")
+    args = parser.parse_args(argv)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        commands = plan(args.specs, shlex.split(args.train_args), shlex.split(args.eval_args), args.seeds)
+        jobs = run_cli(check, commands)
+    print(f"# {len(commands)} commands ({jobs} jobs, every config composed)", flush=True)
+    for module, cmd_args in commands:
+        if module == "yfpo.train":
+            sweep = sweep_jobs("config", [a for a in cmd_args if a != "-m"])
+            seeds = sorted({j.seed for j in sweep})
+            print(f"# {sweep[0].name}: {len(sweep)} jobs, training seeds {', '.join(map(str, seeds))}", flush=True)
+        line = shlex.join(["python", "-m", module, *cmd_args])
+        print(line, flush=True)
+        if not args.dry_run:
+            subprocess.run([sys.executable, "-m", module, *cmd_args], check=True)
+
