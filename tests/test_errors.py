@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import FAST
+from tests.conftest import FAST, compose_cfg
 
 
 def _cli(tmp_path, module, *args, env=None):
@@ -140,3 +140,17 @@ def test_full_error_brings_the_traceback_back(tmp_path, cache):
     args, _ = case_missing_dataset(tmp_path)
     code, err = _cli(tmp_path, *args, env={"HYDRA_FULL_ERROR": "1"})
     assert code != 0 and "Traceback" in err and "DataError" in err
+
+
+def test_the_method_schema_carries_the_defaults_and_refuses_a_wrong_type_by_name(tmp_path):
+    """conf/method/*.yaml keep only what differs from yfpo/core/schema.py's MethodConfig."""
+    sft = compose_cfg("method=sft")
+    assert (sft.method.form, sft.method.neuron_score, sft.method.nll_weight, sft.method.fdt) == ("margin", "raw", 0.0, False)
+    assert compose_cfg("method=yfpo_fdt").method.fdt is True
+    done = subprocess.run([sys.executable, "-m", "yfpo.train", *FAST, "method.nll_weight=abc",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "method.nll_weight" in done.stderr and "could not be converted to Float" in done.stderr
+    typo = subprocess.run([sys.executable, "-m", "yfpo.train", *FAST, "method.nll_wieght=0.1",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True)
+    assert typo.returncode != 0 and "nll_wieght" in typo.stderr and "Traceback" not in typo.stderr

@@ -356,7 +356,7 @@ def test_the_tables_hint_for_a_missing_evaluation_runs_as_pasted(tmp_path, cache
     with pytest.raises(MissingError) as missing:
         tables.build(spec, Path("."))
     hint = str(missing.value).split("`")[1]
-    assert hint.startswith("python -m yfpo.evaluate")
+    assert hint.startswith(f"python -m yfpo.evaluate run_dir={run_dir} ")  # typed as it is: no quoting
     argv = shlex.split(hint)[3:] + ["eval.limit=8"]  # as pasted (a shorter evaluation than the user's)
     done = subprocess.run([sys.executable, "-m", "yfpo.evaluate", *argv], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from yfpo.core import schema  # noqa: F401  (registers the typed schemas before any composition)
 from yfpo.core.artefacts import model_tag
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -43,6 +44,20 @@ OmegaConf.register_new_resolver("yfpo.model_tag", model_tag, replace=True)
 RESUME_FREE = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "trainer.accumulate_grad_batches",
                "trainer.enable_progress_bar", "logger", "cache_dir", "hub", "model_tag",  # (derived from model.name/path)
                "eval.", "ablate.", "demo.", "pairs.", "vllm.")  # read by other stages only (demo.lambda reaches training as `lambda`)
+
+
+def quote_paths(argv: list[str]) -> list[str]:
+    """Command-line overrides whose value is an existing path with characters Hydra's grammar
+    reserves (the ``=`` and ``,`` of sweep directories such as ``multirun/demo/+variant=dpo,seed=1``),
+    quoted for Hydra: such a directory is passed as typed, ``run_dir=multirun/demo/+variant=dpo,seed=1``."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if (sep and key and not key.startswith("-") and value[:1] not in ("'", '"')
+                and any(c in value for c in "=,[]{}() ") and Path(value).exists()):
+            arg = key + "='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        out.append(arg)
+    return out
 
 
 def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:

@@ -27,6 +27,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.cfg, self.tok, self.kind, self.seed, self.hub = cfg, tokenizer, kind, seed, hub
         self.train_set: list[Encoded] | None = None
         self.collate = partial(collate, pad_id=tokenizer.pad_token_id)
+        self.position = EpochPosition()  # a callback: training adds it to the Trainer's
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -40,7 +41,22 @@ class PreferenceDataModule(L.LightningDataModule):
         lengths = [e.longest() for e in self.train_set] if window else None
         sampler = GlobalBatchSampler(len(self.train_set), self.cfg.batch_size, world, rank, self.seed, lengths, window)
         return ResumableLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate,
-                               num_workers=self.cfg.num_workers, trainer=t)
+                               num_workers=self.cfg.num_workers, trainer=t, position=self.position)
+
+
+class EpochPosition(L.Callback):
+    """How many batches of the current epoch training has finished, from the ``batch_idx`` Lightning
+    passes to ``on_train_batch_end`` (where checkpoints are saved; it counts on from a resumed
+    position): what :meth:`ResumableLoader.state_dict` saves."""
+
+    def __init__(self) -> None:
+        self.epoch, self.done = 0, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.epoch, self.done = trainer.current_epoch, batch_idx + 1
+
+    def batches(self, epoch: int) -> int:
+        return self.done if epoch == self.epoch else 0
 
 
 class ResumableLoader(DataLoader):
@@ -48,9 +64,9 @@ class ResumableLoader(DataLoader):
     is the position in the epoch (Lightning saves the ``state_dict`` of loaders that have one and
     restores it before iterating)."""
 
-    def __init__(self, *args, trainer: L.Trainer | None = None, **kwargs):
+    def __init__(self, *args, trainer: L.Trainer | None = None, position: "EpochPosition | None" = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.trainer = trainer
+        self.trainer, self.position = trainer, position
 
     def __iter__(self):
         # Lightning calls set_epoch on a loader's samplers but not on its batch_sampler.
@@ -59,9 +75,7 @@ class ResumableLoader(DataLoader):
         return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
-        # Lightning counts a batch as processed before on_train_batch_end, where checkpoints are saved.
-        t = self.trainer
-        return {"epoch": t.current_epoch, "batches": t.fit_loop.epoch_loop.batch_progress.current.processed}
+        return {"epoch": self.trainer.current_epoch, "batches": self.position.batches(self.trainer.current_epoch)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.batch_sampler.resume(state["epoch"], state["batches"])

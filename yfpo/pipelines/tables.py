@@ -45,6 +45,7 @@ import argparse
 import csv
 import glob
 import json
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,10 +98,10 @@ def _mean_of(rows: list[dict], key: str) -> float | None:
 
 
 def evaluate_hint(run: Path, name: str) -> str:
-    """The command that fills ``run/eval/<name>/``, quoted so that it pastes into a shell and into
-    Hydra's parser when the path holds ``,`` or ``=`` (as sweep directories do)."""
+    """The command that fills ``run/eval/<name>/``, pasteable into a shell; a sweep directory's ``,``
+    and ``=`` need no quotes (``python -m yfpo.evaluate`` quotes an existing path for Hydra)."""
     group = (Path(CONF_DIR) / "eval" / f"{name}.yaml").is_file()
-    return (f"python -m yfpo.evaluate \"run_dir='{run}'\" " + (f"eval={name}" if group else
+    return (f"python -m yfpo.evaluate {shlex.quote(f'run_dir={run}')} " + (f"eval={name}" if group else
             f"eval.name={name} (with the eval=... settings that evaluation used)"))
 
 

@@ -178,6 +178,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
                               reference=r.mode, reference_dtype=r.dtype, reference_cache=cache,
                               chunk_tokens=cfg.logprobs.chunk_tokens)
     callbacks = [
+        data.position,  # before the checkpoint callbacks (Lightning runs those last): the loader's position
         HFCheckpoints(ckpt_dir, cfg.checkpoints.count, tokenizer),
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoints.resume_every_n_steps),
     ]

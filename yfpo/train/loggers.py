@@ -15,6 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 from yfpo.core.errors import ConfigError
 
 
+def logs_this_step(trainer) -> bool:
+    """Whether Lightning writes this training step's logged metrics to the loggers: its rule
+    (every ``log_every_n_steps`` optimizer steps, and the last), from public trainer state."""
+    every = trainer.log_every_n_steps
+    return bool(every) and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
+
+
 def wandb_mode() -> str:
     """``online`` when an API key is configured (env or ~/.netrc), else ``offline`` (sync later with ``wandb sync``)."""
     if os.environ.get("WANDB_MODE"):

@@ -17,26 +17,21 @@ from torch import nn
 
 from yfpo.train import losses
 from yfpo.core.errors import ConfigError
+from yfpo.core.schema import check_method
 from yfpo.neurons.hooks import NeuronRecorder
+from yfpo.train.loggers import logs_this_step
 from yfpo.train.logprobs import model_logps
 from yfpo.core.models import DTYPES
 from yfpo.neurons.io import NeuronSet
 from yfpo.train.reference import MODES as REFERENCE_MODES, ReferenceCache, compute_table
 
-LOSSES = ("sft", "dpo", "yfpo")
-NEURON_SCORES = ("raw", "normalised")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
 def check_module_config(method: DictConfig, optim: DictConfig, reference: str, reference_dtype: str | None) -> None:
     """Raise :class:`ConfigError` naming the ``method``/``optim``/``reference`` value that cannot work
     (called before anything loads by ``yfpo.train`` and ``make reproduce-tables DRY_RUN=1``)."""
-    if method.loss not in LOSSES:
-        raise ConfigError(f"method.loss={method.loss!r}: choose one of {LOSSES}")
-    if method.fdt and method.loss == "sft":
-        raise ConfigError("method.fdt needs a pairwise loss (dpo or yfpo), not sft")
-    if method.get("neuron_score", "raw") not in NEURON_SCORES:
-        raise ConfigError(f"method.neuron_score={method.neuron_score!r}: choose one of {NEURON_SCORES}")
+    check_method(method)
     if optim.schedule not in SCHEDULES:
         raise ConfigError(f"optim.schedule={optim.schedule!r}: choose one of {SCHEDULES}")
     if reference not in REFERENCE_MODES:
@@ -105,7 +100,7 @@ class PreferenceModule(L.LightningModule):
             raise ConfigError("method.loss=yfpo needs a neuron file (neurons.path)")
         self.policy = policy.train()  # from_pretrained returns eval mode, and Lightning keeps modes as they are
         self.method, self.optim_cfg, self.beta, self.lam = method, optim, float(beta), float(lam)
-        self.nll_weight = float(method.get("nll_weight", 0.0))
+        self.nll_weight = float(method.nll_weight)
         self.pairwise = method.loss != "sft"
         self.chunk_tokens = chunk_tokens
         self.reference_mode, self.reference_cache = reference, reference_cache
@@ -118,7 +113,7 @@ class PreferenceModule(L.LightningModule):
         self.neurons = neurons
         # (mean, std) of SPEC's normalised score, moved to the device with the module
         self.neuron_stats: tuple[torch.Tensor, torch.Tensor] | None = None
-        if neurons is not None and method.get("neuron_score", "raw") == "normalised":
+        if neurons is not None and method.neuron_score == "normalised":
             self.neuron_stats = neurons.stats_by_layer()
         self.recorder: NeuronRecorder | None = None
         self._last_step: tuple[float, int] | None = None  # (time, non-pad tokens) of the previous batch
@@ -222,7 +217,7 @@ class PreferenceModule(L.LightningModule):
         rc, rr = self.reference_logps(batch).chunk(2)
         if self.method.loss == "yfpo":
             sc, sr = self._neuron_scores(batch).chunk(2)
-            loss, metrics = losses.yfpo_loss(pc, pr, rc, rr, sc, sr, self.beta, self.lam, self.method.get("form", "margin"))
+            loss, metrics = losses.yfpo_loss(pc, pr, rc, rr, sc, sr, self.beta, self.lam, self.method.form)
         else:
             loss, metrics = losses.dpo_loss(pc, pr, rc, rr, self.beta)
             if self.recorder is not None:  # tracked only: the margin is logged, never optimised
@@ -249,14 +244,14 @@ class PreferenceModule(L.LightningModule):
         self._last_step = (now, tokens)
         metrics["train/loss"] = loss.detach()
         metrics = {k: v.to(self.device) for k, v in metrics.items()}
-        if self.trainer.world_size > 1 and self.trainer._logger_connector.should_update_logs:
+        if self.trainer.world_size > 1 and logs_this_step(self.trainer):
             # One all-reduce of all metrics, and only on the steps that Lightning writes to the loggers.
             names = sorted(metrics)
             mean = self.trainer.strategy.reduce(torch.stack([metrics[n].float() for n in names]), reduce_op="mean")
             metrics = dict(zip(names, mean.unbind()))
         metrics["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
         self.log_dict(metrics, on_step=True, prog_bar=False, batch_size=batch["input_ids"].shape[0])
-        self._log_row = (self.trainer.global_step, metrics) if self.trainer._logger_connector.should_update_logs else None
+        self._log_row = (self.trainer.global_step, metrics) if logs_this_step(self.trainer) else None
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 
