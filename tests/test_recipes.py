@@ -156,3 +156,11 @@ def test_attention_auto_prefers_flash_attention_only_for_half_precision(monkeypa
     assert attention("auto", True) == "flash_attention_2"
     # fp32 weights without autocast (neuron selection, ablation, hf evaluation): flash-attn would refuse them
     assert attention("auto", False) == "sdpa"
+
+
+def test_sweeps_are_expanded_by_hydras_parser_list_values_included():
+    """``a=[x,y]`` is one value, ``choice``/``range`` are sweeps (reproduce used to split on commas)."""
+    jobs = sweep_jobs("config", ["+experiment=smoke", "seed=range(1,3)", "lambda=choice(0.1,0.2)", "method=yfpo",
+                                 "eval.stop=[Question:,Problem:]"])
+    assert sorted((j.seed, j["lambda"]) for j in jobs) == [(1, 0.1), (1, 0.2), (2, 0.1), (2, 0.2)]
+    assert all(list(j.eval.stop) == ["Question:", "Problem:"] for j in jobs)

@@ -30,10 +30,12 @@ from pathlib import Path
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from yfpo.core.config import CONF_DIR
 from yfpo.core.errors import run_cli
+from yfpo.neurons import io as neuron_io
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
@@ -44,24 +46,26 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
 
 
 def sweep_jobs(config_name: str, overrides: list[str]) -> list[DictConfig]:
-    """The composed config of every job ``python -m ... -m <overrides>`` would run (basic sweeper:
-    the cartesian product of comma-separated values, from the command and from ``hydra.sweeper.params``)."""
+    """The composed config of every job ``python -m ... -m <overrides>`` would run: Hydra's own
+    override parser expands the sweeps (``a=1,2``, ``choice(...)``, ``range(...)``; a list value
+    ``a=[1,2]`` stays one value), from the command and from ``hydra.sweeper.params``, as its basic
+    sweeper does: the cartesian product, the command line replacing a swept key it sets."""
     return _sweep_jobs(config_name, tuple(overrides))
 
 
 @functools.lru_cache(maxsize=None)  # plan() and check() ask for the same training sweeps
 def _sweep_jobs(config_name: str, overrides: tuple[str, ...]) -> list[DictConfig]:
-    base = _compose(config_name, [o for o in overrides if "," not in o.split("=", 1)[-1]])
-    axes = {k: str(v).split(",") for k, v in (base.hydra.sweeper.get("params") or {}).items()}
-    fixed = []
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if "," in value:
-            axes[key] = value.split(",")
-        elif key in axes:  # as in Hydra, the command line replaces a sweep of hydra.sweeper.params
-            axes[key] = [value]
-        else:
-            fixed.append(o)
+    parser = OverridesParser.create()
+    command = parser.parse_overrides(list(overrides))
+    base = _compose(config_name, [o.input_line for o in command if not o.is_sweep_override()])
+    params = base.hydra.sweeper.get("params") or {}
+    axes: dict[str, list[str]] = {}
+    for o in parser.parse_overrides([f"{k}={v}" for k, v in params.items()]) + command:
+        if o.is_sweep_override():
+            axes[o.get_key_element()] = list(o.sweep_string_iterator())
+        elif o.get_key_element() in axes:
+            axes[o.get_key_element()] = [o.get_value_element_as_str()]
+    fixed = [o.input_line for o in command if o.get_key_element() not in axes]
     jobs = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
     return [_compose(config_name, fixed + [f"{k}={v}" for k, v in job.items()]) for job in jobs]
 
@@ -86,8 +90,10 @@ def plan(specs: list[Path], train_args: list[str], eval_args: list[str], seeds: 
         base = sweep_jobs("config", [f"+experiment={e}"])[0]
         args = [*train_args, f"seed={seeds}"] if seeds and "seed" in (base.hydra.sweeper.params or {}) else train_args
         for job in sweep_jobs("config", [f"+experiment={e}", *args]):
-            uses_neurons = job.method.loss == "yfpo" or (job.method.track_neurons and job.neurons.selector != "random")
-            if uses_neurons and job.neurons.path not in seen_neuron_files:
+            use = neuron_io.role(job.method)
+            # a file a run needs is made; one only tracked is made unless it is a random set
+            wanted = use == "rewarded" or (use == "tracked" and job.neurons.selector != "random")
+            if wanted and job.neurons.path not in seen_neuron_files:
                 seen_neuron_files.add(job.neurons.path)
                 neurons.append(("yfpo.neurons", [f"+experiment={e}"]))
         train.append(("yfpo.train", ["-m", f"+experiment={e}", *args]))

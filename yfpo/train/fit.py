@@ -46,9 +46,9 @@ def task_overrides() -> list[str] | None:
 
 def load_neurons(cfg: DictConfig, policy):
     """The neuron set of ``neurons.path``: required for ``method.loss=yfpo``, optional (tracked) otherwise."""
-    n = cfg.neurons
-    needed = cfg.method.loss == "yfpo"
-    if not needed and not (cfg.method.track_neurons and Path(n.path).is_file()):
+    n, use = cfg.neurons, neuron_io.role(cfg.method)
+    needed = use == "rewarded"
+    if use is None or (not needed and not Path(n.path).is_file()):
         return None
     try:
         neurons = neuron_io.load_for(cfg, policy.config, weights_fingerprint(policy), f"method={cfg.method.name}",
@@ -58,8 +58,7 @@ def load_neurons(cfg: DictConfig, policy):
             raise
         print(f"[yfpo] warning: not tracking neurons: {e}", flush=True)
         return None
-    role = "rewarded" if needed else "tracked, not optimised"
-    print(f"[yfpo] neurons ({role}): {n.path} (selector {n.selector}; recorded in run_config.yaml as neurons.*)", flush=True)
+    print(f"[yfpo] neurons ({'rewarded' if needed else 'tracked, not optimised'}): {n.path} (selector {n.selector}; recorded in run_config.yaml as neurons.*)", flush=True)
     return neurons
 
 
