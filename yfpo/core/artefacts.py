@@ -165,6 +165,18 @@ def check(artefact: Path, key: Mapping, what: str, fix: str) -> bool:
     return True
 
 
+def kept(artefact: Path, key: Mapping, what: str, fix: str, redo: str, metadata: Mapping | None = None) -> bool:
+    """The one "keep the file made from these weights and settings" rule: True (and said) when
+    ``artefact`` was made with ``key`` (kept in ``metadata`` for a safetensors file, else beside
+    it); False when there is none; :class:`StaleArtefactError` when it was made from other inputs."""
+    if metadata is not None:
+        refuse_metadata_changes(what, metadata, key, fix)
+    elif not check(artefact, key, what, fix):
+        return False
+    print(f"[yfpo] {what} exists, made from these inputs; keeping it ({redo})", flush=True)
+    return True
+
+
 def commit(artefact: Path, key: Mapping) -> None:
     """Record ``key`` for the finished ``artefact`` (always last, so a crash leaves it unkeyed)."""
     atomic_write(key_path(Path(artefact)), json.dumps(stringify(key), indent=2, sort_keys=True))

@@ -120,8 +120,8 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
            "questions": artefacts.source_fingerprint(p.questions, cfg.hub.get("mirror")),
            "config": OmegaConf.to_container(p, resolve=True),
            "engine": engine}
-    if artefacts.check(out, key, f"pairs file {out}", f"Delete {out} (and {out.name}.meta.json) to sample again."):
-        print(f"[yfpo] pairs file {out} exists, sampled with these settings; keeping it (delete it to sample again)")
+    if artefacts.kept(out, key, f"pairs file {out}", f"Delete {out} (and {out.name}.meta.json) to sample again.",
+                      "delete it to sample again"):
         return out
     tokenizer = load_tokenizer(cfg.model, path)
     if p.backend == "hf":

@@ -50,11 +50,9 @@ def select(cfg: DictConfig, overrides: list[str] = ()) -> Path:
     model = load_model(cfg.model, path)
     num_layers, width = model.config.num_hidden_layers, model.config.intermediate_size
     key = io.neuron_key(cfg, weights_fingerprint(model), num_layers, width)
-    if out.is_file() and not n.overwrite:
-        meta = io.load(out).meta
-        artefacts.refuse_metadata_changes(f"neuron file {out}", meta, key,
-                                          f"Recompute it with: {io.command(list(overrides), 'neurons.overwrite=true')}")
-        print(f"[yfpo] neuron file {out} exists, made with these settings; keeping it (neurons.overwrite=true recomputes it)")
+    fix = f"Recompute it with: {io.command(list(overrides), 'neurons.overwrite=true')}"
+    if out.is_file() and not n.overwrite and artefacts.kept(out, key, f"neuron file {out}", fix,
+                                                            "neurons.overwrite=true recomputes it", io.load(out).meta):
         return out
     start = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model, path)
