@@ -74,7 +74,7 @@ def test_outputs_and_tasks_layout(spec, tmp_path):
     make_run(tmp_path, "dpo_m", "math500", [correct(2), correct(3)], metrics=False)
     fdt = {"name": "f", "layout": "tasks", "tasks": ["gsm8k", "math500"], "baseline": "DPO",
            "rows": [{"data": "x", "method": "DPO", "runs": ["dpo"]}]}
-    with pytest.raises(FileNotFoundError, match="python -m yfpo.evaluate \"run_dir=.*\" eval=math500"):
+    with pytest.raises(FileNotFoundError, match="python -m yfpo.evaluate run_dir=.* eval=math500"):
         tables.build(fdt, tmp_path)
     fdt["rows"][0]["runs"] = ["dpo"]
     (tmp_path / "dpo" / "eval" / "math500").symlink_to(tmp_path / "dpo_m" / "eval" / "math500")

@@ -95,14 +95,16 @@ def key_path(artefact: Path) -> Path:
 
 
 @contextmanager
-def staged(path: Path) -> Iterator[Path]:
-    """The one atomic write: a temporary path beside ``path`` (a file or a directory) to build the
-    artefact in, moved onto ``path`` by a rename when the block succeeds. Readers see all of it or
-    none; a crash leaves ``path`` as it was and the temporary one is cleared by the next write.
-    (A directory that already exists is removed first: a rename cannot replace it.)"""
+def staged(path: Path, tag: str = "") -> Iterator[Path]:
+    """The one atomic write: a temporary path ``<path><tag>.tmp`` (a file or a directory) to build
+    the artefact in, moved onto ``path`` by a rename when the block succeeds. Readers see all of it
+    or none; a crash leaves ``path`` as it was and the temporary one is cleared by the next write
+    with the same ``tag`` (the writers of a directory hold its lock; files that several processes
+    may write at once get a ``tag`` of their own, see :func:`atomic_write`). A directory that
+    already exists is removed first: a rename cannot replace it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}{tag}.tmp")
     _remove(tmp)
     try:
         yield tmp
@@ -122,8 +124,8 @@ def _remove(path: Path) -> None:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through :func:`staged`."""
-    with staged(path) as tmp:
+    """Write ``text`` to ``path`` through :func:`staged`, in a temporary file of this process's own."""
+    with staged(path, f".{os.getpid()}") as tmp:
         tmp.write_text(text)
 
 

@@ -186,7 +186,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
     options = {**cfg.trainer, "strategy": build_strategy(cfg.trainer.strategy, policy)}
     last = ckpt_dir / "last.ckpt"
     resume_step, last_row = resume_point(last) if last.is_file() else (None, None)
-    trainer = L.Trainer(**options, logger=make_loggers(cfg, run_dir, resume_step, last_row), callbacks=callbacks,
+    loggers = make_loggers(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), resume_step, last_row)
+    trainer = L.Trainer(**options, logger=loggers, callbacks=callbacks,
                         default_root_dir=run_dir, use_distributed_sampler=False)  # GlobalBatchSampler shards the batches itself
     if cfg.data.get("global_batch_size"):
         trainer.accumulate_grad_batches = accumulation(cfg.data.global_batch_size, cfg.data.batch_size, trainer.world_size)

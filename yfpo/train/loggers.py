@@ -67,20 +67,20 @@ def wandb_run_id(run_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None,
+def make_loggers(lg: DictConfig, run_dir: Path, config: dict, resume_step: int | None = None,
                  last_row: dict | None = None) -> list[Logger]:
-    """The run's loggers; ``resume_step``: the step a resumed run continues from (its logs are kept
-    up to it, with ``last_row``, the checkpoint's own row of its step, see :func:`keep_rows_before`)."""
+    """The run's loggers from the ``logger`` group; ``config``: the resolved run config W&B records;
+    ``resume_step``: the step a resumed run continues from (its logs are kept up to it, with
+    ``last_row``, the checkpoint's own row of its step, see :func:`keep_rows_before`)."""
     csv_logger = CSVLogger(save_dir=str(run_dir), name="", version="logs")
     if resume_step is not None:
         keep_rows_before(csv_logger, resume_step, last_row)
     loggers: list[Logger] = [csv_logger]
-    lg = cfg.logger
     if lg.name == "wandb":
         # The config carries no secrets (the key is only ever read by wandb itself from env/netrc).
         loggers.append(WandbLogger(
             project=lg.project, group=lg.group, tags=list(lg.tags), name=lg.run_name, save_dir=str(run_dir),
-            mode=wandb_mode(), config=OmegaConf.to_container(cfg, resolve=True),
+            mode=wandb_mode(), config=config,
             id=wandb_run_id(run_dir), resume="allow",  # a resumed training continues its W&B run
         ))
     elif lg.name != "csv":
