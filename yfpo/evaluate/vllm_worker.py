@@ -103,7 +103,6 @@ class Engine:
         self.proc: subprocess.Popen | None = None
         self.results = None  # the worker's answers (read end of its FD)
         self.settings: str | None = None  # the engine settings the running worker was started with
-        self.started = 0  # worker processes started so far
 
     def __enter__(self) -> "Engine":
         return self
@@ -128,7 +127,6 @@ class Engine:
                                      pass_fds=(write,), text=True)
         os.close(write)
         self.results, self.settings = os.fdopen(read), settings
-        self.started += 1
 
     def generate(self, model_dir: Path, engine: dict, trust_remote_code: bool, batches: list[dict]) -> tuple[str, list]:
         """``(vllm version, completions)``: per batch, per prompt, ``n`` ``{text, finish_reason}``. A
@@ -151,9 +149,7 @@ class Engine:
         answer = json.loads(line) if line else None
         if answer is None or "error" in answer:
             code = self.proc.wait()
-            self.proc.stdin.close()
-            self.results.close()
-            self.proc = self.results = self.settings = None
+            self.close()
             if answer is not None and code == ENGINE_REFUSED:
                 error = answer["error"]
                 raise ConfigError(f"vLLM refused {model_dir} ({' '.join(error.split())[:400]}): {engine_advice(error)}")
