@@ -214,16 +214,22 @@ def make_yfpo(policy, method: str, pre: bool, chunk_tokens: int, arch: dict, bat
 
 
 def precompute_yfpo(module, batch) -> None:
-    """What ``on_fit_start`` does with ``reference=precompute``: the reference's log-probs once, then no reference."""
+    """What ``setup`` does with ``reference=precompute``: the reference's log-probs once, then no
+    reference. That is the policy before its first step, or (parity) the live module's own
+    reference loaded with other weights."""
     import torch
 
+    from yfpo.train.logprobs import model_logps
+
+    reference = module.reference if module.reference is not None else module.policy
     with torch.inference_mode():
-        ref = module.reference_logps(batch)
+        ref = model_logps(reference.eval(), batch, module.chunk_tokens).logps
+    module.policy.train()
+    module.reference = None
     b = len(batch["index"])
     table = torch.zeros(int(batch["index"].max()) + 1, 2)
     table[batch["index"]] = torch.stack([ref[:b], ref[b:]], dim=1)
     module.ref_table = table
-    module.reference = None
 
 
 def worker_parity(spec: dict) -> dict:
