@@ -51,5 +51,20 @@ def compose_cfg(*overrides: str):
     return compose_config(list(overrides))
 
 
+def model_dir(cfg, **kw) -> Path:
+    """The model directory of a composed config, as the stages ask :func:`ensure_model` for it."""
+    from yfpo.assets.prepare import ensure_model
+
+    return ensure_model(cfg.model, cache_dir=cfg.cache_dir, hub_cfg=cfg.hub, syn=cfg.synthetic, **kw)
+
+
+def neurons_for(cfg, model_config, weights: str, user: str, overrides):
+    """The neuron file of a composed config, checked as training checks it."""
+    from yfpo.neurons import io
+
+    key = io.neuron_key(cfg.neurons, cfg.model_tag, weights, model_config, cfg.data.template, cfg.hub.mirror)
+    return io.load_for(cfg.neurons, key, user, overrides)
+
+
 # A real training run in seconds on 2 CPU cores (conf/experiment/smoke.yaml).
 FAST = ["+experiment=smoke"]

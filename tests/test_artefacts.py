@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import FAST, compose_cfg, model_dir
 from yfpo.core import artefacts
 from yfpo.data.rows import DataError, load_rows
-from yfpo.assets.prepare import ensure_model, synthetic_files
+from yfpo.assets.prepare import synthetic_files
 
 
 def test_check_commit_and_every_changed_field_listed(tmp_path):
@@ -57,14 +57,14 @@ def test_synthetic_data_made_with_other_settings_is_refused_and_the_fix_works(ca
 
 
 def test_the_tiny_model_is_keyed_on_its_architecture_and_a_torn_one_is_rebuilt(cache):
-    path = ensure_model(compose_cfg(*FAST))
+    path = model_dir(compose_cfg(*FAST))
     saved = artefacts.saved_key(path)
     assert json.loads(saved["arch"])["hidden_size"] == 32 and saved["init_seed"] == "42"
     with pytest.raises(artefacts.StaleArtefactError, match=r"model.path=.*arch: made with .*Delete .* or give this model its own model.path"):
-        ensure_model(compose_cfg(*FAST, "model.arch.hidden_size=16"))
-    ensure_model(compose_cfg(*FAST, "seed=7"))  # the training seed is not the model's: reused
+        model_dir(compose_cfg(*FAST, "model.arch.hidden_size=16"))
+    model_dir(compose_cfg(*FAST, "seed=7"))  # the training seed is not the model's: reused
     artefacts.key_path(path).unlink()  # as if a build had been killed before its key was written
-    assert ensure_model(compose_cfg(*FAST)) == path and artefacts.saved_key(path) == saved
+    assert model_dir(compose_cfg(*FAST)) == path and artefacts.saved_key(path) == saved
 
 
 def test_a_data_directory_without_data_files_is_one_clear_error(tmp_path):
@@ -90,7 +90,7 @@ def test_a_stage_that_reads_no_synthetic_file_writes_none(tmp_path, cache, monke
     cfg = compose_cfg(*FAST)
     ensure_synthetic(cfg.synthetic, "openai/gsm8k", tmp_path / "elsewhere.jsonl", None)
     assert not cache.exists()
-    model = ensure_model(cfg)  # the smoke model is built from the synthetic corpus: this cache has it
+    model = model_dir(cfg)  # the smoke model is built from the synthetic corpus: this cache has it
     monkeypatch.setenv("YFPO_CACHE", str(tmp_path / "other-cache"))
     done = subprocess.run([sys.executable, "-m", "yfpo.evaluate", *FAST, f"run_dir={model}", "eval=gsm8k",
                            "eval.path=tests/fixtures/eval/gsm8k_mini.jsonl", "eval.limit=2", "eval.max_new_tokens=4"],

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tests.conftest import FAST, compose_cfg, make_model
+from tests.conftest import FAST, compose_cfg, make_model, model_dir
 from yfpo.data.encode import Encoder, collate
 from yfpo.neurons import io
 from yfpo.neurons.hooks import zeroed
@@ -102,11 +102,11 @@ def test_selection_leaves_training_bit_identical(tmp_path, cache):
     cfg = compose_cfg(*FAST, "method=dpo")
     from yfpo.data.datamodule import PreferenceDataModule
     from yfpo.core.models import load_model, load_tokenizer
-    from yfpo.assets.prepare import ensure_model, synthetic_files
+    from yfpo.assets.prepare import synthetic_files
     from yfpo.train.module import PreferenceModule
 
     synthetic_files(cfg.synthetic)
-    path = ensure_model(cfg)
+    path = model_dir(cfg)
     tok = load_tokenizer(cfg.model, path)
     dm = PreferenceDataModule(cfg.data, tok, "pairs", cfg.seed)
     dm.setup()

@@ -154,3 +154,31 @@ def test_the_method_schema_carries_the_defaults_and_refuses_a_wrong_type_by_name
     typo = subprocess.run([sys.executable, "-m", "yfpo.train", *FAST, "method.nll_wieght=0.1",
                            f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True)
     assert typo.returncode != 0 and "nll_wieght" in typo.stderr and "Traceback" not in typo.stderr
+
+
+@pytest.mark.parametrize("override, key, words", [
+    ("data.batch_size=abc", "data.batch_size", "could not be converted to Integer"),
+    ("model.trust_remote_code=maybe", "model.trust_remote_code", "not a valid bool"),
+    ("neurons.num_samples=many", "neurons.num_samples", "could not be converted to Integer"),
+    ("reference.cache_dir=[1,2]", "reference.cache_dir", "Cannot convert"),
+    ("eval.stop=3", "eval.stop", "ListConfig"),
+    ("data.subset_sise=10", "data.subset_sise", "not in 'DataConfig'"),
+])
+def test_every_group_schema_refuses_a_wrong_type_or_a_misspelt_key_by_name(override, key, words):
+    """model, data, neurons, reference and eval have typed schemas (yfpo/core/schema.py) too."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(override)
+    text = f"{e.value} {e.value.__cause__}"
+    assert key in text and words in text, text
+
+
+def test_group_yamls_keep_only_what_differs_from_their_schema():
+    """A default lives in the schema once: the YAMLs that leave a key out get it from there."""
+    from yfpo.core.schema import DataConfig, EvalConfig, NeuronsConfig
+
+    cfg = compose_cfg("neurons=random", "eval=math500")
+    assert cfg.neurons.num_samples == NeuronsConfig.num_samples and "num_samples" not in open("conf/neurons/random.yaml").read()
+    assert cfg.eval.warn_rate == EvalConfig.warn_rate and "warn_rate" not in open("conf/eval/math500.yaml").read()
+    assert cfg.data.num_workers == DataConfig.num_workers and "num_workers" not in open("conf/data/synthetic.yaml").read()

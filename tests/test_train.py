@@ -85,6 +85,23 @@ def test_resuming_with_another_config_is_refused(tmp_path, cache):
         fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1", "beta=0.3"), tmp_path / "run")
 
 
+def test_what_resume_may_ignore_is_what_training_does_not_read():
+    """The run identity is the view of the config training reads (yfpo/train/inputs.py), no kept list."""
+    from yfpo.train.inputs import run_identity, training_inputs
+
+    base = run_identity(compose_cfg("+experiment=yfpo_2k"))
+    for other_stage in ("eval=math500", "pairs.samples=8", "ablate.num_samples=5", "vllm.dtype=float32", "name=elsewhere",
+                        "logger=wandb", "hub.timeout_s=1", "trainer.devices=4", "synthetic.num_sft=10", "export_to=/x"):
+        assert run_identity(compose_cfg("+experiment=yfpo_2k", other_stage)) == base, other_stage
+    for read in ("optim.lr=1e-7", "lambda=0.3", "neurons.top_k=8", "data.max_length=64", "trainer.precision=32-true"):
+        assert run_identity(compose_cfg("+experiment=yfpo_2k", read)) != base, read
+    # neurons are read only by a method that rewards or tracks them, synthetic data only by a run on it
+    assert "neurons" not in training_inputs(compose_cfg("method=sft")) and "neurons" in training_inputs(compose_cfg("method=yfpo"))
+    assert "synthetic" not in training_inputs(compose_cfg("+experiment=yfpo_2k")) and "synthetic" in training_inputs(compose_cfg())
+    untracked = ("+experiment=fdt_paper", "method=dpo", "method.track_neurons=false")
+    assert run_identity(compose_cfg(*untracked, "neurons=attnlrp")) == run_identity(compose_cfg(*untracked))
+
+
 def test_a_finished_run_of_another_config_is_refused_not_reported_done(tmp_path, cache, monkeypatch):
     """A finished run directory is kept only for the config that made it: after a default or the cached
     model changes (here model.path), the old result must not pass for the new one. A moved cache is fine."""
@@ -133,6 +150,19 @@ def test_run_dirnames_stay_short_unique_and_flat():
     assert "/" not in run_dirname("data.path=/data/x.jsonl")
     long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
     assert len(run_dirname(long_a)) <= 96 and run_dirname(long_a) != run_dirname(long_b)
+
+
+def test_a_long_run_dirname_starts_with_the_swept_keys():
+    """`+experiment=yfpo_2k data.path=<long> -m lambda=0.1,0.2 seed=1,2`: the swept values stay readable."""
+    from yfpo.core.config import swept_keys
+
+    assert swept_keys(["-m", "+experiment=demo", "+variant=dpo,fdt", "seed=range(1,4)", "data.x=[1,2]", "lambda=0.1"]) == ["variant", "seed"]
+    long = ("+experiment=yfpo_2k,data.path=.cache/pairs/qwen2-0.5b-abcdef-full-q1600-k4-T1.0-s0-hf.jsonl,"
+            "data.subset_file=/scratch/a/long/path.jsonl,lambda=0.2,seed=3")
+    name = run_dirname(long, swept=["lambda", "seed"])
+    assert name.startswith("lambda=0.2,seed=3,+experiment=yfpo_2k,data.path=") and len(name) <= 96
+    assert name != run_dirname(long.replace("seed=3", "seed=4"), swept=["lambda", "seed"])  # still unique
+    assert run_dirname(long, swept=[]).startswith("+experiment=yfpo_2k,")  # Hydra's order when nothing is swept
 
 
 @pytest.mark.parametrize("overrides,match", [

@@ -22,18 +22,18 @@ from yfpo.core import artefacts
 from yfpo.core import hub
 from yfpo.data import synthetic
 from yfpo.assets import tiny
-from yfpo.core.config import compose_config, run_identity
+from yfpo.core.config import compose_config
 from yfpo.core.errors import ConfigError, MissingError, UserError, run_cli
 from yfpo.core.locks import file_lock
 from yfpo.data.prompts import format_prompt
+from yfpo.train.inputs import run_identity
 
 
 def ensure_synthetic(syn: DictConfig, *reads: str | Path | None) -> None:
     """Make the synthetic files of ``syn`` (the ``synthetic`` group) when one of the paths a stage
     ``reads`` lies in ``syn.dir``; a stage that reads none of them (a hub dataset, an on-policy pairs
     file) writes nothing."""
-    out = Path(syn.dir).resolve()
-    if any(r is not None and Path(str(r)).resolve().is_relative_to(out) for r in reads):
+    if synthetic.read_by(syn.dir, *reads):
         synthetic_files(syn)
 
 
@@ -59,18 +59,16 @@ def synthetic_files(syn: DictConfig) -> dict[str, Path]:
     return paths
 
 
-def model_key(cfg: DictConfig) -> dict:
-    """What a prepared ``cfg.model`` is made from (:mod:`yfpo.core.artefacts`): the tiny model's
-    architecture, seed and corpus; the whole config of the training run that exports it; the GGUF
-    file and its package's version."""
-    m = cfg.model
+def model_key(m: DictConfig, cache_dir: str, syn: DictConfig | None) -> dict:
+    """What a prepared model ``m`` (a ``model`` group) is made from (:mod:`yfpo.core.artefacts`): the
+    tiny model's architecture, seed and corpus (in ``syn.dir``); the identity of the training run that
+    exports it; the GGUF file and its package's version."""
     if m.prepare == "build_tiny":
-        corpus = synthetic_files(cfg.synthetic)["sft"]
+        corpus = synthetic_files(syn)["sft"]
         return {"prepare": m.prepare, "vocab_size": m.vocab_size, "corpus_rows": m.corpus_rows, "arch": dict(m.arch),
                 "init_seed": m.init_seed, "corpus": artefacts.file_fingerprint(corpus)}
     if m.prepare.startswith("train:"):
-        run = compose_config([f"+experiment={m.prepare.removeprefix('train:')}", f"cache_dir={cfg.cache_dir}"])
-        return run_identity(run)
+        return run_identity(compose_config([f"+experiment={m.prepare.removeprefix('train:')}", f"cache_dir={cache_dir}"]))
     if m.prepare == "gguf":
         from importlib import metadata
 
@@ -83,8 +81,10 @@ def model_key(cfg: DictConfig) -> dict:
     raise ConfigError(f"model.prepare={m.prepare!r}: use 'build_tiny', 'gguf' or 'train:<experiment>'")
 
 
-def ensure_model(cfg: DictConfig, overrides: list[str] | None = None, train: bool = False) -> Path:
-    """The local directory to load ``cfg.model`` from, preparing or fetching it when missing.
+def ensure_model(m: DictConfig, *, cache_dir: str, hub_cfg: DictConfig, syn: DictConfig | None = None,
+                 overrides: list[str] | None = None, train: bool = False) -> Path:
+    """The local directory to load the model ``m`` (a ``model`` group) from, preparing or fetching it
+    when missing; ``hub_cfg`` is the ``hub`` group, ``syn`` the ``synthetic`` one (read by ``build_tiny``).
 
     ``model.prepare`` says how: ``build_tiny`` trains the tokenizer and saves random weights
     (seconds); ``gguf`` converts ``model.gguf_file`` shipped inside the installed package
@@ -96,16 +96,15 @@ def ensure_model(cfg: DictConfig, overrides: list[str] | None = None, train: boo
     Without ``prepare``, ``model.path`` is a local directory or a hub id (fetched through
     :mod:`yfpo.core.hub`: mirror, cache, or download).
     """
-    m = cfg.model
-    prepare = m.get("prepare")
+    prepare = m.prepare
     if not prepare:
         if hub.is_hub_id(m.path):
-            return hub.local_model(m.path, cfg.hub)
+            return hub.local_model(m.path, hub_cfg)
         if not (Path(m.path) / "config.json").is_file():
-            made_by = f"; it is made by `{m.made_by}`" if m.get("made_by") else ""
+            made_by = f"; it is made by `{m.made_by}`" if m.made_by else ""
             raise UserError(f"model.path={m.path}: no HF model directory (config.json) there{made_by}")
         return Path(m.path)
-    path, key = Path(m.path), model_key(cfg)
+    path, key = Path(m.path), model_key(m, cache_dir, syn)
     experiment = prepare.removeprefix("train:") if prepare.startswith("train:") else None
     made_by = f" and the directory of the run `python -m yfpo.train +experiment={experiment}`" if experiment else ""
     fix = f"Delete {path}{made_by} to prepare it again, or give this model its own model.path."
@@ -126,7 +125,7 @@ def ensure_model(cfg: DictConfig, overrides: list[str] | None = None, train: boo
             # the run exports to model.path and keys it (train.export); a finished run only exports again
             command = f"python -m yfpo.train +experiment={experiment}"
             print(f"[yfpo] {path} not found: preparing it with `{command}`", flush=True)
-            env = {**os.environ, "YFPO_CACHE": str(Path(cfg.cache_dir).resolve())}
+            env = {**os.environ, "YFPO_CACHE": str(Path(cache_dir).resolve())}
             if subprocess.run([sys.executable, "-m", "yfpo.train", f"+experiment={experiment}"], env=env).returncode:
                 raise UserError(f"preparing model.path={path} with `{command}` failed: its error is above")
             if not current():
@@ -134,7 +133,7 @@ def ensure_model(cfg: DictConfig, overrides: list[str] | None = None, train: boo
             return path
         with artefacts.publishing(path, key) as tmp:
             if prepare == "build_tiny":
-                sft = synthetic_files(cfg.synthetic)["sft"].read_text().splitlines()
+                sft = synthetic_files(syn)["sft"].read_text().splitlines()
                 rows = [json.loads(line) for line in sft[: m.corpus_rows]]
                 corpus = [format_prompt("alpaca", r["question"], None) + r["answer"] for r in rows]
                 tiny.save_base(tmp, corpus, m.vocab_size, m.init_seed, dict(m.arch))
@@ -168,4 +167,8 @@ def convert_gguf(package: str, filename: str, out: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    print(run_cli(lambda: ensure_model(compose_config(argv), argv, train=True)))
+    def prepare() -> Path:
+        cfg = compose_config(argv)
+        return ensure_model(cfg.model, cache_dir=cfg.cache_dir, hub_cfg=cfg.hub, syn=cfg.synthetic, overrides=argv, train=True)
+
+    print(run_cli(prepare))

@@ -1,5 +1,5 @@
 """The Hydra config's home: where ``conf/`` is, the resolvers (``yfpo.dirname`` of run directories,
-``yfpo.model_tag`` of cached file names), what identifies a run, and composing the config outside ``@hydra.main`` (for the stages that need no run directory).
+``yfpo.model_tag`` of cached file names) and composing the config outside ``@hydra.main`` (for the stages that need no run directory).
 
 Every entry point imports this module (for :data:`CONF_DIR`), which registers the resolver
 before Hydra resolves ``hydra.run.dir``.
@@ -8,10 +8,14 @@ before Hydra resolves ``hydra.run.dir``.
 from __future__ import annotations
 
 import hashlib
+import re
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from yfpo.core import schema  # noqa: F401  (registers the typed schemas before any composition)
@@ -21,30 +25,41 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 DIRNAME_LIMIT = 96  # characters; file systems refuse names over 255
 
 
-def run_dirname(overrides: str) -> str:
+def swept_keys(argv: list[str]) -> list[str]:
+    """The keys a command line sweeps (``seed=1,2,3``, ``+variant=a,b``, ``lambda=range(1,3)``), by Hydra's
+    own override grammar, plus those of the experiment's ``hydra.sweeper.params`` (when Hydra runs)."""
+    keys = []
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+        keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    except Exception:  # not a Hydra command line (a test runner's, say): nothing is swept by it
+        pass
+    if HydraConfig.initialized():
+        keys += [k.lstrip("+~") for k in (HydraConfig.get().sweeper.get("params") or {})]
+    return list(dict.fromkeys(keys))
+
+
+def run_dirname(overrides: str, swept: list[str] | None = None) -> str:
     """A directory name for a run from Hydra's ``job.override_dirname``.
 
-    Short override lists stay readable (``lambda=0.1,method=yfpo``); ``/`` in path values is
-    replaced; a long list keeps its start and gets a hash of the whole, so it stays unique.
+    Short override lists stay as Hydra writes them (``lambda=0.1,method=yfpo``); ``/`` in path values
+    is replaced. A long list puts the ``swept`` keys (default: this command's, :func:`swept_keys`)
+    first, keeps what fits and ends in a hash of the whole, so it stays unique and the swept values
+    stay readable.
     """
     name = overrides.replace("/", "_") or "defaults"
     if len(name) <= DIRNAME_LIMIT:
         return name
-    return f"{name[:DIRNAME_LIMIT - 12]}..{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+    swept = swept_keys(sys.argv[1:]) if swept is None else swept
+    items = re.split(r",(?=[+~]?[\w.@-]+=)", name)  # a comma that starts the next key=value
+    items.sort(key=lambda item: item.split("=", 1)[0].lstrip("+~") not in swept)  # stable: Hydra's order otherwise
+    return f"{','.join(items)[:DIRNAME_LIMIT - 12]}..{hashlib.sha1(name.encode()).hexdigest()[:10]}"
 
 
 OmegaConf.register_new_resolver("yfpo.dirname", run_dirname, replace=True)
 
 
 OmegaConf.register_new_resolver("yfpo.model_tag", model_tag, replace=True)
-
-# Keys that may differ between the first start of a run and its resumption: not part of what a
-# run (or the model it exports) is. The stages after training read their own groups, so adding or
-# changing one of those never invalidates a finished run.
-RESUME_FREE = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "trainer.accumulate_grad_batches",
-               "trainer.enable_progress_bar", "logger", "cache_dir", "hub", "model_tag",  # (derived from model.name/path)
-               "eval.", "ablate.", "demo.", "pairs.", "vllm.")  # read by other stages only (demo.lambda reaches training as `lambda`)
-
 
 def quote_paths(argv: list[str]) -> list[str]:
     """Command-line overrides whose value is an existing path with characters Hydra's grammar
@@ -67,22 +82,3 @@ def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
-
-
-def run_identity(cfg: DictConfig) -> dict:
-    """The flattened, resolved config of a run (``{"optim.lr": 5e-06, ...}``) without the
-    :data:`RESUME_FREE` keys; paths under ``cache_dir`` are written relative to it, so a moved
-    cache (``YFPO_CACHE``) is not another config."""
-    flat = {}
-
-    def walk(node, prefix):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[f"{prefix}{k}"] = v
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    cache = flat.get("cache_dir")
-    return {k: v.replace(cache, "${cache_dir}", 1) if cache and isinstance(v, str) and v.startswith(cache) else v
-            for k, v in flat.items() if not k.startswith(RESUME_FREE)}

@@ -111,7 +111,7 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         raise ConfigError("pairs.mode=step needs a step checker (pairs.checker) to find the first wrong step")
     out = Path(p.out)
     ensure_synthetic(cfg.synthetic, p.questions)
-    path = ensure_model(cfg, overrides)
+    path = ensure_model(cfg.model, cache_dir=cfg.cache_dir, hub_cfg=cfg.hub, syn=cfg.synthetic, overrides=overrides)
     model = load_model(cfg.model, path)
     weights = weights_fingerprint(model)
     engine = OmegaConf.to_container(cfg.vllm, resolve=True) if p.backend == "vllm" else None

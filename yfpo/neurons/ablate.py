@@ -57,11 +57,12 @@ def accuracy(model, tokenizer, cfg: DictConfig, rows: list[dict]) -> float:
 def ablate(cfg: DictConfig, overrides: list[str] = ()) -> dict:
     a, n = cfg.ablate, cfg.neurons
     ensure_synthetic(cfg.synthetic, a.data)
-    path = ensure_model(cfg, list(overrides))
+    path = ensure_model(cfg.model, cache_dir=cfg.cache_dir, hub_cfg=cfg.hub, syn=cfg.synthetic, overrides=list(overrides))
     tokenizer = load_tokenizer(cfg.model, path)
     model = load_model(cfg.model, path).to(device_for(n.device)).eval()
     c = model.config
-    neurons = io.load_for(cfg, c, weights_fingerprint(model), "the ablation", list(overrides))
+    key = io.neuron_key(n, cfg.model_tag, weights_fingerprint(model), c, cfg.data.template, cfg.hub.mirror)
+    neurons = io.load_for(n, key, "the ablation", list(overrides))
 
     samples = math_samples(cfg, tokenizer, a.data, a.num_samples, key="ablate.data")
     data = list(batches(samples, a.batch_size, tokenizer.pad_token_id, model.device))

@@ -118,14 +118,15 @@ def load(path: str | Path) -> NeuronSet:
                               f"file; delete it") from None
 
 
-def neuron_key(cfg, weights: str, num_layers: int, intermediate_size: int) -> dict:
-    """What the neuron file of ``cfg.neurons`` is made from (:mod:`yfpo.core.artefacts`): the model (its
-    tag and weights), the selection settings and the content of the samples' source."""
-    n = cfg.neurons
-    return {"model": cfg.model_tag, "weights": weights, "num_layers": num_layers, "intermediate_size": intermediate_size,
+def neuron_key(n, model_tag: str, weights: str, model_config, template: str, mirror: str | None) -> dict:
+    """What the neuron file of ``n`` (the ``neurons`` group) is made from (:mod:`yfpo.core.artefacts`):
+    the model (its tag, weights and MLP shape), the selection settings, the prompt ``template`` and the
+    content of the samples' source (read through the hub ``mirror``)."""
+    return {"model": model_tag, "weights": weights, "num_layers": model_config.num_hidden_layers,
+            "intermediate_size": model_config.intermediate_size,
             "selector": n.selector, "top_k": n.top_k, "seed": n.seed, "num_samples": n.num_samples,
-            "lrp_variant": n.get("lrp_variant") or "", "template": cfg.data.template,
-            "data": artefacts.source_fingerprint(n.data, cfg.hub.get("mirror"))}
+            "lrp_variant": n.lrp_variant or "", "template": template,
+            "data": artefacts.source_fingerprint(n.data, mirror)}
 
 
 def command(overrides: list[str] | None, *extra: str) -> str:
@@ -137,17 +138,15 @@ def command(overrides: list[str] | None, *extra: str) -> str:
     return shlex.join(["python", "-m", "yfpo.neurons", *(o for o in overrides if not o.startswith("hydra.")), *extra])
 
 
-def load_for(cfg, model_config, weights: str, user: str, overrides: list[str] | None) -> NeuronSet:
-    """The neuron set of ``cfg.neurons.path``, refused unless it was made by ``python -m yfpo.neurons``
-    with these ``overrides`` from these ``weights``: a missing file, one for another model or one made
-    with other settings raises :class:`NeuronFileError` saying that ``user`` needs it and the command
-    that makes it."""
-    n = cfg.neurons
+def load_for(n, key: dict, user: str, overrides: list[str] | None) -> NeuronSet:
+    """The neuron set of ``n.path`` (``n``: the ``neurons`` group), refused unless it was made by
+    ``python -m yfpo.neurons`` with these ``overrides`` and this :func:`neuron_key`: a missing file,
+    one for another model or one made with other settings raises :class:`NeuronFileError` saying that
+    ``user`` needs it and the command that makes it."""
     try:
         neurons = load(n.path)
     except NeuronFileError as e:
         raise NeuronFileError(f"{e}. {user} needs it; create it with: {command(overrides)}") from None
-    key = neuron_key(cfg, weights, model_config.num_hidden_layers, model_config.intermediate_size)
     try:
         artefacts.refuse_metadata_changes(f"neuron file {n.path}", neurons.meta, key, f"{user} needs one made for this "
                                           f"model; make it with: {command(overrides, 'neurons.overwrite=true')}")

@@ -46,10 +46,10 @@ def select(cfg: DictConfig, overrides: list[str] = ()) -> Path:
     if n.selector not in SELECTORS:
         raise ConfigError(f"neurons.selector={n.selector!r}: choose one of {SELECTORS}")
     ensure_synthetic(cfg.synthetic, n.data)
-    path = ensure_model(cfg, list(overrides))
+    path = ensure_model(cfg.model, cache_dir=cfg.cache_dir, hub_cfg=cfg.hub, syn=cfg.synthetic, overrides=list(overrides))
     model = load_model(cfg.model, path)
     num_layers, width = model.config.num_hidden_layers, model.config.intermediate_size
-    key = io.neuron_key(cfg, weights_fingerprint(model), num_layers, width)
+    key = io.neuron_key(n, cfg.model_tag, weights_fingerprint(model), model.config, cfg.data.template, cfg.hub.mirror)
     fix = f"Recompute it with: {io.command(list(overrides), 'neurons.overwrite=true')}"
     if out.is_file() and not n.overwrite and artefacts.kept(out, key, f"neuron file {out}", fix,
                                                             "neurons.overwrite=true recomputes it", io.load(out).meta):

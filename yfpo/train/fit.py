@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from yfpo.core import artefacts
 from yfpo.train.checkpoints import HFCheckpoints, ckpt_name, is_complete, resume_point
-from yfpo.core.config import CONF_DIR, run_identity
+from yfpo.core.config import CONF_DIR
 from yfpo.data.datamodule import PreferenceDataModule
 from yfpo.core.errors import ConfigError, UserError, run_cli
 from yfpo.core.locks import exclusive
@@ -31,7 +31,8 @@ from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.assets.prepare import ensure_model, ensure_synthetic
 from yfpo.train.module import PreferenceModule, check_module_config
 from yfpo.neurons import io as neuron_io
-from yfpo.train.reference import ReferenceCache, tokens_fingerprint
+from yfpo.train.inputs import run_identity, training_inputs
+from yfpo.train.reference import ReferenceCache, declared_identity, tokens_fingerprint
 from yfpo.train.strategies import build_strategy
 
 DONE = "DONE"
@@ -44,15 +45,17 @@ def task_overrides() -> list[str] | None:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
 
 
-def load_neurons(cfg: DictConfig, policy):
+def load_neurons(run: DictConfig, where: DictConfig, policy):
     """The neuron set of ``neurons.path``: required for ``method.loss=yfpo``, optional (tracked) otherwise."""
-    n, use = cfg.neurons, neuron_io.role(cfg.method)
+    use = neuron_io.role(run.method)
     needed = use == "rewarded"
-    if use is None or (not needed and not Path(n.path).is_file()):
+    if use is None or (not needed and not Path(run.neurons.path).is_file()):
         return None
+    n = run.neurons
+    key = neuron_io.neuron_key(n, where.model_tag, weights_fingerprint(policy), policy.config, run.data.template,
+                               where.hub.mirror)
     try:
-        neurons = neuron_io.load_for(cfg, policy.config, weights_fingerprint(policy), f"method={cfg.method.name}",
-                                     task_overrides())
+        neurons = neuron_io.load_for(n, key, f"method={run.method.name}", task_overrides())
     except neuron_io.NeuronFileError as e:
         if needed:
             raise
@@ -160,37 +163,45 @@ def fit(cfg: DictConfig, run_dir: Path) -> Path:
 
 def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
     check_resume(cfg, run_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    ensure_synthetic(cfg.synthetic, cfg.data.path)
-    path = ensure_model(cfg, overrides=task_overrides())
-    tokenizer = load_tokenizer(cfg.model, path)
-    policy = load_model(cfg.model, path, autocast=str(cfg.trainer.precision).startswith(("bf16", "16")))
-    kind = "sft" if cfg.method.loss == "sft" else "pairs"
-    data = PreferenceDataModule(cfg.data, tokenizer, kind=kind, seed=cfg.seed, hub=cfg.hub)
+    # Everything below reads `run`, the part of the config that is the run (and its identity), or
+    # `where`: where things are found and logged, which never changes what is trained.
+    run = training_inputs(cfg)
+    where = OmegaConf.create({k: OmegaConf.to_container(cfg, resolve=True)[k] for k in ("cache_dir", "hub", "model_tag", "logger")})
+    L.seed_everything(run.seed, workers=True)
+    syn = run.get("synthetic")
+    if syn is not None:
+        ensure_synthetic(syn, run.data.path)
+    path = ensure_model(run.model, cache_dir=where.cache_dir, hub_cfg=where.hub, syn=syn, overrides=task_overrides())
+    tokenizer = load_tokenizer(run.model, path)
+    policy = load_model(run.model, path, autocast=str(run.trainer.precision).startswith(("bf16", "16")))
+    kind = "sft" if run.method.loss == "sft" else "pairs"
+    data = PreferenceDataModule(run.data, tokenizer, kind=kind, seed=run.seed, hub=where.hub)
     data.setup("fit")  # the rows are needed now to identify a reference cache
-    r = cfg.reference
+    r = run.reference
     cache = None
     if kind == "pairs" and r.mode == "precompute":
-        cache = ReferenceCache.for_run(cfg, weights_fingerprint(policy), tokens_fingerprint(data.train_set), len(data.train_set))
+        declared = declared_identity(run.model, run.data, r, run.trainer.precision)
+        cache = ReferenceCache.for_run(r, declared, where.model_tag, weights_fingerprint(policy),
+                                       tokens_fingerprint(data.train_set), len(data.train_set))
         cache.check()  # a stale cache is refused before any work starts
-    module = PreferenceModule(policy, cfg.method, cfg.optim, cfg.beta, cfg["lambda"], load_neurons(cfg, policy),
+    module = PreferenceModule(policy, run.method, run.optim, run.beta, run["lambda"], load_neurons(run, where, policy),
                               reference=r.mode, reference_dtype=r.dtype, reference_cache=cache,
-                              chunk_tokens=cfg.logprobs.chunk_tokens)
+                              chunk_tokens=run.logprobs.chunk_tokens)
     callbacks = [
         data.position,  # before the checkpoint callbacks (Lightning runs those last): the loader's position
-        HFCheckpoints(ckpt_dir, cfg.checkpoints.count, tokenizer),
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoints.resume_every_n_steps),
+        HFCheckpoints(ckpt_dir, run.checkpoints.count, tokenizer),
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=run.checkpoints.resume_every_n_steps),
     ]
-    if cfg.trainer.get("enable_progress_bar", True):
+    if run.trainer.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar())  # plain tqdm: readable in log files and SLURM output, unlike rich
-    options = {**cfg.trainer, "strategy": build_strategy(cfg.trainer.strategy, policy)}
+    options = {**run.trainer, "strategy": build_strategy(run.trainer.strategy, policy)}
     last = ckpt_dir / "last.ckpt"
     resume_step, last_row = resume_point(last) if last.is_file() else (None, None)
-    loggers = make_loggers(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), resume_step, last_row)
+    loggers = make_loggers(where.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), resume_step, last_row)
     trainer = L.Trainer(**options, logger=loggers, callbacks=callbacks,
                         default_root_dir=run_dir, use_distributed_sampler=False)  # GlobalBatchSampler shards the batches itself
-    if cfg.data.get("global_batch_size"):
-        trainer.accumulate_grad_batches = accumulation(cfg.data.global_batch_size, cfg.data.batch_size, trainer.world_size)
+    if run.data.global_batch_size:
+        trainer.accumulate_grad_batches = accumulation(run.data.global_batch_size, run.data.batch_size, trainer.world_size)
     if resume_step is not None:
         print(f"[yfpo] resuming {run_dir} from {last} (step {resume_step}; logs/metrics.csv kept up to it)")
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)

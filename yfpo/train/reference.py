@@ -40,12 +40,12 @@ def tokens_fingerprint(rows: Sequence) -> str:
     return artefacts.rows_fingerprint([e.prompt, e.chosen, e.rejected] for e in rows)
 
 
-def declared_identity(cfg: DictConfig) -> dict[str, str]:
-    """What the run's config says the table depends on."""
-    out = {"model": str(cfg.model.path), "model_dtype": str(cfg.model.dtype), "precision": str(cfg.trainer.precision),
-           "reference_dtype": str(cfg.reference.dtype)}
-    out.update({f"data.{k}": str(cfg.data.get(k)) for k in DATA_KEYS})
-    if cfg.data.get("subset_size") is None:
+def declared_identity(model: DictConfig, data: DictConfig, reference: DictConfig, precision: str) -> dict[str, str]:
+    """What the run's ``model``, ``data`` and ``reference`` groups and ``trainer.precision`` say the table depends on."""
+    out = {"model": str(model.path), "model_dtype": str(model.dtype), "precision": str(precision),
+           "reference_dtype": str(reference.dtype)}
+    out.update({f"data.{k}": str(data.get(k)) for k in DATA_KEYS})
+    if data.subset_size is None:
         del out["data.subset_seed"]  # no subset is drawn (its seed often follows the training seed)
     return out
 
@@ -60,13 +60,12 @@ class ReferenceCache:
         self.path, self.identity = Path(path), artefacts.stringify(identity)
 
     @classmethod
-    def for_run(cls, cfg: DictConfig, weights: str, tokens: str, rows: int) -> "ReferenceCache":
-        """The cache of this run: ``reference.cache_dir/<model tag>-<hash of the declared identity>.safetensors``
-        (or ``reference.cache_path`` when set), identified by the declared and observed fields."""
-        declared = declared_identity(cfg)
-        path = cfg.reference.get("cache_path")
+    def for_run(cls, reference: DictConfig, declared: dict, model_tag: str, weights: str, tokens: str, rows: int) -> "ReferenceCache":
+        """The cache of a run: ``reference.cache_dir/<model tag>-<hash of the declared identity>.safetensors``
+        (or ``reference.cache_path`` when set), identified by the :func:`declared_identity` and the observed fields."""
+        path = reference.cache_path
         if not path:
-            path = Path(cfg.reference.cache_dir) / f"{cfg.model_tag}-{artefacts.hash_text(declared)}.safetensors"
+            path = Path(reference.cache_dir) / f"{model_tag}-{artefacts.hash_text(declared)}.safetensors"
         return cls(path, {**declared, "weights": weights, "tokens": tokens, "rows": rows})
 
     def check(self) -> bool:

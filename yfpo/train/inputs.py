@@ -1,0 +1,54 @@
+"""What a training run reads from the config, and therefore what the run is.
+
+:func:`training_inputs` is the one view of the config that :func:`yfpo.train.fit.fit` hands to
+the pieces it builds; :func:`run_identity` is that same view flattened. A key training does not
+read (``eval.*``, ``pairs.*``, ``logger``, ``hub``, the experiment's ``name``) is not in it, so
+changing it never refuses a resume or invalidates a finished run; a key training starts to read
+has to enter the view first, and so becomes part of the identity with it.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from yfpo.data import synthetic
+from yfpo.neurons.io import role
+
+# Read by every training run.
+GROUPS = ("seed", "beta", "lambda", "model", "data", "method", "optim", "logprobs", "checkpoints", "reference", "trainer")
+# Trainer settings training reads that choose where and how fast it runs, not what it trains:
+# a pre-empted run may resume on other devices (the global batch is data.global_batch_size).
+PLACEMENT = ("devices", "num_nodes", "accelerator", "strategy", "accumulate_grad_batches", "enable_progress_bar")
+
+
+def training_inputs(cfg: DictConfig) -> DictConfig:
+    """The resolved parts of ``cfg`` a training run reads: :data:`GROUPS`, ``neurons`` when the
+    method rewards or tracks them (:func:`yfpo.neurons.io.role`), and ``synthetic`` when the data
+    or the model is made from the synthetic files."""
+    keys = list(GROUPS)
+    if role(cfg.method):
+        keys.append("neurons")
+    if cfg.model.prepare == "build_tiny" or synthetic.read_by(cfg.synthetic.dir, cfg.data.path):
+        keys.append("synthetic")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.create({k: resolved[k] for k in keys})
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    """:func:`training_inputs` flattened (``{"optim.lr": 5e-06, ...}``) without the trainer's
+    :data:`PLACEMENT`; paths under ``cache_dir`` are written relative to it, so a moved cache
+    (``YFPO_CACHE``) is not another run."""
+    flat = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk(OmegaConf.to_container(training_inputs(cfg)), "")
+    cache = str(cfg.cache_dir)
+    free = tuple(f"trainer.{k}" for k in PLACEMENT)
+    return {k: v.replace(cache, "${cache_dir}", 1) if isinstance(v, str) and v.startswith(cache) else v
+            for k, v in flat.items() if not k.startswith(free)}
