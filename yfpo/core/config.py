@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from yfpo.core import schema  # noqa: F401  (registers the typed schemas before any composition)
@@ -32,7 +33,7 @@ def swept_keys(argv: list[str]) -> list[str]:
     try:
         parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
         keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
-    except Exception:  # not a Hydra command line (a test runner's, say): nothing is swept by it
+    except OverrideParseException:  # not a Hydra command line (a test runner's, say): nothing is swept by it
         pass
     if HydraConfig.initialized():
         keys += [k.lstrip("+~") for k in (HydraConfig.get().sweeper.get("params") or {})]

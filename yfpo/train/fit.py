@@ -166,7 +166,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
     # Everything below reads `run`, the part of the config that is the run (and its identity), or
     # `where`: where things are found and logged, which never changes what is trained.
     run = training_inputs(cfg)
-    where = OmegaConf.create({k: OmegaConf.to_container(cfg, resolve=True)[k] for k in ("cache_dir", "hub", "model_tag", "logger")})
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # once: also the config the loggers record
+    where = OmegaConf.create({k: resolved[k] for k in ("cache_dir", "hub", "model_tag", "logger")})
     L.seed_everything(run.seed, workers=True)
     syn = run.get("synthetic")
     if syn is not None:
@@ -197,7 +198,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
     options = {**run.trainer, "strategy": build_strategy(run.trainer.strategy, policy)}
     last = ckpt_dir / "last.ckpt"
     resume_step, last_row = resume_point(last) if last.is_file() else (None, None)
-    loggers = make_loggers(where.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), resume_step, last_row)
+    loggers = make_loggers(where.logger, run_dir, resolved, resume_step, last_row)
     trainer = L.Trainer(**options, logger=loggers, callbacks=callbacks,
                         default_root_dir=run_dir, use_distributed_sampler=False)  # GlobalBatchSampler shards the batches itself
     if run.data.global_batch_size:
