@@ -125,3 +125,29 @@ def test_a_model_made_by_training_is_a_named_step_and_its_hint_works(tmp_path, c
     again = subprocess.run(train, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (tmp_path / "run" / "DONE").is_file()
+
+
+def test_the_prepare_step_trains_on_the_callers_draw_of_the_synthetic_data(tmp_path, cache):
+    """`python -m yfpo.prepare synthetic.seed=7 ...`: the training run that makes the model reads the
+    seed-7 files, not the default draw, and a stage given the same settings then accepts the model."""
+    import os
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    env = {**os.environ, "YFPO_CACHE": str(cache)}
+    args = [*FAST, "model.path=${cache_dir}/smoke/sft", "model.prepare=train:smoke_sft", "synthetic.seed=7",
+            "synthetic.dir=${cache_dir}/smoke/synthetic-s7"]
+    made = subprocess.run([sys.executable, "-m", "yfpo.prepare", *args], capture_output=True, text=True, env=env)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert "synthetic.seed=7" in made.stdout, "the preparing command names the draw it trains on"
+    ran = OmegaConf.load(cache / "smoke" / "sft-run" / "run_config.yaml")
+    assert ran.synthetic.seed == 7 and ran.data.path == str(cache / "smoke" / "synthetic-s7" / "sft.jsonl")
+    assert not (cache / "smoke" / "synthetic").exists(), "the default draw was never made"
+    train = subprocess.run([sys.executable, "-m", "yfpo.train", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+                           capture_output=True, text=True, env=env)
+    assert train.returncode == 0, train.stderr[-2000:]
+    other = subprocess.run([sys.executable, "-m", "yfpo.train", *args[:-2], f"hydra.run.dir={tmp_path / 'other'}"],
+                           capture_output=True, text=True, env=env)
+    assert other.returncode == 2 and "synthetic.seed: made with '7', now '0'" in other.stderr, other.stderr[-2000:]

@@ -46,6 +46,37 @@ def test_generator_is_deterministic(tmp_path):
     assert all(a[k].read_text() == b[k].read_text() for k in a)
 
 
+def test_the_held_out_slice_lies_beyond_sft_and_its_questions_are_graded_by_step(tmp_path):
+    """SFT demonstrates starts 2..max_start only; test and dev cover 2..heldout_max_start; the questions
+    pairs are sampled on lie beyond SFT's range only; no file shares a question with another; the step
+    checker grades solutions there as anywhere; sft_beyond puts that share of SFT problems beyond."""
+    paths = synthetic.generate(tmp_path / "a", num_sft=400, num_preference=20, num_test=300, num_dev=100,
+                               num_questions=200, max_start=20, heldout_max_start=30, seed=5)
+    rows = {k: [json.loads(l) for l in v.read_text().splitlines()] for k, v in paths.items()}
+    start = lambda q: synthetic.question_plan(q)[0]  # noqa: E731
+    sft_starts = {start(r["question"]) for r in rows["sft"]}
+    assert sft_starts <= set(range(2, 21)) and {start(r["prompt"]) for r in rows["preference"]} <= set(range(2, 21))
+    test_starts = [start(r["question"]) for r in rows["test"]]
+    assert set(test_starts) <= set(range(2, 31)) and 0.25 < sum(s > 20 for s in test_starts) / len(test_starts) < 0.45, \
+        "test: the whole held-out range, a third of it beyond SFT's"
+    assert {start(r["question"]) for r in rows["questions"]} == set(range(21, 31)), "questions: beyond SFT's range only"
+    questions = [{r["question"] for r in rows[k]} for k in ("sft", "test", "dev", "questions")]
+    assert sum(map(len, questions)) == len(set().union(*questions)), "no question in two files"
+    for r in rows["questions"][:50] + rows["test"][:50]:
+        assert synthetic.first_wrong_step(r["question"], r["answer"]) is None
+        plan = synthetic.question_plan(r["question"])
+        if plan[0] < 10:
+            continue
+        wrong = r["answer"].replace(f"{plan[0]} ", f"{plan[0] % 10} ", 1)  # the start model's typical slip: the tens dropped
+        assert synthetic.first_wrong_step(r["question"], wrong) == 0
+    some = synthetic.generate(tmp_path / "b", num_sft=2000, num_preference=2, num_test=2, num_dev=2, num_questions=2,
+                              max_start=20, heldout_max_start=30, sft_beyond=0.05, seed=5)
+    beyond = [start(json.loads(l)["question"]) > 20 for l in some["sft"].read_text().splitlines()]
+    assert 0.03 < sum(beyond) / len(beyond) < 0.07
+    with pytest.raises(ValueError, match="heldout_max_start=10 is below max_start=20"):
+        synthetic.generate(tmp_path / "c", max_start=20, heldout_max_start=10)
+
+
 def test_alpaca_template_follows_step_dpo(tokenizer):
     assert format_prompt("alpaca", "Q?", "") == ALPACA.format(instruction="Q?")
     assert format_prompt("alpaca", "Q?", "Step 1.\n") == ALPACA.format(instruction="Q?") + "\nStep 1.\n"

@@ -42,7 +42,7 @@ def synthetic_files(syn: DictConfig) -> dict[str, Path]:
     keyed on the ``syn`` settings (:mod:`yfpo.core.artefacts`); other settings are refused, since runs
     already trained or evaluated on those files would silently change under them."""
     out = Path(syn.dir)
-    paths = {n: out / f"{n}.jsonl" for n in ("sft", "preference", "test", "dev")}
+    paths = {n: out / f"{n}.jsonl" for n in ("sft", "preference", "test", "dev", "questions")}
     params = {k: v for k, v in OmegaConf.to_container(syn, resolve=True).items() if k != "dir"}
     fix = f"Give these settings their own directory (synthetic.dir={out}-NAME), or delete {out} to generate it again."
 
@@ -68,7 +68,8 @@ def model_key(m: DictConfig, cache_dir: str, syn: DictConfig | None) -> dict:
         return {"prepare": m.prepare, "vocab_size": m.vocab_size, "corpus_rows": m.corpus_rows, "arch": dict(m.arch),
                 "init_seed": m.init_seed, "corpus": artefacts.file_fingerprint(corpus)}
     if m.prepare.startswith("train:"):
-        return run_identity(compose_config([f"+experiment={m.prepare.removeprefix('train:')}", f"cache_dir={cache_dir}"]))
+        experiment = [f"+experiment={m.prepare.removeprefix('train:')}", f"cache_dir={Path(cache_dir).resolve()}"]
+        return run_identity(compose_config([*experiment, *data_overrides(experiment, syn)]))
     if m.prepare == "gguf":
         from importlib import metadata
 
@@ -79,6 +80,20 @@ def model_key(m: DictConfig, cache_dir: str, syn: DictConfig | None) -> dict:
         return {"prepare": m.prepare, "gguf_package": m.gguf_package, "version": version, "gguf_file": m.gguf_file,
                 "converter": 2}  # 2: no quantization_config left in the saved config
     raise ConfigError(f"model.prepare={m.prepare!r}: use 'build_tiny', 'gguf' or 'train:<experiment>'")
+
+
+def data_overrides(experiment: list[str], syn: DictConfig | None) -> list[str]:
+    """``synthetic.KEY=VALUE`` for each setting of ``syn`` (the caller's ``synthetic`` group) that differs
+    from the one the ``experiment`` overrides compose to: the training run that prepares a model
+    trains on the caller's draw of the data (``synthetic.seed=N``), not on the default one."""
+    if syn is None:
+        return []
+    own = OmegaConf.to_container(compose_config(experiment).synthetic, resolve=True)
+    mine = OmegaConf.to_container(syn, resolve=True)
+    changed = {k: v for k, v in mine.items() if own.get(k) != v}
+    if "dir" in changed:  # absolute, so that the run and this process read the same directory
+        changed["dir"] = str(Path(changed["dir"]).resolve())
+    return [f"synthetic.{k}={'null' if v is None else v}" for k, v in changed.items()]
 
 
 def ensure_model(m: DictConfig, *, cache_dir: str, hub_cfg: DictConfig, syn: DictConfig | None = None,
@@ -123,10 +138,12 @@ def ensure_model(m: DictConfig, *, cache_dir: str, hub_cfg: DictConfig, syn: Dic
             return path
         if experiment:
             # the run exports to model.path and keys it (train.export); a finished run only exports again
-            command = f"python -m yfpo.train +experiment={experiment}"
+            cache = str(Path(cache_dir).resolve())
+            args = [f"+experiment={experiment}", *data_overrides([f"+experiment={experiment}", f"cache_dir={cache}"], syn)]
+            command = shlex.join(["python", "-m", "yfpo.train", *args])
             print(f"[yfpo] {path} not found: preparing it with `{command}`", flush=True)
-            env = {**os.environ, "YFPO_CACHE": str(Path(cache_dir).resolve())}
-            if subprocess.run([sys.executable, "-m", "yfpo.train", f"+experiment={experiment}"], env=env).returncode:
+            env = {**os.environ, "YFPO_CACHE": cache}
+            if subprocess.run([sys.executable, "-m", "yfpo.train", *args], env=env).returncode:
                 raise UserError(f"preparing model.path={path} with `{command}` failed: its error is above")
             if not current():
                 raise RuntimeError(f"experiment {experiment} finished without exporting a model to {path}")

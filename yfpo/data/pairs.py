@@ -142,7 +142,8 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial, progress = out.with_name(out.name + ".partial.jsonl"), out.with_name(out.name + ".progress.json")
     identity = artefacts.stringify(key)
-    state = json.loads(progress.read_text()) if progress.is_file() else {"identity": identity, "done": 0, "counts": {}}
+    state = (json.loads(progress.read_text()) if progress.is_file()
+             else {"identity": identity, "done": 0, "counts": {}, "correct_per_question": []})
     artefacts.refuse_changes(f"the interrupted sampling {partial}", state["identity"], identity,
                              f"Delete it and {progress} to start again.")
     if state["done"] == 0:
@@ -178,6 +179,8 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
             counts["samples"] += len(completions)
             counts["answer_correct"] += sum(answer_ok)
             counts["correct"] += sum(correct)
+            counts["solved"] += any(correct)
+            state["correct_per_question"].append(sum(correct))
             counts["right_answer_wrong_step"] += sum(ok and not c for ok, c in zip(answer_ok, correct))
             pairs, why = pairs_for_question(r[q_field], completions, correct, first_wrong, p.mode, p.per_question,
                                             random.Random(p.seed + start + j))
@@ -196,6 +199,8 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         "pairs_per_question": counts["pairs"] / max(n, 1),
         "sampled_accuracy": counts["answer_correct"] / max(counts["samples"], 1),
         "sampled_accuracy_all_steps_right": counts["correct"] / max(counts["samples"], 1) if check else None,
+        "pass_at_k": counts["solved"] / max(n, 1),  # k = samples_per_question: questions with a correct sample
+        "correct_per_question": state["correct_per_question"],
         "right_answer_wrong_step": counts["right_answer_wrong_step"],
         "skipped": {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped: ") and v},
         "model": cfg.model.name, "weights": weights, "settings": key["config"],
@@ -205,7 +210,8 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     artefacts.commit(out, key)
     partial.unlink()
     progress.unlink()
-    print(f"[yfpo] wrote {len(rows_out)} pairs to {out}\n{json.dumps(summary, indent=2)}")
+    shown = {k: v for k, v in summary.items() if k != "correct_per_question"}
+    print(f"[yfpo] wrote {len(rows_out)} pairs to {out}\n{json.dumps(shown, indent=2)}")
     return out
 
 

@@ -1,13 +1,20 @@
 """Synthetic GSM8K-style word problems, so the whole pipeline runs with no network.
 
-Each problem is a start amount followed by ``num_steps`` add/subtract events. Three files are
-written in the field layouts of the real datasets:
+Each problem is a start amount followed by ``num_steps`` add/subtract events. SFT sees start
+amounts up to ``max_start``; the held-out problems (test, dev and the questions pairs are sampled
+on) go up to ``heldout_max_start``, so part of them lies beyond anything SFT demonstrated: the
+start model half-solves them, and what it gets right there is what on-policy pairs can teach it
+(the self-improvement setting of STaR, rejection-sampling fine-tuning and Step-DPO). Five files
+are written in the field layouts of the real datasets:
 
-- ``sft.jsonl``, ``test.jsonl`` and ``dev.jsonl`` (for choosing checkpoints): GSM8K layout, ``question`` and ``answer`` (a worked solution
-  ending in ``#### N``). With ``slip_rate > 0`` the SFT demonstrations are those of a careless
-  solver: a step whose result crosses a multiple of ten forgets the carry or borrow with that
-  probability (``17 + 5 = 12``), and the slip propagates to the final answer. Test solutions are
-  always right;
+- ``sft.jsonl``: GSM8K layout, ``question`` and ``answer`` (a worked solution ending in ``#### N``).
+  With ``slip_rate > 0`` the SFT demonstrations are those of a careless solver: a step whose
+  result crosses a multiple of ten forgets the carry or borrow with that probability
+  (``17 + 5 = 12``), and the slip propagates to the final answer;
+- ``test.jsonl`` and ``dev.jsonl`` (for choosing checkpoints): GSM8K layout, the whole held-out
+  range (what SFT taught and what lies beyond it), always right;
+- ``questions.jsonl``: training questions for on-policy pairs, from the range beyond SFT's only,
+  with worked solutions (GSM8K layout) that no stage trains on: the pairs stage grades against them;
 - ``preference.jsonl``: Math-Step-DPO-10K layout (``dataset``, ``prompt``,
   ``initial_reason_steps``, ``chosen``, ``rejected``, ``full_chosen``, ``full_rejected``,
   ``answer``). The rejected step has exactly one arithmetic error; ``full_rejected`` carries the
@@ -75,10 +82,10 @@ def slipped(p: Problem, rng: random.Random, slip_rate: float) -> Problem:
     return Problem(p.question, steps, tuple(values), p.deltas, p.item)
 
 
-def make_problem(rng: random.Random, num_steps: int, max_start: int, max_delta: int) -> Problem:
-    """One problem whose running total stays non-negative."""
+def make_problem(rng: random.Random, num_steps: int, max_start: int, max_delta: int, min_start: int = 2) -> Problem:
+    """One problem, starting at ``min_start..max_start``, whose running total stays non-negative."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    value = rng.randint(2, max_start)
+    value = rng.randint(min_start, max_start)
     values, deltas, events = [value], [], []
     for _ in range(num_steps):
         n = rng.randint(1, max_delta)
@@ -185,42 +192,56 @@ def generate(
     num_preference: int = 4000,
     num_test: int = 500,
     num_dev: int = 500,
+    num_questions: int = 2000,
     num_steps: int = 2,
     max_start: int = 20,
+    heldout_max_start: int | None = None,
+    sft_beyond: float = 0.0,
     max_delta: int = 9,
     slip_rate: float = 0.0,
     seed: int = 0,
 ) -> dict[str, Path]:
-    """Write ``sft.jsonl``, ``preference.jsonl``, ``test.jsonl`` and ``dev.jsonl`` under ``out_dir``; ``slip_rate``:
-    the share of ten-crossing steps whose carry the SFT demonstrations forget (see :func:`slipped`).
+    """Write ``sft.jsonl``, ``preference.jsonl``, ``test.jsonl``, ``dev.jsonl`` and ``questions.jsonl``
+    under ``out_dir``. SFT and preference problems start at 2..``max_start`` (with ``sft_beyond``, that
+    share of SFT problems at ``max_start``+1..``heldout_max_start`` instead); test and dev at
+    2..``heldout_max_start`` (None: ``max_start``); the questions for on-policy pairs beyond SFT's
+    range, at ``max_start``+1..``heldout_max_start`` (at 2..``max_start`` when there is no such range).
+    ``slip_rate``: the share of ten-crossing steps whose carry the SFT demonstrations forget (see
+    :func:`slipped`).
 
-    Returns the four paths. Writing is atomic per file, so an interrupted run leaves no
+    Returns the five paths. Writing is atomic per file, so an interrupted run leaves no
     half-written file behind.
     """
+    heldout = max_start if heldout_max_start is None else heldout_max_start
+    if heldout < max_start:
+        raise ValueError(f"heldout_max_start={heldout} is below max_start={max_start}: the held-out range contains SFT's")
+    beyond_range = (max_start + 1, heldout) if heldout > max_start else (2, max_start)
     rng = random.Random(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
 
-    def fresh(n: int) -> list[Problem]:
+    def fresh(n: int, low: int, high: int, beyond: float = 0.0) -> list[Problem]:
+        """``n`` new problems starting at ``low..high``; with probability ``beyond`` each in the beyond range."""
         problems = []
         while len(problems) < n:
-            p = make_problem(rng, num_steps, max_start, max_delta)
+            lo, hi = beyond_range if beyond and rng.random() < beyond else (low, high)
+            p = make_problem(rng, num_steps, hi, max_delta, min_start=lo)
             if p.question not in seen:
                 seen.add(p.question)
                 problems.append(p)
         return problems
 
-    test = fresh(num_test)  # drawn first so that training files can never contain them
-    sft, pref = fresh(num_sft), fresh(num_preference)
+    test = fresh(num_test, 2, heldout)  # drawn first so that training files can never contain them
+    sft, pref = fresh(num_sft, 2, max_start, beyond=sft_beyond), fresh(num_preference, 2, max_start)
     slips = random.Random(seed + 1)  # its own stream: slip_rate changes no question
     files = {
         "test": [{"question": p.question, "answer": p.solution} for p in test],
         "sft": [{"question": p.question, "answer": slipped(p, slips, slip_rate).solution} for p in sft],
         "preference": [preference_row(rng, p) for p in pref],
+        "dev": [{"question": p.question, "answer": p.solution} for p in fresh(num_dev, 2, heldout)],
+        "questions": [{"question": p.question, "answer": p.solution} for p in fresh(num_questions, *beyond_range)],
     }
-    # drawn after every other use of rng, so that adding the dev set changed no other file
-    files["dev"] = [{"question": p.question, "answer": p.solution} for p in fresh(num_dev)]
     paths = {}
     for name, rows in files.items():
         paths[name] = out / f"{name}.jsonl"

@@ -18,6 +18,7 @@ Finished stages are skipped on a re-run, and an interrupted one resumes.
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 import time
@@ -26,12 +27,13 @@ from pathlib import Path
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from yfpo.data import synthetic
 from yfpo.pipelines import stats
 from yfpo.core.config import compose_config
 from yfpo.core.errors import ConfigError, MissingError
 from yfpo.pipelines.tables import Row, format_detectable, format_interval, format_p, make_tables, per_seed, verdict
 
-# Logged metrics whose first- and last-epoch means say what each arm did (TRL's names).
+# Logged metrics whose means over the first and last quarter of training say what each arm did (TRL's names).
 MECHANISMS = ("logps/chosen", "logps/rejected", "rewards/margins", "neuron/margin", "train/nll")
 LABELS = {"dpo": ("DPO", None), "dpo_nll": ("DPO+NLL", None), "yfpo_attnlrp": ("YFPO (AttnLRP)", "lambda"),
           "yfpo_random": ("YFPO (random)", "lambda"), "fdt": ("FDT", None)}
@@ -48,16 +50,16 @@ def sh(module: str, overrides: list[str]) -> None:
     print(f"[demo] python -m {module}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def epoch_means(metrics_csv: Path, keys: tuple[str, ...]) -> dict[str, tuple[float, float]]:
-    """Mean of each metric over the first and over the last epoch's logged steps."""
-    by_epoch: dict[str, dict[int, list[float]]] = {k: {} for k in keys}
+def window_means(metrics_csv: Path, keys: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """Mean of each metric over the first and over the last quarter of its logged steps."""
+    logged: dict[str, list[float]] = {k: [] for k in keys}
     with open(metrics_csv) as f:
         for row in csv.DictReader(f):
             for k in keys:
                 if row.get(k):
-                    by_epoch[k].setdefault(int(row["epoch"]), []).append(float(row[k]))
+                    logged[k].append(float(row[k]))
     mean = lambda v: sum(v) / len(v)  # noqa: E731
-    return {k: (mean(e[min(e)]), mean(e[max(e)])) for k, e in by_epoch.items() if e}
+    return {k: (mean(v[: max(1, len(v) // 4)]), mean(v[-max(1, len(v) // 4):])) for k, v in logged.items() if v}
 
 
 def label(variant: str) -> str:
@@ -99,18 +101,18 @@ def table_spec(cfg, runs: dict[str, list[str]]) -> dict:
         method, lam = LABELS.get(v, (v, None))
         rows.append({"data": "synthetic", "method": method, "lambda": cfg.demo[lam] if lam else None, "runs": runs[v]})
     return {"name": cfg.name, "task": cfg.eval.task, "layout": "checkpoints", "baseline": "SFT",
-            "title": f"Demo: tiny Qwen2 after SFT, then {cfg.trainer.max_epochs} epoch(s) of each method on "
+            "title": f"Demo: tiny Qwen2 after SFT, then {cfg.trainer.max_steps} steps of each method on "
                      f"on-policy pairs; {cfg.eval.task} test (all problems), seeds {list(cfg.demo.seeds)}",
             "rows": rows}
 
 
 def mechanisms(cfg, runs: dict[str, list[str]]) -> str:
-    """Markdown: per arm, the first -> last epoch's mean of :data:`MECHANISMS` (mean over seeds), and
+    """Markdown: per arm, the first -> last quarter's mean of :data:`MECHANISMS` (mean over seeds), and
     on how many seeds it moved that way: a direction is stated only where every seed agrees."""
     header = ["arm", *MECHANISMS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in cfg.demo.variants:
-        logged = [epoch_means(Path(r) / "logs" / "metrics.csv", MECHANISMS) for r in runs[v]]
+        logged = [window_means(Path(r) / "logs" / "metrics.csv", MECHANISMS) for r in runs[v]]
         cells = []
         for k in MECHANISMS:
             pairs = [m[k] for m in logged if k in m]
@@ -122,8 +124,8 @@ def mechanisms(cfg, runs: dict[str, list[str]]) -> str:
             trend = "up on every seed" if up == len(pairs) else "down on every seed" if up == 0 else f"up on {up} of {len(pairs)} seeds"
             cells.append(f"{first:.4g} -> {last:.4g} ({trend})")
         lines.append("| " + " | ".join([label(v), *cells]) + " |")
-    return (f"What training did (mean over the {len(cfg.demo.seeds)} seeds of the first epoch's logged steps -> "
-            "the last's; each arm's neuron/margin is on its own neuron set):\n\n" + "\n".join(lines) + "\n")
+    return (f"What training did (mean over the {len(cfg.demo.seeds)} seeds of the first quarter of the logged steps -> "
+            "the last quarter's; each arm's neuron/margin is on its own neuron set):\n\n" + "\n".join(lines) + "\n")
 
 
 def versus(cfg, runs: dict[str, list[str]]) -> str:
@@ -145,6 +147,38 @@ def versus(cfg, runs: dict[str, list[str]]) -> str:
             + "\n".join(lines) + "\n")
 
 
+def beyond_sft(cfg, question: str) -> bool:
+    """Whether a synthetic question starts above ``synthetic.max_start``: a range SFT did not demonstrate
+    (or, with ``synthetic.sft_beyond``, rarely did)."""
+    plan = synthetic.question_plan(question)
+    return plan is not None and plan[0] > cfg.synthetic.max_start
+
+
+def headroom(cfg, runs: dict[str, list[str]]) -> str:
+    """Markdown: what the start model leaves to learn. Its greedy test accuracy, and on the pairs'
+    questions its pass@k (k = ``pairs.samples``, at least one sample right at every step) and the
+    pairs made, within SFT's range of start amounts and beyond it."""
+    start = Path(runs[cfg.demo.variants[0]][0]) / "eval" / cfg.eval.task / "ckpt-0" / "predictions.jsonl"
+    greedy = [(beyond_sft(cfg, r["prompt"]), r["correct"]) for r in map(json.loads, start.read_text().splitlines())]
+    pairs_file = Path(cfg.pairs.out)
+    meta = json.loads(pairs_file.with_name(pairs_file.name + ".meta.json").read_text())
+    questions = [json.loads(l)[cfg.pairs.question_field] for l in Path(cfg.pairs.questions).read_text().splitlines()]
+    solved = [(beyond_sft(cfg, q), k > 0) for q, k in zip(questions, meta["correct_per_question"])]
+    made = [beyond_sft(cfg, json.loads(l)["prompt"]) for l in pairs_file.read_text().splitlines()]
+
+    def share(items, where) -> str:
+        sel = [ok for b, ok in items if where is None or b == where]
+        return f"{sum(sel) / len(sel):.3f} ({sum(sel)}/{len(sel)})" if sel else "-"
+
+    top, held = cfg.synthetic.max_start, cfg.synthetic.heldout_max_start
+    lines = ["| | all | start <= " f"{top} (SFT's range) | start {top + 1}..{held} (beyond it) |", "|---|---|---|---|",
+             f"| SFT greedy accuracy, test | {share(greedy, None)} | {share(greedy, False)} | {share(greedy, True)} |",
+             f"| SFT pass@{meta['samples_per_question']} (T={cfg.pairs.temperature}), pairs' questions | "
+             f"{share(solved, None)} | {share(solved, False)} | {share(solved, True)} |",
+             f"| pairs | {len(made)} | {len(made) - sum(made)} | {sum(made)} ({sum(made) / max(len(made), 1):.0%}) |"]
+    return "What the start model leaves to learn:\n\n" + "\n".join(lines) + "\n"
+
+
 def main(argv: list[str]) -> None:
     start = time.perf_counter()
     base = ["+experiment=demo", *argv]
@@ -164,7 +198,7 @@ def main(argv: list[str]) -> None:
     spec_path = sweep / f"{cfg.name}_spec.yaml"
     spec_path.write_text(yaml.safe_dump(table_spec(cfg, runs), sort_keys=False))
     paper_style = make_tables(spec_path, out=sweep)
-    text = mechanisms(cfg, runs) + "\n" + versus(cfg, runs)
+    text = headroom(cfg, runs) + "\n" + mechanisms(cfg, runs) + "\n" + versus(cfg, runs)
     (sweep / "mechanisms.md").write_text(text)
     print(f"\n{paper_style}\n{text}\n[demo] tables, curves and spec under {sweep}; "
           f"total {time.perf_counter() - start:.0f} s")

@@ -126,10 +126,11 @@ def read_run(run: Path, task: str, start: bool = False) -> RunResults:
 
 
 def row_runs(row: dict, base_dir: Path) -> list[Path]:
-    """The run directories of a spec row, one per seed: its ``runs`` entries, glob patterns expanded."""
+    """The run directories of a spec row, one per seed: its ``runs`` entries, glob patterns expanded
+    (an entry that names an existing directory is taken as it is, ``[`` in a swept list value included)."""
     out = []
     for entry in row["runs"]:
-        if glob.has_magic(entry):
+        if glob.has_magic(entry) and not (base_dir / entry).is_dir():
             matches = sorted(Path(p) for p in glob.glob(str(base_dir / entry)))
             if not matches:
                 raise MissingError(f"row {_label(row)}: no run directory matches {base_dir / entry}: "
@@ -414,10 +415,20 @@ def smooth(values: list[float], window: int) -> list[float]:
     return [float(np.mean(values[max(0, i + 1 - window) : i + 1])) for i in range(len(values))]
 
 
+def logged_curve(run: Path, key: str) -> dict[int, float]:
+    """``{step: value}`` of one logged metric of a run (empty when the run logged none)."""
+    metrics = run / "logs" / "metrics.csv"
+    if not metrics.is_file():
+        return {}
+    with open(metrics) as f:
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
 def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
-    """Reward margin and neuron margin over steps of each row's first seed (faint: as logged per batch;
-    solid: a trailing mean over a tenth of the points), and accuracy per checkpoint (mean over seeds)
-    from the start model (``ckpt-0``) on, one line per row."""
+    """Reward margin and neuron margin over steps, and accuracy per checkpoint from the start model
+    (``ckpt-0``) on, one colour per row: the line is the mean over the row's seeds, the band their
+    range (min to max). Margins are smoothed per seed first (a trailing mean over a tenth of the
+    logged points), on the steps every seed logged."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -429,26 +440,28 @@ def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
         label = _label(row).split(" ", 1)[1]
         color = f"C{n}"
         runs = row_runs(row, base_dir)
-        metrics = runs[0] / "logs" / "metrics.csv"
-        if metrics.is_file():
-            with open(metrics) as f:
-                logged = list(csv.DictReader(f))
-            for ax, key in zip(axes[:2], ("rewards/margins", "neuron/margin")):
-                pts = [(int(r["step"]), float(r[key])) for r in logged if r.get(key)]
-                if pts:
-                    steps, values = zip(*pts)
-                    ax.plot(steps, values, color=color, alpha=0.2, linewidth=0.8)
-                    ax.plot(steps, smooth(list(values), max(1, len(values) // 10)), color=color, label=label)
+        label += f" ({len(runs)} seeds)" if len(runs) > 1 else ""
+        for ax, key in zip(axes[:2], ("rewards/margins", "neuron/margin")):
+            curves = [logged_curve(run, key) for run in runs]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if all(curves) else []
+            if steps:
+                smoothed = np.array([smooth([c[t] for t in steps], max(1, len(steps) // 10)) for c in curves])
+                ax.plot(steps, smoothed.mean(axis=0), color=color, label=label)
+                ax.fill_between(steps, smoothed.min(axis=0), smoothed.max(axis=0), color=color, alpha=0.2, linewidth=0)
         try:
             start = read_run(runs[0], task, start=True).by_ckpt
         except MissingError:  # the start model was not evaluated: the line begins at ckpt-1
             start = {}
-        row_acc = Row.read(row, base_dir, task).ckpt_acc()
-        points = {**{k: float(np.mean(list(v.values()))) for k, v in start.items()}, **row_acc}
+        r = Row.read(row, base_dir, task)
+        points = {**{k: np.array([np.mean(list(v.values()))]) for k, v in start.items()},
+                  **{k: r.c[:, j].mean(axis=1) for j, k in enumerate(r.ckpts)}}  # per checkpoint: each seed's accuracy
         ks = sorted(points, key=ckpt_index)
-        axes[2].plot([ckpt_index(k) for k in ks], [points[k] for k in ks], "o-", color=color, label=label)
+        xs, mean = [ckpt_index(k) for k in ks], [points[k].mean() for k in ks]
+        axes[2].plot(xs, mean, "o-", color=color, label=label)
+        axes[2].fill_between(xs, [points[k].min() for k in ks], [points[k].max() for k in ks], color=color, alpha=0.2,
+                             linewidth=0)
     for ax, title in zip(axes, ("rewards/margins", "neuron/margin", f"{task} accuracy per checkpoint (0: start)")):
-        ax.set_title(title)
+        ax.set_title(title + " (mean over seeds; band: their range)")
         ax.legend(fontsize=7)
     axes[0].set_xlabel("step")
     axes[1].set_xlabel("step")

@@ -24,11 +24,13 @@ PLACEMENT = ("devices", "num_nodes", "accelerator", "strategy", "accumulate_grad
 def training_inputs(cfg: DictConfig) -> DictConfig:
     """The resolved parts of ``cfg`` a training run reads: :data:`GROUPS`, ``neurons`` when the
     method rewards or tracks them (:func:`yfpo.neurons.io.role`), and ``synthetic`` when the data
-    or the model is made from the synthetic files."""
+    or the model is made from the synthetic files (a model made by a training run, ``train:<experiment>``,
+    counts: the tiny SFT model is trained on them)."""
     keys = list(GROUPS)
     if role(cfg.method):
         keys.append("neurons")
-    if cfg.model.prepare == "build_tiny" or synthetic.read_by(cfg.synthetic.dir, cfg.data.path):
+    prepared = cfg.model.prepare or ""
+    if prepared == "build_tiny" or prepared.startswith("train:") or synthetic.read_by(cfg.synthetic.dir, cfg.data.path):
         keys.append("synthetic")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     return OmegaConf.create({k: resolved[k] for k in keys})
