@@ -21,11 +21,24 @@ def check_demo_outputs(out):
     assert all(0.0 < p <= 1.0 for p in p_values), "a p-value against SFT for every arm"
     assert (out / "demo_curves.png").stat().st_size > 0
     mech = (out / "mechanisms.md").read_text()
+    check_headroom(mech)
     assert all(f"| {arm} |" in mech for arm in ("DPO", "DPO+NLL", "YFPO (AttnLRP)", "YFPO (random)", "FDT"))
     versus = mech.split("Arms against each other")[1]
     assert "| YFPO (AttnLRP) |" in versus, "the arms tested against each other"
     assert all(l.rstrip(" |").rsplit("|", 1)[1].strip() in ("higher", "lower", "unresolved")
                for l in versus.splitlines() if l.startswith("| ") and "verdict" not in l)
+
+
+def check_headroom(mech: str):
+    """The start model's own report: it solves what SFT taught (starts <= 20), it does much worse beyond
+    that range (headroom), and it samples right answers there, which every pair comes from."""
+    lines = mech.split("What the start model leaves to learn:")[1].split("What training did")[0].strip().splitlines()
+    cells = {l.split("|")[1].strip().split(",")[0]: [c.strip() for c in l.strip(" |").split("|")[1:]] for l in lines[2:]}
+    value = lambda cell: float(cell.split()[0])  # noqa: E731
+    greedy, sampled, pairs = cells["SFT greedy accuracy"], cells[next(k for k in cells if k.startswith("SFT pass@"))], cells["pairs"]
+    assert value(greedy[1]) >= 0.9, f"SFT within its range: {greedy[1]}"
+    assert value(greedy[2]) <= value(greedy[1]) - 0.2, f"headroom beyond SFT's range: {greedy[2]} vs {greedy[1]}"
+    assert 0.02 <= value(sampled[2]) < 1.0 and value(pairs[2]) > 0, f"pass@k beyond {sampled[2]}, pairs {pairs}"
 
 
 def fake_run(sweep, name, overrides, done=True):

@@ -114,10 +114,13 @@ def test_sampling_from_the_real_model_runs(tmp_path, cache):
     meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
     assert meta["questions"] == 6 and meta["settings"]["temperature"] == 1.0
     assert sum(meta["skipped"].values()) + meta["pairs"] == 6  # every question accounted for (1 pair at most each)
+    per_question = meta["correct_per_question"]
+    assert len(per_question) == 6 and all(0 <= k <= 2 for k in per_question)
+    assert meta["pass_at_k"] == sum(k > 0 for k in per_question) / 6
 
 
 def test_more_questions_than_the_file_holds_are_refused(cache):
-    with pytest.raises(pairs_mod.ConfigError, match=r"pairs.num_questions=1600, but .*sft.jsonl has 200 rows: set pairs.num_questions=200"):
+    with pytest.raises(pairs_mod.ConfigError, match=r"pairs.num_questions=1600, but .*questions.jsonl has 40 rows: set pairs.num_questions=40"):
         pairs_mod.make_pairs(compose_cfg(*FAST, "pairs.num_questions=1600"))
 
 

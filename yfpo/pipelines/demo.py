@@ -171,7 +171,7 @@ def headroom(cfg, runs: dict[str, list[str]]) -> str:
         return f"{sum(sel) / len(sel):.3f} ({sum(sel)}/{len(sel)})" if sel else "-"
 
     top, held = cfg.synthetic.max_start, cfg.synthetic.heldout_max_start
-    lines = ["| | all | start <= " f"{top} (SFT's range) | start {top + 1}..{held} (beyond it) |", "|---|---|---|---|",
+    lines = [f"| | all | start <= {top} (SFT's range) | start {top + 1}..{held} (beyond it) |", "|---|---|---|---|",
              f"| SFT greedy accuracy, test | {share(greedy, None)} | {share(greedy, False)} | {share(greedy, True)} |",
              f"| SFT pass@{meta['samples_per_question']} (T={cfg.pairs.temperature}), pairs' questions | "
              f"{share(solved, None)} | {share(solved, False)} | {share(solved, True)} |",

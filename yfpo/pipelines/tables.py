@@ -461,8 +461,9 @@ def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
         axes[2].fill_between(xs, [points[k].min() for k in ks], [points[k].max() for k in ks], color=color, alpha=0.2,
                              linewidth=0)
     for ax, title in zip(axes, ("rewards/margins", "neuron/margin", f"{task} accuracy per checkpoint (0: start)")):
-        ax.set_title(title + " (mean over seeds; band: their range)")
+        ax.set_title(title)
         ax.legend(fontsize=7)
+    fig.suptitle("line: mean over a row's seeds; band: their range (min to max)", fontsize=9)
     axes[0].set_xlabel("step")
     axes[1].set_xlabel("step")
     axes[2].set_xlabel("checkpoint")
