@@ -68,8 +68,8 @@ def model_key(m: DictConfig, cache_dir: str, syn: DictConfig | None) -> dict:
         return {"prepare": m.prepare, "vocab_size": m.vocab_size, "corpus_rows": m.corpus_rows, "arch": dict(m.arch),
                 "init_seed": m.init_seed, "corpus": artefacts.file_fingerprint(corpus)}
     if m.prepare.startswith("train:"):
-        experiment = [f"+experiment={m.prepare.removeprefix('train:')}", f"cache_dir={Path(cache_dir).resolve()}"]
-        return run_identity(compose_config([*experiment, *data_overrides(experiment, syn)]))
+        cache = str(Path(cache_dir).resolve())
+        return run_identity(compose_config([*preparing_run(m.prepare.removeprefix("train:"), cache, syn), f"cache_dir={cache}"]))
     if m.prepare == "gguf":
         from importlib import metadata
 
@@ -82,18 +82,20 @@ def model_key(m: DictConfig, cache_dir: str, syn: DictConfig | None) -> dict:
     raise ConfigError(f"model.prepare={m.prepare!r}: use 'build_tiny', 'gguf' or 'train:<experiment>'")
 
 
-def data_overrides(experiment: list[str], syn: DictConfig | None) -> list[str]:
-    """``synthetic.KEY=VALUE`` for each setting of ``syn`` (the caller's ``synthetic`` group) that differs
-    from the one the ``experiment`` overrides compose to: the training run that prepares a model
-    trains on the caller's draw of the data (``synthetic.seed=N``), not on the default one."""
+def preparing_run(experiment: str, cache: str, syn: DictConfig | None) -> list[str]:
+    """The overrides of the training run that prepares a model (``+experiment=<experiment>``, with
+    ``cache`` as its absolute cache directory): plus ``synthetic.KEY=VALUE`` for each setting of ``syn``
+    (the caller's ``synthetic`` group) that differs from the experiment's own, so that it trains on the
+    caller's draw of the data (``synthetic.seed=N``), not on the default one."""
+    args = [f"+experiment={experiment}"]
     if syn is None:
-        return []
-    own = OmegaConf.to_container(compose_config(experiment).synthetic, resolve=True)
+        return args
+    own = OmegaConf.to_container(compose_config([*args, f"cache_dir={cache}"]).synthetic, resolve=True)
     mine = OmegaConf.to_container(syn, resolve=True)
     changed = {k: v for k, v in mine.items() if own.get(k) != v}
     if "dir" in changed:  # absolute, so that the run and this process read the same directory
         changed["dir"] = str(Path(changed["dir"]).resolve())
-    return [f"synthetic.{k}={'null' if v is None else v}" for k, v in changed.items()]
+    return args + [f"synthetic.{k}={'null' if v is None else v}" for k, v in changed.items()]
 
 
 def ensure_model(m: DictConfig, *, cache_dir: str, hub_cfg: DictConfig, syn: DictConfig | None = None,
@@ -139,7 +141,7 @@ def ensure_model(m: DictConfig, *, cache_dir: str, hub_cfg: DictConfig, syn: Dic
         if experiment:
             # the run exports to model.path and keys it (train.export); a finished run only exports again
             cache = str(Path(cache_dir).resolve())
-            args = [f"+experiment={experiment}", *data_overrides([f"+experiment={experiment}", f"cache_dir={cache}"], syn)]
+            args = preparing_run(experiment, cache, syn)
             command = shlex.join(["python", "-m", "yfpo.train", *args])
             print(f"[yfpo] {path} not found: preparing it with `{command}`", flush=True)
             env = {**os.environ, "YFPO_CACHE": cache}

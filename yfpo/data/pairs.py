@@ -179,7 +179,6 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
             counts["samples"] += len(completions)
             counts["answer_correct"] += sum(answer_ok)
             counts["correct"] += sum(correct)
-            counts["solved"] += any(correct)
             state["correct_per_question"].append(sum(correct))
             counts["right_answer_wrong_step"] += sum(ok and not c for ok, c in zip(answer_ok, correct))
             pairs, why = pairs_for_question(r[q_field], completions, correct, first_wrong, p.mode, p.per_question,
@@ -199,7 +198,7 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         "pairs_per_question": counts["pairs"] / max(n, 1),
         "sampled_accuracy": counts["answer_correct"] / max(counts["samples"], 1),
         "sampled_accuracy_all_steps_right": counts["correct"] / max(counts["samples"], 1) if check else None,
-        "pass_at_k": counts["solved"] / max(n, 1),  # k = samples_per_question: questions with a correct sample
+        "pass_at_k": sum(k > 0 for k in state["correct_per_question"]) / max(n, 1),  # k = samples_per_question
         "correct_per_question": state["correct_per_question"],
         "right_answer_wrong_step": counts["right_answer_wrong_step"],
         "skipped": {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped: ") and v},
