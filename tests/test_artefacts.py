@@ -80,6 +80,7 @@ def test_a_data_directory_without_data_files_is_one_clear_error(tmp_path):
     assert load_rows(str(tmp_path / "jsonl")) == [{"question": "q", "answer": "a"}]
 
 
+@pytest.mark.slow  # real processes: the printed command runs as pasted
 def test_a_stage_that_reads_no_synthetic_file_writes_none(tmp_path, cache, monkeypatch):
     """evaluate on a local file with a checkpoint made elsewhere: nothing appears in synthetic.dir."""
     import subprocess
@@ -101,6 +102,7 @@ def test_a_stage_that_reads_no_synthetic_file_writes_none(tmp_path, cache, monke
     assert (cache / "smoke" / "synthetic" / "test.jsonl").is_file()
 
 
+@pytest.mark.slow  # real processes: the printed command runs as pasted
 def test_a_model_made_by_training_is_a_named_step_and_its_hint_works(tmp_path, cache):
     """model.prepare=train:<experiment> is never trained behind a stage's back: the stage stops with
     the `python -m yfpo.prepare` command, which (run as printed) makes it; then the stage runs."""
@@ -127,6 +129,7 @@ def test_a_model_made_by_training_is_a_named_step_and_its_hint_works(tmp_path, c
     assert (tmp_path / "run" / "DONE").is_file()
 
 
+@pytest.mark.slow  # real processes: the printed command runs as pasted
 def test_the_prepare_step_trains_on_the_callers_draw_of_the_synthetic_data(tmp_path, cache):
     """`python -m yfpo.prepare synthetic.seed=7 ...`: the training run that makes the model reads the
     seed-7 files, not the default draw, and a stage given the same settings then accepts the model."""

@@ -29,6 +29,7 @@ def test_pairs_are_unequal_and_the_word_tokenizer_gives_back_the_ids():
             assert tokenizer(bench.to_text(ids, vocab), add_special_tokens=False)["input_ids"] == ids
 
 
+@pytest.mark.slow  # a whole benchmark run (~25 s)
 def test_quick_run_prints_a_table_and_saves_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick", "--out", str(out)], cwd=ROOT,

@@ -124,7 +124,9 @@ CASES = [case_invalid_json_line, case_malformed_row, case_missing_dataset, case_
          case_table_spec_without_task, case_table_spec_missing, case_pairs_from_a_model_that_yields_none]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])
+# One case runs in the fast tier (the CLI's error path); the others start a process each (~12 s).
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.__name__[5:], marks=() if c is case_bad_config_value else pytest.mark.slow)
+                                  for c in CASES])
 def test_user_errors_end_with_one_clear_message(tmp_path, cache, case):
     args, patterns = case(tmp_path)
     code, err = _cli(tmp_path, *args)
@@ -136,12 +138,14 @@ def test_user_errors_end_with_one_clear_message(tmp_path, cache, case):
         assert __import__("re").search(p, message[0]), (p, message[0])
 
 
+@pytest.mark.slow  # real processes
 def test_full_error_brings_the_traceback_back(tmp_path, cache):
     args, _ = case_missing_dataset(tmp_path)
     code, err = _cli(tmp_path, *args, env={"HYDRA_FULL_ERROR": "1"})
     assert code != 0 and "Traceback" in err and "DataError" in err
 
 
+@pytest.mark.slow  # real processes
 def test_the_method_schema_carries_the_defaults_and_refuses_a_wrong_type_by_name(tmp_path):
     """conf/method/*.yaml keep only what differs from yfpo/core/schema.py's MethodConfig."""
     sft = compose_cfg("method=sft")

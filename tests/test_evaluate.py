@@ -341,6 +341,7 @@ def test_eval_defaults_follow_the_papers():
         assert e.num_fewshot == 0 and e.fewshot_set == fewshot_set and e.compare_backends == 0 and e.warn_rate == 0.05
 
 
+@pytest.mark.slow  # real processes: the printed command runs as pasted
 def test_the_tables_hint_for_a_missing_evaluation_runs_as_pasted(tmp_path, cache, monkeypatch):
     """A sweep directory's name holds ',' and '=': the suggested command must still parse and work."""
     import shlex

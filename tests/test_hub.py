@@ -96,6 +96,7 @@ except Exception as err:
 
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "unreachable endpoint"])
 @pytest.mark.parametrize("what", ["data=math_step_dpo_10k", "model=qwen2-0.5b"])
+@pytest.mark.slow  # real processes with an offline hub
 def test_offline_without_cache_fails_fast_and_says_what_to_do(how, what, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "YFPO_HUB"))}
     env.update(HF_HOME=str(tmp_path / "empty-hf-home"), YFPO_CACHE=str(tmp_path / "cache"))

@@ -67,6 +67,7 @@ def test_a_file_for_another_model_or_other_weights_is_refused_with_the_command_t
         select(compose_cfg(*FAST, "neurons.num_samples=9"), [*FAST, "neurons.num_samples=9"])
 
 
+@pytest.mark.slow  # real processes: the printed command runs as pasted
 def test_the_missing_neuron_file_hint_runs_as_pasted(tmp_path):
     """``python -m yfpo.train +experiment=smoke method=yfpo``: the hint keeps +experiment=smoke, and
     after running it as printed the same training works."""

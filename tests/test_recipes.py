@@ -99,6 +99,7 @@ def test_reproduce_plan_order_and_neurons(cache):
     assert ["-m", "run_dir=multirun/yfpo_2k", "eval=gsm8k,gsm8k_dev,math500", "eval.backend=vllm"] in [a for m, a in commands]
 
 
+@pytest.mark.slow  # make in a subprocess, composes all 74 jobs three times (~150 s)
 def test_make_reproduce_tables_dry_run_lists_composed_commands():
     out = subprocess.run(["make", "-s", "reproduce-tables", "DRY_RUN=1", "TRAIN_ARGS=trainer=ddp"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
@@ -122,10 +123,10 @@ def test_make_reproduce_tables_dry_run_lists_composed_commands():
 
 
 
-@pytest.mark.parametrize("train_args,eval_args,message", [
-    (["optim.schedule=cosin"], [], "optim.schedule='cosin': choose one of"),
+@pytest.mark.parametrize("train_args,eval_args,message", [  # a bad training value composes every job (~20 s)
+    pytest.param(["optim.schedule=cosin"], [], "optim.schedule='cosin': choose one of", marks=pytest.mark.slow),
     ([], ["eval.backend=vlm"], "eval.backend='vlm': choose one of"),
-    (["lambda=-1"], [], "lambda=-1: give a strength >= 0"),
+    pytest.param(["lambda=-1"], [], "lambda=-1: give a strength >= 0", marks=pytest.mark.slow),
 ])
 def test_reproduce_dry_run_checks_values_not_only_keys(train_args, eval_args, message, cache):
     """`make reproduce-tables DRY_RUN=1` checks every job's values as the stage itself will (reproduce.check)."""

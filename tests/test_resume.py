@@ -22,6 +22,8 @@ ARGS = [*FAST, "method=dpo", "reference=precompute", "optim.lr=3e-3", "data.batc
         "trainer.max_steps=18", "checkpoints.count=2", "checkpoints.resume_every_n_steps=3"]
 STEPS_PER_EPOCH = 8
 
+pytestmark = pytest.mark.slow  # real processes killed with SIGKILL, and locks held by other processes
+
 
 def _metrics(run):
     with open(run / "logs" / "metrics.csv", newline="") as f:

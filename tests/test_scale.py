@@ -90,6 +90,7 @@ def test_gradient_accumulation_from_global_batch_size():
         accumulation(16, 3, 2)
 
 
+@pytest.mark.slow  # real processes
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path, cache):
     one, two, acc = tmp_path / "one", tmp_path / "two", tmp_path / "acc"
     _run(tmp_path, "yfpo.train", *FAST, *LR, "data.batch_size=4", f"hydra.run.dir={one}")
@@ -113,6 +114,7 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert json.loads((two / "checkpoints" / "ckpt-2" / ck.STATE_FILE).read_text())["step"] == 4
 
 
+@pytest.mark.slow  # real processes
 def test_joblib_lambda_sweep_then_evaluation_on_the_same_launcher(tmp_path, cache):
     _run(tmp_path, "yfpo.neurons", *FAST)
     launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
@@ -134,6 +136,7 @@ def test_joblib_lambda_sweep_then_evaluation_on_the_same_launcher(tmp_path, cach
             assert json.loads((job / "eval" / task / "ckpt-2" / "summary.json").read_text())["n"] == 4
 
 
+@pytest.mark.slow  # real processes
 def test_submitit_local_runs_one_job(tmp_path, cache):
     _run(tmp_path, "yfpo.train", "-m", *FAST, "name=local", "trainer.max_steps=2", "checkpoints.count=1",
          "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")

