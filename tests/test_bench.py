@@ -62,3 +62,35 @@ def test_quick_run_prints_a_table_and_saves_json(tmp_path):
         assert float(row["time vs TRL live"].removesuffix("x")) > 0
     assert "OK (<= 1e-4)" in proc.stdout
     assert sum(l.lstrip().startswith(("[PASS]", "[MISS]", "[n/a]")) for l in proc.stdout.splitlines()) == 6
+
+
+def test_the_memory_floor_by_hand():
+    """Qwen2-0.5B's published 494,032,768 parameters; the floor is 4 + 4 + 8 bytes a parameter for the
+    policy (fp32 weights, gradients, AdamW's two moments) plus 4 for a live fp32 reference."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from benchmarks import memory, paper_models
+
+    assert paper_models.count_parameters(paper_models.QWEN2_0_5B) == 494_032_768
+    small = Qwen2ForCausalLM(Qwen2Config(**paper_models.QUICK, tie_word_embeddings=True))
+    assert paper_models.count_parameters(paper_models.QUICK) == sum(p.numel() for p in small.parameters())
+    f = memory.floor_bytes(494_032_768)
+    assert (f["weights"], f["gradients"], f["adamw"], f["reference"]) == (1_976_131_072, 1_976_131_072, 3_952_262_144, 1_976_131_072)
+    assert f["total"] == 9_880_655_360  # 9.88 GB
+    assert memory.floor_bytes(10, reference=None)["total"] == 160 and memory.floor_bytes(10, reference="bfloat16")["total"] == 180
+    assert memory.checkpoint_bytes(494_032_768) == 5_928_393_216  # last.ckpt: weights and AdamW, 5.9 GB
+
+
+def test_the_gpu_script_runs_its_plumbing_on_a_cpu(tmp_path):
+    """`make bench-gpu ARGS=--dry-run`: every variant steps at tiny size; MFU's arithmetic by hand."""
+    from benchmarks import gpu, paper_models
+
+    gpu.main(["--dry-run", "--out", str(tmp_path / "gpu.json")])
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert [r["variant"] for r in report["training"]] == ["TRL DPO", "yfpo DPO", "yfpo YFPO", "yfpo FDT"]
+    for r in report["training"]:
+        assert r["tokens_per_s"] > 0 and abs(r["loss"] - 0.6931) < 0.01, r  # step 0: policy = reference, loss ln 2
+    assert "not started in --dry-run" in report["vllm"]
+    n = paper_models.count_parameters(paper_models.QWEN2_0_5B) - 896 * 49  # without the 49 RMSNorm weight vectors
+    assert gpu.matmul_params(paper_models.QWEN2_0_5B) == n
+    assert gpu.mfu(10_000, paper_models.QWEN2_0_5B, 989.0) == 8 * n * 10_000 / 989e12

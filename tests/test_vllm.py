@@ -88,7 +88,7 @@ def test_missing_vllm_is_one_clear_error(ckpt, tmp_path, monkeypatch):
     (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'vllm'\", name='vllm')\n")
     monkeypatch.setenv("PYTHONPATH", str(fake.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with pytest.raises(ConfigError, match=r"vLLM is not installed: run `make install`.*eval.backend=hf"):
-        ev.evaluate(compose_cfg(*HEAD32, f"run_dir={ckpt}", "eval.backend=vllm", "eval.limit=2"))
+        ev.evaluate(compose_cfg(*HEAD32, f"run_dir={ckpt}", "eval.backend=vllm", "eval.limit=2", "eval.name=no_vllm"))
 
 
 def test_onpolicy_pairs_through_vllm_are_seeded_and_resume_to_the_same_file(tmp_path, cache, monkeypatch):
@@ -139,5 +139,5 @@ def test_batch_invariant_mode_is_refused_on_a_cpu_before_any_engine_starts(ckpt,
     started = []
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a))
     with pytest.raises(ConfigError, match="vllm.batch_invariant=false on a CPU"):
-        ev.evaluate(compose_cfg(*HEAD32, f"run_dir={ckpt}", "eval.backend=vllm", "vllm.batch_invariant=true"))
+        ev.evaluate(compose_cfg(*HEAD32, f"run_dir={ckpt}", "eval.backend=vllm", "vllm.batch_invariant=true", "eval.name=invariant"))
     assert started == []

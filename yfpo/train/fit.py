@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from yfpo.core import artefacts
-from yfpo.train.checkpoints import HFCheckpoints, ckpt_name, is_complete, resume_point
+from yfpo.train.checkpoints import HFCheckpoints, StreamedCheckpointIO, ckpt_name, is_complete, resume_point
 from yfpo.core.config import CONF_DIR
 from yfpo.data.datamodule import PreferenceDataModule
 from yfpo.core.errors import ConfigError, UserError, run_cli
@@ -199,7 +199,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
     last = ckpt_dir / "last.ckpt"
     resume_step, last_row = resume_point(last) if last.is_file() else (None, None)
     loggers = make_loggers(where.logger, run_dir, resolved, resume_step, last_row)
-    trainer = L.Trainer(**options, logger=loggers, callbacks=callbacks,
+    streamed = getattr(options["strategy"], "strategy_name", None) != "deepspeed"  # DeepSpeed writes its own directory
+    trainer = L.Trainer(**options, logger=loggers, callbacks=callbacks, plugins=[StreamedCheckpointIO()] if streamed else None,
                         default_root_dir=run_dir, use_distributed_sampler=False)  # GlobalBatchSampler shards the batches itself
     if run.data.global_batch_size:
         trainer.accumulate_grad_batches = accumulation(run.data.global_batch_size, run.data.batch_size, trainer.world_size)
