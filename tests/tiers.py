@@ -19,16 +19,6 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped in the complete tier, where every check must run: {report.longrepr}"
 
 
-# The longest files start first, so that on 2 xdist workers they overlap the rest of the suite
-# instead of running alone at its end (each takes about 10 minutes on 2 CPU cores).
-LONGEST_FIRST = ("test_demo.py", "test_paper_size.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
-
-
 def pytest_terminal_summary(terminalreporter):
     """Measurements a test recorded with ``record_property("stage", ...)`` (they reach this process
     from xdist workers too), so that the complete tier's log holds them."""
