@@ -25,7 +25,7 @@ test: install  ## the fast tier (~4 min): every module and the exactness checks,
 	$(BIN)/python -m pytest -q -m "not slow" -n 2
 
 test-all: install smollm2  ## the complete tier CI runs: the fast tier, real processes, real vLLM, SmolLM2, the demo
-	YFPO_TEST_TIER=complete $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	YFPO_TEST_TIER=complete $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 demo: install  ## the whole pipeline on the embedded tiny model: SFT -> neurons -> DPO/YFPO/FDT -> table
 	$(BIN)/python -m yfpo.demo $(ARGS)

@@ -470,3 +470,17 @@ def test_a_shared_start_model_is_copied_only_to_runs_with_the_same_key(tmp_path,
                    .read_text().splitlines()] for n in "abc"}
     assert prompts["a"] == prompts["b"] and "### Instruction" in prompts["a"][0]
     assert prompts["c"] != prompts["a"] and "<|im_start|>" in prompts["c"][0]  # its own template, not a's copy
+
+
+def test_an_unfinished_run_is_refused_unless_asked_for(run, capsys):
+    """A run with no DONE (stopped by a pre-emption, crashed, or still training) lacks its last
+    checkpoints: evaluating it is refused, naming it, unless eval.unfinished=true, which says so."""
+    from yfpo.core.errors import ConfigError
+
+    (run / "DONE").unlink()
+    with pytest.raises(ConfigError, match=f"training has not finished in {run} .*eval.unfinished=true"):
+        ev.evaluate(compose_cfg(*FAST, f"run_dir={run.parent}", "eval.limit=2", "eval.max_new_tokens=4"))
+    assert not (run / "eval").exists()
+    summaries = ev.evaluate(compose_cfg(*FAST, f"run_dir={run}", "eval.limit=2", "eval.max_new_tokens=4", "eval.unfinished=true"))
+    assert len(summaries) == 3 and f"evaluating unfinished runs (eval.unfinished=true): {run}" in capsys.readouterr().err
+    ev.evaluate(compose_cfg(*FAST, f"run_dir={run / 'checkpoints' / 'ckpt-1'}", "eval.limit=2", "eval.max_new_tokens=4"))  # one checkpoint: no run to finish

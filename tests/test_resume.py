@@ -3,6 +3,7 @@ command ends bit-identical to a run that was never interrupted (same batches, op
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,33 +35,76 @@ def _weights(run):
     return load_file(run / "checkpoints" / "ckpt-2" / "model.safetensors")
 
 
-def test_sigkill_mid_epoch_then_same_command_is_bit_identical(tmp_path, cache):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    _run(tmp_path, "yfpo.train", *ARGS, f"hydra.run.dir={straight}")
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run, and the directory and environment the interrupted runs share with it."""
+    root = tmp_path_factory.mktemp("resume")
+    env = {**os.environ, "YFPO_CACHE": str(root / "cache")}
+    _run(root, "yfpo.train", *ARGS, f"hydra.run.dir={root / 'straight'}", env=env)
+    return root, env
 
-    cmd = [sys.executable, "-m", "yfpo.train", *ARGS, f"hydra.run.dir={killed}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = killed / "checkpoints" / "ckpt-1" / "yfpo_state.json"  # written at step 9
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (killed / "DONE").exists()
-    step = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < step < 18 and step % STEPS_PER_EPOCH, f"last.ckpt at step {step}: not a mid-epoch resume"
 
-    _run(tmp_path, "yfpo.train", *ARGS, f"hydra.run.dir={killed}")
-    assert (killed / "DONE").is_file()
+def _interrupt(root, env, run, sig):
+    """Starts the run and sends ``sig`` once its first HF checkpoint (step 9) is written; its exit
+    status and standard error."""
+    cmd = [sys.executable, "-m", "yfpo.train", *ARGS, f"hydra.run.dir={run}"]
+    err = root / f"{run.name}.stderr"
+    with open(err, "w") as stderr:  # a file, not a pipe that nobody reads while the run fills it
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        marker = run / "checkpoints" / "ckpt-1" / "yfpo_state.json"
+        deadline = time.time() + 300
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=300)
+    assert not (run / "DONE").exists(), "the run ended before the signal"
+    return proc.returncode, err.read_text()
+
+
+def _resumes_bit_identical(root, env, run):
+    """The same command again finishes the run as if it had never been interrupted."""
+    _run(root, "yfpo.train", *ARGS, f"hydra.run.dir={run}", env=env)
+    assert (run / "DONE").is_file()
     # the curves survive: every step logged exactly once, with the uninterrupted run's values
-    logged = {run: _metrics(run) for run in (straight, killed)}
-    assert [r["step"] for r in logged[killed]] == [str(s) for s in range(18)]
-    assert [r["train/loss"] for r in logged[killed]] == [r["train/loss"] for r in logged[straight]]
-    a, b = _weights(straight), _weights(killed)
+    logged = {r: _metrics(r) for r in (root / "straight", run)}
+    assert [r["step"] for r in logged[run]] == [str(s) for s in range(18)]
+    assert [r["train/loss"] for r in logged[run]] == [r["train/loss"] for r in logged[root / "straight"]]
+    a, b = _weights(root / "straight"), _weights(run)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_sigkill_mid_epoch_then_same_command_is_bit_identical(straight):
+    root, env = straight
+    run = root / "killed"
+    status, _ = _interrupt(root, env, run, signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < step < 18 and step % STEPS_PER_EPOCH, f"last.ckpt at step {step}: not a mid-epoch resume"
+    _resumes_bit_identical(root, env, run)
+
+
+def test_sigterm_saves_a_resume_point_exits_143_with_one_line_and_the_same_command_resumes(straight):
+    """What a cluster's pre-emption sends: the run stops after the current batch, saves its resume
+    point there when that batch ended an optimizer step (else keeps the last one), says so in one
+    line, and exits with 143, the status requeue setups expect; no DONE, and it resumes exactly."""
+    from yfpo.train.checkpoints import resume_point
+
+    root, env = straight
+    run = root / "terminated"
+    status, stderr = _interrupt(root, env, run, signal.SIGTERM)
+    assert status == 143, stderr[-3000:]
+    lines = [l for l in stderr.splitlines() if l.startswith("yfpo:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    stopped = re.fullmatch(rf"yfpo: stopped: {re.escape(str(run))} stopped by SIGTERM at step (\d+) of 18; it resumes from "
+                           rf"step (\d+) \({re.escape(str(run / 'checkpoints' / 'last.ckpt'))}\) when the same command runs again", lines[0])
+    assert stopped, lines[0]
+    at, saved = int(stopped[1]), int(stopped[2])
+    assert resume_point(run / "checkpoints" / "last.ckpt")[0] == saved and 9 <= saved <= at < 18
+    # with accumulation 2, the batch SIGTERM interrupted ended an optimizer step or was the first of one
+    assert saved == at or saved == at - at % 3, f"stopped at step {at}, resume point at step {saved}"
+    _resumes_bit_identical(root, env, run)
 
 
 def test_a_second_training_into_the_same_run_directory_is_refused_and_a_dead_holder_is_taken_over(tmp_path, cache):
@@ -106,3 +150,24 @@ def test_a_kill_between_a_checkpoint_and_its_metrics_row_loses_no_row(tmp_path, 
     kept = keep_rows_before(CSVLogger(save_dir=str(run), name="", version="logs"), step, row)
     assert kept == 6 and [r["step"] for r in _metrics(run)] == [str(s) for s in range(6)]
     assert _metrics(run)[5]["train/loss"] == rows[5]["train/loss"]
+
+
+def test_sigterm_at_the_end_of_an_optimizer_step_saves_the_resume_point_there(tmp_path, cache):
+    """Without accumulation every batch ends an optimizer step, and with no periodic resume point
+    (every 1000 steps) the only last.ckpt is the one SIGTERM saves, at the step it stopped at."""
+    from yfpo.train.checkpoints import resume_point
+
+    run = tmp_path / "run"
+    args = [*FAST, "trainer.max_steps=40", "checkpoints.count=2", "checkpoints.resume_every_n_steps=1000", f"hydra.run.dir={run}"]
+    with open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "yfpo.train", *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
+        marker = run / "checkpoints" / "ckpt-1" / "yfpo_state.json"  # step 20
+        deadline = time.time() + 300
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=300)
+    stderr = (tmp_path / "stderr").read_text()
+    assert proc.returncode == 143, stderr[-3000:]
+    at = int(re.search(r"stopped by SIGTERM at step (\d+) of 40", stderr)[1])
+    assert 20 <= at < 40 and resume_point(run / "checkpoints" / "last.ckpt")[0] == at, stderr[-3000:]

@@ -9,14 +9,16 @@ import yaml
 from yfpo.pipelines import tables
 
 
-def make_run(root, name, task, ckpt_correct, metrics=True):
-    """A run directory whose checkpoint k got ``ckpt_correct[k-1]`` (a list of 0/1 per problem)."""
+def make_run(root, name, task, ckpt_correct, metrics=True, done=True):
+    """A (finished) run directory whose checkpoint k got ``ckpt_correct[k-1]`` (a list of 0/1 per problem)."""
     run = root / name
     for k, correct in enumerate(ckpt_correct, start=1):
         d = run / "eval" / task / f"ckpt-{k}"
         d.mkdir(parents=True)
         (d / "predictions.jsonl").write_text("".join(json.dumps({"id": i, "correct": bool(c)}) + "\n" for i, c in enumerate(correct)))
         (d / "summary.json").write_text(json.dumps({"accuracy": sum(correct) / len(correct)}))
+    if done:
+        (run / "DONE").write_text(f"{len(ckpt_correct)}\n")
     if metrics:
         (run / "logs").mkdir(parents=True)
         with open(run / "logs" / "metrics.csv", "w", newline="") as f:
@@ -221,3 +223,21 @@ def test_seeds_for_answers_how_many_seeds_an_effect_needs(tmp_path, capsys, monk
     need = lambda md: md.split("| gsm8k | 2K | YFPO |")[1].split("|")[4].strip()  # noqa: E731
     assert "seeds per arm to detect dAvg = +0.05" in small and int(need(small)) < int(need(tiny))
     assert "1319" in small
+
+
+def test_runs_that_have_not_finished_training_are_named_at_the_top_and_warned_about(tmp_path, capsys):
+    rows = [{"data": "2K", "method": "DPO", "runs": [make_run(tmp_path, "a", "gsm8k", [correct(5)]), make_run(tmp_path, "b", "gsm8k", [correct(6)], done=False)]},
+            {"data": "2K", "method": "SFT", "start": True, "runs": ["c"]}]
+    make_run(tmp_path, "c", "gsm8k", [], done=False)
+    (tmp_path / "c" / "eval" / "gsm8k" / "ckpt-0").mkdir(parents=True)
+    for f, text in (("predictions.jsonl", "".join(json.dumps({"id": i, "correct": i < 4}) + "\n" for i in range(10))), ("summary.json", '{"accuracy": 0.4}')):
+        (tmp_path / "c" / "eval" / "gsm8k" / "ckpt-0" / f).write_text(text)
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"name": "t", "task": "gsm8k", "layout": "checkpoints", "baseline": "SFT", "rows": rows}))
+    md = tables.make_tables(tmp_path / "t.yaml", tmp_path)
+    first = md.splitlines()[0]
+    assert first.startswith("**Unfinished runs**") and first.endswith(f": {tmp_path / 'b'}"), first  # not a, nor the start row's c
+    assert f"[yfpo] warning: t: Unfinished runs (no DONE: " in capsys.readouterr().err
+    make_run(tmp_path, "b2", "gsm8k", [correct(6)])
+    rows[0]["runs"][1] = "b2"
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"name": "t", "task": "gsm8k", "layout": "checkpoints", "baseline": "SFT", "rows": rows}))
+    assert "Unfinished" not in tables.make_tables(tmp_path / "t.yaml", tmp_path)

@@ -151,6 +151,7 @@ class EvalConfig:
     compare_backends: int = 0          # N > 0: instead of evaluating, run the first N problems on hf AND vllm and compare
     warn_rate: float = 0.05            # warn when the truncated share or the share with no marked answer exceeds this
     batch_size: int = 32
+    unfinished: bool = False           # also evaluate runs whose training has not finished (no DONE): a look at their checkpoints so far
 
 
 for _group, _node in {"method": MethodConfig, "model": ModelConfig, "data": DataConfig, "neurons": NeuronsConfig,

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from yfpo.core import artefacts
 from yfpo.core import hub
 from yfpo.evaluate import vllm_worker
-from yfpo.train.checkpoints import STATE_FILE, ckpt_index, ckpt_name
+from yfpo.train.checkpoints import DONE, STATE_FILE, ckpt_index, ckpt_name
 from yfpo.core.config import CONF_DIR
 from yfpo.data.rows import DataError, load_rows
 from yfpo.core.errors import ConfigError, MissingError, run_cli
@@ -101,6 +101,19 @@ def find_checkpoints(target: Path, hub_cfg: DictConfig | None = None) -> list[tu
     if not found:
         raise MissingError(f"no HF checkpoints (config.json) under {target}: pass a run, multirun or checkpoint directory")
     return found
+
+
+def check_finished(found: list[tuple[str, Path, Path]], allow: bool) -> None:
+    """Refuses runs among ``found`` whose training has not finished (no ``DONE``: stopped, crashed or
+    still running), whose last checkpoints are missing, unless ``allow`` (``eval.unfinished=true``)."""
+    unfinished = sorted({root for _, model_dir, root in found if root != model_dir and not (root / DONE).is_file()})
+    if not unfinished:
+        return
+    names = ", ".join(str(r) for r in unfinished)
+    if not allow:
+        raise ConfigError(f"training has not finished in {names} (no {DONE} file): run the same training command to finish "
+                          "it, or evaluate the checkpoints it has so far with eval.unfinished=true")
+    print(f"[yfpo] warning: evaluating unfinished runs (eval.unfinished=true): {names}", file=sys.stderr, flush=True)
 
 
 def load_problems(cfg: DictConfig) -> list[dict]:
@@ -444,7 +457,9 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     summaries, first_output, locked, jobs = [], {}, set(), []
     with ExitStack() as held:  # one writer per evaluation name and run, and the vLLM worker, held to the end
         worker = held.enter_context(vllm_worker.Engine())
-        for name, model_dir, root in find_checkpoints(Path(cfg.run_dir), cfg.hub):
+        found = find_checkpoints(Path(cfg.run_dir), cfg.hub)
+        check_finished(found, e.unfinished)
+        for name, model_dir, root in found:
             task_dir = root / "eval" / dirname(e)
             if task_dir not in locked:
                 held.enter_context(exclusive(task_dir.with_name(task_dir.name + ".lock"), f"evaluation {task_dir}"))

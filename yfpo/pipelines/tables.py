@@ -54,7 +54,7 @@ import numpy as np
 import yaml
 
 from yfpo.pipelines import stats
-from yfpo.train.checkpoints import ckpt_index, ckpt_name
+from yfpo.train.checkpoints import DONE, ckpt_index, ckpt_name
 from yfpo.core.config import CONF_DIR
 from yfpo.core.errors import ConfigError, MissingError, run_cli
 
@@ -473,12 +473,23 @@ def plot_curves(spec: dict, base_dir: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def unfinished_note(spec: dict, base_dir: Path) -> str:
+    """A line naming the trained runs of the spec whose training has not finished (no ``DONE``), or ''."""
+    runs = sorted({str(r) for row in spec["rows"] if not row.get("start") for r in row_runs(row, base_dir) if not (r / DONE).is_file()})
+    if not runs:
+        return ""
+    return (f"**Unfinished runs** (no {DONE}: training stopped before its last step, so their last checkpoints are "
+            f"missing; run the same training command to finish them): {', '.join(runs)}\n")
+
+
 def make_tables(spec_path: Path, base_dir: Path = Path("."), out: Path | None = None, baseline: str | None = None) -> str:
-    """Build one spec's Markdown, CSV and curves (in ``out``, default: next to the spec)."""
+    """Build one spec's Markdown, CSV and curves (in ``out``, default: next to the spec); runs whose
+    training has not finished are named at the top and in a warning."""
     spec = load_spec(spec_path, baseline)
     out = out or spec_path.parent
     out.mkdir(parents=True, exist_ok=True)
-    tasks, parts = spec_tasks(spec), []
+    unfinished = unfinished_note(spec, base_dir)
+    tasks, parts = spec_tasks(spec), [unfinished] if unfinished else []
     for task in tasks:
         header, table = build(spec, base_dir, task)
         title = spec.get("title", spec["name"]) + (f" [{task}]" if len(tasks) > 1 else "")
@@ -492,7 +503,7 @@ def make_tables(spec_path: Path, base_dir: Path = Path("."), out: Path | None = 
                           header, table, SCORING_NOTE))
     with open(out / f"{spec['name']}_scoring.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *table])
-    for w in warnings:
+    for w in warnings + ([unfinished.replace("**", "").strip()] if unfinished else []):
         print(f"[yfpo] warning: {spec['name']}: {w}", file=sys.stderr)
     md = "\n".join(parts)
     (out / f"{spec['name']}.md").write_text(md)

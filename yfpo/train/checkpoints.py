@@ -11,11 +11,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from yfpo.core.artefacts import staged
 from yfpo.core.errors import ConfigError, UserError
 
 STATE_FILE = "yfpo_state.json"
+DONE = "DONE"  # in the run directory once training reached its last step: the run is finished
 
 
 def checkpoint_steps(total_steps: int, count: int) -> list[int]:
@@ -98,6 +100,27 @@ class StreamedCheckpointIO(TorchCheckpointIO):
             raise DiskFullError(f"no space left for the resume point in {path.parent}: it needs about {need / 2**30:.2f} GiB, "
                                 f"{free / 2**30:.2f} GiB is free; {kept}. Free space there (or move the run) and run "
                                 "the same command again to resume") from None
+
+
+class ResumePoints(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` optimizer steps, and once more when SIGTERM
+    arrives (a pre-emption) at the end of a batch that completed an optimizer step, so that the
+    resumed run loses nothing. Mid-accumulation the gradients so far cannot be saved, and with
+    several processes the ranks do not yet agree on the signal; there the last periodic resume
+    point is kept. Lightning then stops the run (:class:`~lightning.pytorch.utilities.exceptions.SIGTERMException`)."""
+
+    def __init__(self, dirpath: Path, every_n_train_steps: int):
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps)
+        self._step_before = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        self._step_before = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        super().on_train_batch_end(trainer, module, *args)
+        stepped = trainer.global_step > self._step_before
+        if trainer.received_sigterm and stepped and trainer.world_size == 1 and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def save_hf(policy, tokenizer, path: Path, state: dict, state_dict: dict | None = None) -> None:

@@ -16,15 +16,16 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from yfpo.core import artefacts
-from yfpo.train.checkpoints import HFCheckpoints, StreamedCheckpointIO, ckpt_name, is_complete, resume_point
+from yfpo.train.checkpoints import DONE, HFCheckpoints, ResumePoints, StreamedCheckpointIO, ckpt_name, is_complete, resume_point
 from yfpo.core.config import CONF_DIR
 from yfpo.data.datamodule import PreferenceDataModule
-from yfpo.core.errors import ConfigError, UserError, run_cli
+from yfpo.core.errors import ConfigError, Stopped, UserError, run_cli
 from yfpo.core.locks import exclusive
 from yfpo.train.loggers import make_loggers
 from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
@@ -35,7 +36,6 @@ from yfpo.train.inputs import run_identity, training_inputs
 from yfpo.train.reference import ReferenceCache, declared_identity, tokens_fingerprint
 from yfpo.train.strategies import build_strategy
 
-DONE = "DONE"
 LOCK = ".lock"
 RUN_CONFIG = "run_config.yaml"
 
@@ -191,7 +191,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
     callbacks = [
         data.position,  # before the checkpoint callbacks (Lightning runs those last): the loader's position
         HFCheckpoints(ckpt_dir, run.checkpoints.count, tokenizer),
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=run.checkpoints.resume_every_n_steps),
+        ResumePoints(ckpt_dir, run.checkpoints.resume_every_n_steps),
     ]
     if run.trainer.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar())  # plain tqdm: readable in log files and SLURM output, unlike rich
@@ -206,7 +206,12 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
         trainer.accumulate_grad_batches = accumulation(run.data.global_batch_size, run.data.batch_size, trainer.world_size)
     if resume_step is not None:
         print(f"[yfpo] resuming {run_dir} from {last} (step {resume_step}; logs/metrics.csv kept up to it)")
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    except SIGTERMException:  # Lightning's exit after the batch during which SIGTERM came
+        kept = f"it resumes from step {resume_point(last)[0]} ({last})" if last.is_file() else "it has no resume point yet and restarts from step 0"
+        raise Stopped(f"{run_dir} stopped by SIGTERM at step {trainer.global_step} of {int(trainer.estimated_stepping_batches)}; "
+                      f"{kept} when the same command runs again") from None
     if trainer.is_global_zero:
         export(cfg, ckpt_dir)
         if trainer.global_step >= trainer.estimated_stepping_batches:
