@@ -44,8 +44,9 @@ def peak_tflops_of(name: str) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def train_step_fn(kind: str, method: str, arch: dict, pairs, device):
-    """(step, tokens): one forward + backward + AdamW step of one variant on ``pairs``."""
+def train_step_fn(kind: str, method: str, arch: dict, pairs, device, out_dir: str):
+    """(step, tokens): one forward + backward + AdamW step of one variant on ``pairs`` (TRL's
+    trainer wants an ``out_dir``; nothing is saved there)."""
     import torch
 
     vocab = arch["vocab_size"]
@@ -58,7 +59,7 @@ def train_step_fn(kind: str, method: str, arch: dict, pairs, device):
         import trl
 
         ref = copy.deepcopy(policy).requires_grad_(False).eval()
-        args = trl.DPOConfig(output_dir=tempfile.mkdtemp(), beta=bench.BETA, learning_rate=bench.LR, report_to=[],
+        args = trl.DPOConfig(output_dir=out_dir, beta=bench.BETA, learning_rate=bench.LR, report_to=[],
                              per_device_train_batch_size=len(pairs), max_length=None, use_cpu=device.type == "cpu",
                              bf16=device.type == "cuda", gradient_checkpointing=False, disable_tqdm=True)
         trainer = trl.DPOTrainer(model=policy.to(device), ref_model=ref.to(device), args=args, processing_class=tokenizer,
@@ -98,17 +99,18 @@ def measure_training(arch: dict, seq_len: int, pairs_n: int, steps: int, device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        step, tokens = train_step_fn(kind, method, arch, pairs, device)
-        step()  # warm-up: kernels chosen, AdamW state allocated
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            loss = step()
-        sync()
+        with tempfile.TemporaryDirectory() as out_dir:
+            step, tokens = train_step_fn(kind, method, arch, pairs, device, out_dir)
+            step()  # warm-up: kernels chosen, AdamW state allocated
+            sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                loss = step()
+            sync()
         per_step = (time.perf_counter() - t0) / steps
         rows.append({"variant": label, "tokens_per_step": tokens, "step_s": per_step, "tokens_per_s": tokens / per_step,
-                     "mfu": mfu(tokens / per_step, arch, peak), "loss": float(loss),
+                     "mfu": mfu(tokens / per_step, arch, peak), "loss": float(loss.detach()),
                      "peak_gpu_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None})
         del step
         print(f"{label}: {tokens / per_step:,.0f} tokens/s" + (f", MFU {rows[-1]['mfu']:.1%}" if rows[-1]["mfu"] else ""), flush=True)

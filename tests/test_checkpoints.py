@@ -3,6 +3,7 @@ disk or a crash mid-write keeps the previous ``last.ckpt``, and a damaged one is
 
 import errno
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +72,28 @@ def test_a_damaged_resume_point_is_one_error_naming_the_file_and_the_way_out(tmp
     os.replace(last, f"{last}.damaged")  # the advice, followed
     fit(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "DONE").is_file()
+
+
+def test_a_full_disk_while_writing_an_hf_checkpoint_is_one_line_and_leaves_no_torn_directory(tmp_path, tokenizer, monkeypatch):
+    """Fault injected at the write: safetensors writes part of the weights, then the disk is full
+    (safetensors reports it in its own error type)."""
+    from safetensors import SafetensorError
+
+    from tests.conftest import make_model
+
+    policy, path = make_model(tokenizer), tmp_path / "checkpoints" / "ckpt-1"
+
+    def full(directory, **kwargs):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "model.safetensors").write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })")
+
+    monkeypatch.setattr(policy, "save_pretrained", full)
+    with pytest.raises(ck.DiskFullError) as err:
+        ck.save_hf(policy, tokenizer, path, {"checkpoint": 1})
+    message = str(err.value)
+    assert f"no space left for checkpoint ckpt-1 in {path.parent}" in message and "no ckpt-1 was written" in message, message
+    assert sorted(p.name for p in path.parent.iterdir()) == []  # neither the checkpoint nor its temporary
+    monkeypatch.undo()
+    ck.save_hf(policy, tokenizer, path, {"checkpoint": 1})  # with room again
+    assert ck.is_complete(path)

@@ -52,7 +52,7 @@ def case_corrupt_neuron_file(tmp_path):
     bad = tmp_path / "neurons.safetensors"
     bad.write_bytes(b"\xff" * 64)
     return ["yfpo.train", *FAST, "method=yfpo", f"neurons.path={bad}"], [r"neuron file .*neurons.safetensors cannot be read",
-                                                                        "delete it", "python -m yfpo.neurons"]
+                                                                        r"move it aside \(mv ", "python -m yfpo.neurons"]
 
 
 def case_bad_config_value(tmp_path):
@@ -186,3 +186,30 @@ def test_group_yamls_keep_only_what_differs_from_their_schema():
     assert cfg.neurons.num_samples == NeuronsConfig.num_samples and "num_samples" not in open("conf/neurons/random.yaml").read()
     assert cfg.eval.warn_rate == EvalConfig.warn_rate and "warn_rate" not in open("conf/eval/math500.yaml").read()
     assert cfg.data.num_workers == DataConfig.num_workers and "num_workers" not in open("conf/data/synthetic.yaml").read()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["+data.batchsize=4"], r"\+data.batchsize=4: yfpo reads no key 'data.batchsize' \(did you mean data.batch_size=\.\.\.\?"),
+    (["+methd=dpo"], r"\+methd=dpo: yfpo reads no key 'methd' \(did you mean method=\.\.\.\?"),
+    (["+eval.limt=5"], r"did you mean eval.limit="),
+])
+def test_a_plus_key_that_nothing_reads_is_refused_by_name(overrides, match):
+    from yfpo.core.config import compose_config
+    from yfpo.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        compose_config([*FAST, *overrides])
+    compose_config([*FAST, "+trainer.profiler=simple", "+variant=dpo"])  # passed on to Lightning; a config group
+
+
+@pytest.mark.slow  # real processes: Hydra's own advice, followed
+def test_hydras_suggested_plus_override_is_refused_in_one_line_and_leaves_no_run_directory(tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.run([sys.executable, "-m", "yfpo.train", *FAST, "data.batchsize=4", f"hydra.run.dir={run}"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    suggested = __import__("re").search(r"To append to your config use (\S+)", first.stderr)
+    assert first.returncode != 0 and suggested and suggested[1] == "+data.batchsize=4", first.stderr[-2000:]
+    code, err = _cli(tmp_path, "yfpo.train", *FAST, suggested[1])
+    lines = [l for l in err.splitlines() if l.startswith("yfpo: error:")]
+    assert code == 2 and len(lines) == 1 and "did you mean data.batch_size" in lines[0] and "Traceback" not in err, err[-2000:]
+    assert not run.exists(), sorted(p.name for p in run.rglob("*"))  # the refused start left nothing behind

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -484,3 +485,17 @@ def test_an_unfinished_run_is_refused_unless_asked_for(run, capsys):
     summaries = ev.evaluate(compose_cfg(*FAST, f"run_dir={run}", "eval.limit=2", "eval.max_new_tokens=4", "eval.unfinished=true"))
     assert len(summaries) == 3 and f"evaluating unfinished runs (eval.unfinished=true): {run}" in capsys.readouterr().err
     ev.evaluate(compose_cfg(*FAST, f"run_dir={run / 'checkpoints' / 'ckpt-1'}", "eval.limit=2", "eval.max_new_tokens=4"))  # one checkpoint: no run to finish
+
+
+def test_a_run_on_its_own_synthetic_draw_is_evaluated_on_that_draws_test_set(run, capsys):
+    """A smoke run trained on .cache/smoke/synthetic (10 test problems); `python -m yfpo.evaluate
+    run_dir=<it>` without +experiment=smoke evaluates it there, not on the default draw's 500."""
+    summaries = ev.evaluate(compose_cfg(f"run_dir={run}", "eval.max_new_tokens=4"))
+    assert {s["n"] for s in summaries} == {10}, [s["n"] for s in summaries]
+    assert "evaluating on the synthetic draw the runs trained on" in capsys.readouterr().out
+    other = run.parent / "other"  # a run of another draw (its recorded settings say so)
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("eval"))
+    saved = (other / "run_config.yaml").read_text()
+    (other / "run_config.yaml").write_text(saved.replace("num_test: 10", "num_test: 12", 1))
+    with pytest.raises(ev.ConfigError, match="trained on different synthetic draws"):
+        ev.evaluate(compose_cfg(f"run_dir={run.parent}", "eval.max_new_tokens=4"))

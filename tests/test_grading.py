@@ -229,3 +229,17 @@ def test_score_never_raises(task):
     keys = {"answer", "correct", "extracted", "answer_strict", "correct_strict", "answer_flexible", "correct_flexible"}
     for a in NASTY[:20]:
         assert set(score(task, a, "3")) == keys and isinstance(score(task, a, "3")["extracted"], bool)
+
+
+def test_a_bug_in_the_grader_raises_instead_of_grading_the_answer_wrong(monkeypatch):
+    """Only math-verify's failures on malformed LaTeX are absorbed (above); an error in yfpo's own
+    extraction is a bug, and an evaluation that swallowed it would report it as a wrong answer."""
+    from yfpo.evaluate import grading
+
+    def broken(text):
+        raise ZeroDivisionError("a deliberately broken extractor")
+
+    monkeypatch.setattr(grading, "_marked_number", broken)
+    for fn in (lambda: grading.score("gsm8k", "The answer is 18.", "18"), lambda: grading.grade("gsm8k", "The answer is 18.", "18")):
+        with pytest.raises(ZeroDivisionError, match="deliberately broken"):
+            fn()

@@ -165,3 +165,19 @@ def test_a_cached_neuron_file_is_reused_only_for_the_same_weights(cache, monkeyp
     again = io.load(stage.select(compose_cfg(*args, "neurons.overwrite=true")))
     assert again.meta["weights"] != first.meta["weights"]
     assert not torch.equal(again.mean, first.mean)  # the statistics are those of the new weights
+
+
+def test_a_neuron_file_with_this_models_key_but_indices_outside_it_is_one_clear_error(tmp_path):
+    """A file edited by hand or made by another tool, with the right metadata: refused when loaded,
+    naming the file and the value, where it would otherwise raise an IndexError at the first step."""
+    from omegaconf import OmegaConf
+
+    key = {"model": "tiny", "weights": "w", "num_layers": 2, "intermediate_size": 48}
+    n = OmegaConf.create({"path": str(tmp_path / "n.safetensors")})
+    for layers, indices, what in (([0, 1], [3, 48], "index 48, outside this model's 0..47"), ([2, 0], [0, 1], "layer 2, outside this model's 0..1"),
+                                  ([0, 1], [-1, 1], "index -1, outside")):
+        io.save(n.path, io.NeuronSet(torch.tensor(layers), torch.tensor(indices), torch.ones(2)), **key)
+        with pytest.raises(io.NeuronFileError, match=f"neuron file {n.path} holds {what}.*python -m yfpo.neurons x=1 neurons.overwrite=true"):
+            io.load_for(n, key, "training", ["x=1"])
+    io.save(n.path, io.NeuronSet(torch.tensor([0, 1]), torch.tensor([0, 47]), torch.ones(2)), **key)
+    assert len(io.load_for(n, key, "training", ["x=1"])) == 2

@@ -99,6 +99,21 @@ def test_reproduce_plan_order_and_neurons(cache):
     assert ["-m", "run_dir=multirun/yfpo_2k", "eval=gsm8k,gsm8k_dev,math500", "eval.backend=vllm"] in [a for m, a in commands]
 
 
+def test_the_plans_neuron_commands_make_the_files_its_training_jobs_read(cache):
+    """With --train-args that change the model, each neuron command carries them, so the file it
+    makes is the one the training jobs look for (and not the default model's); no launcher settings."""
+    from yfpo.neurons import io as neuron_io
+
+    specs = [ROOT / "experiments" / "yfpo_table1.yaml"]
+    commands = plan(specs, ["model=smollm2-135m", "hydra/launcher=slurm"], [])
+    made = [a for m, a in commands if m == "yfpo.neurons"]
+    assert made and all("model=smollm2-135m" in a and not any(o.startswith("hydra") for o in a) for a in made), made
+    made_paths = {sweep_jobs("config", a)[0].neurons.path for a in made}
+    read = {job.neurons.path for m, a in commands if m == "yfpo.train" for job in sweep_jobs("config", a[1:])
+            if neuron_io.role(job.method) == "rewarded"}
+    assert read and read <= made_paths and all("smollm2" in p for p in read), (read, made_paths)
+
+
 @pytest.mark.slow  # make in a subprocess, composes all 74 jobs three times (~150 s)
 def test_make_reproduce_tables_dry_run_lists_composed_commands():
     out = subprocess.run(["make", "-s", "reproduce-tables", "DRY_RUN=1", "TRAIN_ARGS=trainer=ddp"], cwd=ROOT,
@@ -106,7 +121,7 @@ def test_make_reproduce_tables_dry_run_lists_composed_commands():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = [l for l in out.stdout.splitlines() if l.startswith("python -m")]
     assert "every config composed" in out.stdout and len(lines) == 25
-    assert lines[0] == "python -m yfpo.neurons +experiment=dpo_10k"
+    assert lines[0] == "python -m yfpo.neurons +experiment=dpo_10k trainer=ddp"  # the overrides its file is made with
     assert "python -m yfpo.train -m +experiment=yfpo_2k trainer=ddp" in lines
     assert "# yfpo_2k: 12 jobs, training seeds 1, 2, 3" in out.stdout  # 4 lambdas x 3 seeds
     assert "# fdt_sft: 2 jobs, training seeds 42" in out.stdout  # the start model is trained once

@@ -4,8 +4,11 @@ and Hydra launchers (joblib, submitit local; SLURM and Ray compose)."""
 import csv
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -84,6 +87,28 @@ def test_loader_reshuffles_every_epoch_and_resumes_mid_epoch():
     assert [b.tolist() for b in loader] == second  # and the next pass is whole again
 
 
+def test_a_resume_point_continues_only_on_the_layout_that_saved_it():
+    """The position is per-process batches (and Lightning's loop counts accumulation windows of
+    them): another process count or accumulation is refused, naming both layouts."""
+    from types import SimpleNamespace
+
+    from yfpo.data.datamodule import EpochPosition, ResumableLoader, ResumeLayoutError
+
+    def loader(world, accumulate):
+        trainer = SimpleNamespace(current_epoch=1, world_size=world, accumulate_grad_batches=accumulate)
+        position = EpochPosition()
+        position.epoch, position.done = 1, 3
+        return ResumableLoader(list(range(16)), batch_sampler=GlobalBatchSampler(16, 2, world=world, seed=5), trainer=trainer, position=position)
+
+    state = loader(1, 2).state_dict()
+    assert state == {"epoch": 1, "batches": 3, "layout": [1, 2]}
+    loader(1, 2).load_state_dict(state)
+    for world, accumulate in ((2, 1), (1, 4)):
+        with pytest.raises(ResumeLayoutError, match=rf"saved by 1 process\(es\) accumulating 2 .* this start has {world} accumulating {accumulate}"):
+            loader(world, accumulate).load_state_dict(state)
+    loader(2, 1).load_state_dict({"epoch": 1, "batches": 3})  # an older resume point, without its layout
+
+
 def test_gradient_accumulation_from_global_batch_size():
     assert accumulation(16, 2, 1) == 8 and accumulation(16, 2, 8) == 1 and accumulation(256, 4, 16) == 4
     with pytest.raises(ValueError, match="global_batch_size=16 is not a multiple of data.batch_size=3 x 2 processes"):
@@ -112,6 +137,32 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(wa[k], w1[k], rtol=1e-4, atol=1e-5)
     assert json.loads((two / "checkpoints" / "ckpt-2" / ck.STATE_FILE).read_text())["step"] == 4
+
+
+@pytest.mark.slow  # real processes
+def test_a_run_interrupted_on_one_process_is_refused_on_two_with_the_reason(tmp_path, cache):
+    """Killed on one process (accumulating 2 batches of 2 rows), started again as 2 DDP processes
+    (one batch each, the same global batch): refused in one line, the resume point kept; the
+    interrupted layout then finishes it."""
+    run = tmp_path / "run"
+    args = [*FAST, "data.global_batch_size=4", "trainer.max_steps=40", "checkpoints.count=2", "checkpoints.resume_every_n_steps=2",
+            f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([sys.executable, "-m", "yfpo.train", *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "ckpt-1" / ck.STATE_FILE).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step = ck.resume_point(run / "checkpoints" / "last.ckpt")[0]
+    assert not (run / "DONE").exists() and 0 < step < 40
+    ddp = subprocess.run([sys.executable, "-m", "yfpo.train", *args, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                          "trainer.precision=32-true"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    lines = [l for l in ddp.stderr.splitlines() if l.startswith("yfpo: error:")]
+    assert ddp.returncode != 0 and lines, ddp.stderr[-3000:]
+    assert "saved by 1 process(es) accumulating 2 batch(es) per optimizer step; this start has 2 accumulating 1" in lines[0], lines
+    assert ck.resume_point(run / "checkpoints" / "last.ckpt")[0] == step  # the resume point is kept
+    _run(tmp_path, "yfpo.train", *args)  # the interrupted layout resumes it
+    assert (run / "DONE").is_file()
 
 
 @pytest.mark.slow  # real processes

@@ -241,3 +241,20 @@ def test_runs_that_have_not_finished_training_are_named_at_the_top_and_warned_ab
     rows[0]["runs"][1] = "b2"
     (tmp_path / "t.yaml").write_text(yaml.safe_dump({"name": "t", "task": "gsm8k", "layout": "checkpoints", "baseline": "SFT", "rows": rows}))
     assert "Unfinished" not in tables.make_tables(tmp_path / "t.yaml", tmp_path)
+
+
+def test_checkpoints_evaluated_one_by_one_are_found_inside_them(tmp_path):
+    """`python -m yfpo.evaluate run_dir=<run>/checkpoints/ckpt-k` writes into the checkpoint; the
+    table reads those results too (the run's own evaluation, where there is one, first)."""
+    make_run(tmp_path, "whole", "gsm8k", [correct(5), correct(6)])
+    run = tmp_path / "single"
+    for k, right in ((1, 7), (2, 8)):
+        d = run / "checkpoints" / f"ckpt-{k}" / "eval" / "gsm8k" / f"ckpt-{k}"
+        d.mkdir(parents=True)
+        (d / "predictions.jsonl").write_text("".join(json.dumps({"id": i, "correct": c == 1}) + "\n" for i, c in enumerate(correct(right))))
+        (d / "summary.json").write_text(json.dumps({"accuracy": right / 10}))
+    (run / "DONE").write_text("2\n")
+    assert tables.read_run(run, "gsm8k").by_ckpt["ckpt-2"] == {i: float(i < 8) for i in range(10)}
+    rows = [{"data": "2K", "method": m, "runs": [m]} for m in ("whole", "single")]
+    header, table = tables.build({"name": "t", "task": "gsm8k", "layout": "checkpoints", "baseline": "whole", "rows": rows}, tmp_path)
+    assert table[1][header.index("Avg")] == "0.7500"

@@ -176,11 +176,22 @@ def test_a_long_run_dirname_starts_with_the_swept_keys():
     (["trainer.max_steps=0"], r"trainer.max_steps=0: give a number of optimizer steps >= 1, or -1"),
     (["trainer.max_steps=abc"], r"trainer.max_steps='abc'"),
     (["checkpoints.count=0"], r"checkpoints.count=0: give a number of checkpoints >= 1"),
+    (["data.global_batch_size=8", "trainer.accumulate_grad_batches=2"],
+     r"trainer.accumulate_grad_batches=2 conflicts with data.global_batch_size=8, .*drop one of the two"),
 ])
 def test_inert_or_impossible_settings_are_refused_before_anything_loads(tmp_path, overrides, match):
     with pytest.raises(UserError, match=match):
         fit(compose_cfg(*FAST, *overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
+
+
+def test_fewer_rows_than_one_optimizer_step_is_one_warning(tmp_path, cache, capsys):
+    """Allowed (a quick look at a handful of rows), but said: each step repeats rows to fill its batch."""
+    fit(compose_cfg(*FAST, "method=dpo", "data.batch_size=40", "trainer.max_steps=1", "checkpoints.count=1"), tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "[yfpo] warning: 32 training rows are fewer than one optimizer step's 40" in out, out[-2000:]
+    fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=1", "checkpoints.count=1"), tmp_path / "other")
+    assert "fewer than one optimizer step" not in capsys.readouterr().out
 
 
 def test_yfpo_with_lambda_0_says_it_is_dpo(capsys):

@@ -7,6 +7,7 @@ before Hydra resolves ``hydra.run.dir``.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 import sys
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from yfpo.core import schema  # noqa: F401  (registers the typed schemas before any composition)
 from yfpo.core.artefacts import model_tag
+from yfpo.core.errors import ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 DIRNAME_LIMIT = 96  # characters; file systems refuse names over 255
@@ -76,10 +78,40 @@ def quote_paths(argv: list[str]) -> list[str]:
     return out
 
 
+PASSED_ON = ("trainer", "hydra")  # groups whose every key goes to a library (Lightning's Trainer, Hydra)
+
+
+def refuse_added_keys(overrides: list[str], cfg: DictConfig) -> None:
+    """Refuses ``+key=value`` for a key that is not a config group and that no part of yfpo reads.
+    Hydra suggests ``+`` when a key is not in the config (``data.batchsize=4`` -> ``+data.batchsize=4``),
+    which would then be recorded, name the run directory and be ignored. ``cfg``: the composed config."""
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if "=" in o and not o.startswith("-")])
+    except OverrideParseException:  # Hydra reports its own grammar errors
+        return
+    for o in parsed:
+        key = o.key_or_group
+        if not o.is_add() or "/" in key or Path(CONF_DIR, key).is_dir() or key.split(".")[0] in PASSED_ON:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        known = [k for k in (node.keys() if isinstance(node, DictConfig) else []) if k != leaf]
+        if not parent:
+            known += [p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()]
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f"did you mean {'.'.join(filter(None, (parent, close[0])))}=...? " if close else ""
+        raise ConfigError(f"{o.input_line}: yfpo reads no key {key!r} ({hint}the keys of {parent or 'the config'} are "
+                          f"{', '.join(sorted(set(known)))}). A '+' adds a key nothing would read; set an existing key without it")
+
+
 def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:
     """``conf/config.yaml`` with command-line style ``overrides`` (``hydra=True`` keeps the hydra node);
-    inside a running Hydra app (``python -m yfpo.train``) it composes with that app's search path."""
+    inside a running Hydra app (``python -m yfpo.train``) it composes with that app's search path.
+    A ``+key`` that nothing reads is refused (:func:`refuse_added_keys`)."""
     if GlobalHydra.instance().is_initialized():
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=hydra)
+    else:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=list(overrides), return_hydra_config=hydra)
+    refuse_added_keys(list(overrides), cfg)
+    return cfg

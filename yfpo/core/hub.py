@@ -87,7 +87,7 @@ def mirrored(repo_id: str, hub: DictConfig) -> Path | None:
 
 def _advice(repo_id: str, kind: str, hub: DictConfig, key: str) -> str:
     repo_type = " --repo-type dataset" if kind == "dataset" else ""
-    mirror = hub.get("mirror") or "/shared/hf-mirror"
+    mirror = hub.get("mirror") or Path.home() / "hf-mirror"  # a directory of the user's; any other works
     return (
         f"{kind} {repo_id!r} is not in the local Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}), "
         f"not under hub.mirror={hub.get('mirror')!r}, and the hub cannot be reached (no connection within "

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler
 
 from yfpo.data.encode import Encoded, Encoder, collate
+from yfpo.core.errors import UserError
 from yfpo.data.rows import DataError, read_rows
 
 
@@ -74,11 +75,31 @@ class ResumableLoader(DataLoader):
             self.batch_sampler.set_epoch(self.trainer.current_epoch)
         return super().__iter__()
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.trainer.current_epoch, "batches": self.position.batches(self.trainer.current_epoch)}
+    def state_dict(self) -> dict:
+        return {"epoch": self.trainer.current_epoch, "batches": self.position.batches(self.trainer.current_epoch),
+                "layout": self.layout()}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict) -> None:
+        # The position counts this process's batches, and Lightning's restored loop counts the same
+        # batches and the accumulation windows they made: only the layout that saved them continues
+        # exactly on the rows not yet seen, with the same optimizer steps.
+        saved = state.get("layout")  # absent in resume points saved before the layout was recorded
+        if saved is not None and list(saved) != self.layout():
+            (w0, a0), (w1, a1) = saved, self.layout()
+            raise ResumeLayoutError(
+                f"the resume point was saved by {w0} process(es) accumulating {a0} batch(es) per optimizer step; this start "
+                f"has {w1} accumulating {a1}. Its position counts per-process batches, so it cannot continue exactly on "
+                f"another layout: resume with the interrupted layout ({w0} process(es) in all: trainer.devices x "
+                "trainer.num_nodes), or delete the run directory to train it again on this one")
         self.batch_sampler.resume(state["epoch"], state["batches"])
+
+    def layout(self) -> list[int]:
+        """``[processes, batches accumulated per optimizer step]`` of this training."""
+        return [self.trainer.world_size, self.trainer.accumulate_grad_batches]
+
+
+class ResumeLayoutError(UserError):
+    """A resume on a process count or accumulation other than the interrupted run's."""
 
 
 class GlobalBatchSampler(Sampler[list[int]]):

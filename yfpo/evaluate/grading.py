@@ -164,22 +164,19 @@ def score(task: str, completion: str, gold: str) -> dict:
     completion commits to an answer with a final-answer marker (numeric tasks: the strict rule found
     one; ``math500``: a ``\\boxed{}`` or "the answer is"); ``answer_strict``/``correct_strict`` and
     ``answer_flexible``/``correct_flexible``: the two lm-eval conventions (None for ``math500``).
-    Never raises on string inputs.
+    Any completion is graded without an error; a bug in the grader raises, it is not a wrong answer.
     """
     _check(task)
     out = {"answer": None, "correct": False, "extracted": False, "answer_strict": None, "correct_strict": None,
            "answer_flexible": None, "correct_flexible": None}
-    try:
-        out["answer"] = extract_answer(task, completion)
-        out["correct"] = grade(task, completion, gold)
-        if task == "math500":
-            out["extracted"] = out["answer"] is not None
-            return out
-        strict, flexible = _marked_number(completion), _flexible_number(completion)
-        out.update(extracted=strict is not None, answer_strict=strict, correct_strict=_same_number(strict, gold),
-                   answer_flexible=flexible, correct_flexible=_same_number(flexible, gold))
-    except Exception:  # grading must never take down an evaluation run
-        pass
+    out["answer"] = extract_answer(task, completion)
+    out["correct"] = grade(task, completion, gold)
+    if task == "math500":
+        out["extracted"] = out["answer"] is not None
+        return out
+    strict, flexible = _marked_number(completion), _flexible_number(completion)
+    out.update(extracted=strict is not None, answer_strict=strict, correct_strict=_same_number(strict, gold),
+               answer_flexible=flexible, correct_flexible=_same_number(flexible, gold))
     return out
 
 
@@ -231,19 +228,19 @@ def _normalise(s: str) -> str:
 def _math_equal(pred: str, gold: str) -> bool:
     """math-verify equivalence (gold first), else equal normalised strings."""
     if not (_too_costly(pred) or _too_costly(gold)):
+        from math_verify import parse, verify
+
+        # parse only sees LaTeX inside $..$ or \boxed{}. Timeouts off: math-verify implements them
+        # with signal.alarm, which raises outside the main thread (e.g. a threaded evaluator).
+        def wrap(s: str) -> str:
+            return "$" + re.sub(r"\\?\$", "", s) + "$"
+
         try:
-            from math_verify import parse, verify
-
-            # parse only sees LaTeX inside $..$ or \boxed{}. Timeouts off: math-verify implements them
-            # with signal.alarm, which raises outside the main thread (e.g. a threaded evaluator).
-            def wrap(s: str) -> str:
-                return "$" + re.sub(r"\\?\$", "", s) + "$"
-
             if verify(parse(wrap(gold), parsing_timeout=None), parse(wrap(pred), parsing_timeout=None),
                       timeout_seconds=None):
                 return True
-        except Exception:  # a parser crash on odd LaTeX is not a verdict; try the string comparison
-            pass
+        except Exception:  # noqa: BLE001  math-verify (sympy, latex2sympy) on a model's malformed LaTeX raises
+            pass           # any type (TypeError, RecursionError, ...): not a verdict; try the string comparison
     norm = _normalise(pred)
     return norm != "" and norm == _normalise(gold)
 
@@ -255,12 +252,9 @@ def grade(task: str, completion: str, gold: str) -> bool:
     "1000", units and "$" ignored); ``math500`` uses ``_math_equal``.
     """
     _check(task)
-    try:
-        pred = extract_answer(task, completion)
-        if pred is None:
-            return False
-        if task == "math500":
-            return _math_equal(pred, gold.strip())
-        return _same_number(pred, gold)
-    except Exception:  # grading must never take down an evaluation run
+    pred = extract_answer(task, completion)
+    if pred is None:
         return False
+    if task == "math500":
+        return _math_equal(pred, gold.strip())
+    return _same_number(pred, gold)

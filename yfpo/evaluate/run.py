@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -44,7 +45,7 @@ from yfpo.core import artefacts
 from yfpo.core import hub
 from yfpo.evaluate import vllm_worker
 from yfpo.train.checkpoints import DONE, STATE_FILE, ckpt_index, ckpt_name
-from yfpo.core.config import CONF_DIR
+from yfpo.core.config import CONF_DIR, refuse_added_keys
 from yfpo.data.rows import DataError, load_rows
 from yfpo.core.errors import ConfigError, MissingError, run_cli
 from yfpo.evaluate.generation import generate
@@ -101,6 +102,31 @@ def find_checkpoints(target: Path, hub_cfg: DictConfig | None = None) -> list[tu
     if not found:
         raise MissingError(f"no HF checkpoints (config.json) under {target}: pass a run, multirun or checkpoint directory")
     return found
+
+
+def with_runs_synthetic_draw(cfg: DictConfig, found: list[tuple[str, Path, Path]]) -> DictConfig:
+    """``cfg`` with the synthetic draw (``synthetic.*``) the runs trained on, when the evaluation reads
+    a synthetic set (``eval.path`` under ``synthetic.dir``) and the runs all used one other draw: a
+    smoke run is evaluated on its own test set, not the default draw's. Runs of different draws are
+    refused together."""
+    if not str(cfg.eval.path).startswith(str(cfg.synthetic.dir)):
+        return cfg
+    draws = {}
+    for _, model_dir, root in found:
+        saved = root / "run_config.yaml"
+        if root != model_dir and saved.is_file() and "synthetic" in (run := OmegaConf.load(saved)):
+            draws.setdefault(json.dumps(OmegaConf.to_container(run.synthetic), sort_keys=True), []).append(root)
+    if len(draws) > 1:
+        raise ConfigError(f"these runs trained on different synthetic draws, so no one synthetic test set fits them all: "
+                          + "; ".join(", ".join(sorted({str(r) for r in roots})) for roots in draws.values())
+                          + ": evaluate each group with its own run_dir")
+    if not draws:
+        return cfg
+    own = {k: v for k, v in json.loads(next(iter(draws))).items() if k in cfg.synthetic}  # keys of this yfpo only
+    if own == {k: v for k, v in OmegaConf.to_container(cfg.synthetic, resolve=True).items() if k in own}:
+        return cfg
+    print(f"[yfpo] evaluating on the synthetic draw the runs trained on ({own['dir']})", flush=True)
+    return OmegaConf.merge(cfg, {"synthetic": own})
 
 
 def check_finished(found: list[tuple[str, Path, Path]], allow: bool) -> None:
@@ -451,14 +477,16 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     check_eval_config(e)
     if not cfg.get("run_dir"):
         raise ConfigError("run_dir=PATH is required: a run directory, a multirun directory or one HF checkpoint")
+    found = find_checkpoints(Path(cfg.run_dir), cfg.hub)
+    check_finished(found, e.unfinished)
+    cfg = with_runs_synthetic_draw(cfg, found)
+    e = cfg.eval
     ensure_synthetic(cfg.synthetic, e.path)
     rows = load_rows(e.path, split=e.split, name=e.get("hub_config"), hub=cfg.hub, key="eval.path")
     problems, src = problems_of(cfg, rows), source(e, artefacts.rows_fingerprint(rows))
     summaries, first_output, locked, jobs = [], {}, set(), []
     with ExitStack() as held:  # one writer per evaluation name and run, and the vLLM worker, held to the end
         worker = held.enter_context(vllm_worker.Engine())
-        found = find_checkpoints(Path(cfg.run_dir), cfg.hub)
-        check_finished(found, e.unfinished)
         for name, model_dir, root in found:
             task_dir = root / "eval" / dirname(e)
             if task_dir not in locked:
@@ -523,5 +551,6 @@ def wandb_scores(name: str, s: dict) -> dict:
 def main(cfg: DictConfig) -> None:
     """A Hydra app, so that ``-m`` sweeps (``eval=gsm8k,math500``) run on any Hydra launcher."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run_cli(refuse_added_keys, list(HydraConfig.get().overrides.task), cfg)
     run_cli(evaluate, cfg)
 

@@ -114,8 +114,9 @@ def load(path: str | Path) -> NeuronSet:
     except NeuronFileError:
         raise
     except Exception as e:  # safetensors' own errors ("header too large") name neither the file nor the fix
-        raise NeuronFileError(f"neuron file {path} cannot be read ({e}): it is damaged or not a safetensors "
-                              f"file; delete it") from None
+        raise NeuronFileError(f"neuron file {path} cannot be read ({e}): it is not a safetensors file, or a damaged "
+                              f"one. If neurons.path should name another file, set it; if this is a damaged neuron file, "
+                              f"move it aside (mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.damaged')})") from None
 
 
 def neuron_key(n, model_tag: str, weights: str, model_config, template: str, mirror: str | None) -> dict:
@@ -152,4 +153,9 @@ def load_for(n, key: dict, user: str, overrides: list[str] | None) -> NeuronSet:
                                           f"model; make it with: {command(overrides, 'neurons.overwrite=true')}")
     except artefacts.StaleArtefactError as e:
         raise NeuronFileError(str(e)) from None
+    for name, values, size in (("layer", neurons.layers, key["num_layers"]), ("index", neurons.indices, key["intermediate_size"])):
+        bad = values[(values < 0) | (values >= size)]
+        if bad.numel():  # a file edited by hand or by another tool: caught here, not as an IndexError mid-step
+            raise NeuronFileError(f"neuron file {n.path} holds {name} {int(bad[0])}, outside this model's 0..{size - 1}; "
+                                  f"make it again with: {command(overrides, 'neurons.overwrite=true')}")
     return neurons

@@ -50,11 +50,16 @@ def sweep_jobs(config_name: str, overrides: list[str]) -> list[DictConfig]:
     override parser expands the sweeps (``a=1,2``, ``choice(...)``, ``range(...)``; a list value
     ``a=[1,2]`` stays one value), from the command and from ``hydra.sweeper.params``, as its basic
     sweeper does: the cartesian product, the command line replacing a swept key it sets."""
-    return _sweep_jobs(config_name, tuple(overrides))
+    return [job for _, job in _sweep_jobs(config_name, tuple(overrides))]
+
+
+def sweep_overrides(config_name: str, overrides: list[str]) -> list[tuple[list[str], DictConfig]]:
+    """:func:`sweep_jobs` with each job's own overrides: the fixed ones and one value per swept key."""
+    return list(_sweep_jobs(config_name, tuple(overrides)))
 
 
 @functools.lru_cache(maxsize=None)  # plan() and check() ask for the same training sweeps
-def _sweep_jobs(config_name: str, overrides: tuple[str, ...]) -> list[DictConfig]:
+def _sweep_jobs(config_name: str, overrides: tuple[str, ...]) -> list[tuple[list[str], DictConfig]]:
     parser = OverridesParser.create()
     command = parser.parse_overrides(list(overrides))
     base = _compose(config_name, [o.input_line for o in command if not o.is_sweep_override()])
@@ -66,8 +71,8 @@ def _sweep_jobs(config_name: str, overrides: tuple[str, ...]) -> list[DictConfig
         elif o.get_key_element() in axes:
             axes[o.get_key_element()] = [o.get_value_element_as_str()]
     fixed = [o.input_line for o in command if o.get_key_element() not in axes]
-    jobs = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
-    return [_compose(config_name, fixed + [f"{k}={v}" for k, v in job.items()]) for job in jobs]
+    jobs = [fixed + [f"{k}={v}" for k, v in zip(axes, values)] for values in itertools.product(*axes.values())]
+    return [(job, _compose(config_name, job)) for job in jobs]
 
 
 def plan(specs: list[Path], train_args: list[str], eval_args: list[str], seeds: str | None = None) -> list[tuple[str, list[str]]]:
@@ -86,16 +91,23 @@ def plan(specs: list[Path], train_args: list[str], eval_args: list[str], seeds: 
             evals[e] = list(dict.fromkeys([*evals[e], *wanted]))
     neurons, train, evaluate = [], [], []
     seen_neuron_files = set()
+    parse = OverridesParser.create().parse_override
     for e in experiments:
         base = sweep_jobs("config", [f"+experiment={e}"])[0]
         args = [*train_args, f"seed={seeds}"] if seeds and "seed" in (base.hydra.sweeper.params or {}) else train_args
-        for job in sweep_jobs("config", [f"+experiment={e}", *args]):
+        own = [a for a in args if not a.startswith(("hydra.", "hydra/"))]  # the launcher is the training's
+        fixed = [f"+experiment={e}", *(a for a in own if not parse(a).is_sweep_override())]
+        for overrides, job in sweep_overrides("config", [f"+experiment={e}", *args]):
             use = neuron_io.role(job.method)
             # a file a run needs is made; one only tracked is made unless it is a random set
             wanted = use == "rewarded" or (use == "tracked" and job.neurons.selector != "random")
             if wanted and job.neurons.path not in seen_neuron_files:
                 seen_neuron_files.add(job.neurons.path)
-                neurons.append(("yfpo.neurons", [f"+experiment={e}"]))
+                # the command that makes the file this job reads: the fixed overrides where they key it
+                # alone, else also the job's swept values (a swept model, say)
+                made = fixed if _compose("config", fixed).neurons.path == job.neurons.path else [
+                    o for o in overrides if not o.startswith(("hydra.", "hydra/"))]
+                neurons.append(("yfpo.neurons", made))
         train.append(("yfpo.train", ["-m", f"+experiment={e}", *args]))
         name = sweep_jobs("config", [f"+experiment={e}", *args])[0].name
         evaluate.append(("yfpo.evaluate", ["-m", f"run_dir=multirun/{name}", f"eval={','.join(evals[e])}", *eval_args]))

@@ -111,10 +111,13 @@ def read_run(run: Path, task: str, start: bool = False) -> RunResults:
     root = run / "eval" / task
     if not run.is_dir():
         raise MissingError(f"{run} not found: train that run first (the table spec's `experiments:` name its recipe)")
-    if not root.is_dir():
+    # a checkpoint evaluated by itself (run_dir=<run>/checkpoints/ckpt-k) keeps its results inside it
+    found = {p.name: p for p in run.glob(f"checkpoints/ckpt-*/eval/{task}/ckpt-*") if p.name == p.parents[2].name}
+    found.update({p.name: p for p in root.glob("ckpt-*")})  # the run's own evaluation first
+    if not found:
         raise MissingError(f"{root} not found: run `{evaluate_hint(run, task)}` first")
     res = RunResults(run)
-    for ckpt in sorted(root.glob("ckpt-*"), key=lambda p: ckpt_index(p.name)):
+    for ckpt in sorted(found.values(), key=lambda p: ckpt_index(p.name)):
         if (ckpt.name == ckpt_name(0)) != start or not (ckpt / "summary.json").is_file():
             continue
         rows = [json.loads(l) for l in (ckpt / "predictions.jsonl").read_text().splitlines() if l.strip()]

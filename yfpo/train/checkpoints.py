@@ -6,12 +6,16 @@ import errno
 import json
 import os
 import shutil
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from safetensors import SafetensorError
 
 from yfpo.core.artefacts import staged
 from yfpo.core.errors import ConfigError, UserError
@@ -83,53 +87,83 @@ class StreamedCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
-        try:
+        with written(path, "the resume point", tensor_bytes(checkpoint)):
             with staged(path) as tmp:
                 torch.save(checkpoint, tmp)
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)  # on disk before the rename makes it the resume point
-                finally:
-                    os.close(fd)
-        except (OSError, RuntimeError) as err:  # torch's zip writer reports a failed write as RuntimeError
-            free = shutil.disk_usage(path.parent).free
-            need = tensor_bytes(checkpoint)
-            if getattr(err, "errno", None) != errno.ENOSPC and free >= need:
-                raise
-            kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
-            raise DiskFullError(f"no space left for the resume point in {path.parent}: it needs about {need / 2**30:.2f} GiB, "
-                                f"{free / 2**30:.2f} GiB is free; {kept}. Free space there (or move the run) and run "
-                                "the same command again to resume") from None
+                fsync(tmp)  # on disk before the rename makes it the resume point
+
+
+def fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or every file under a directory) to disk."""
+    for f in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def written(path: Path, what: str, need: int):
+    """Turns a write of ``path`` (``need`` bytes) that failed for lack of space into one
+    :class:`DiskFullError` naming the directory and the space; other failures pass unchanged."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch's zip writer and safetensors report a failed write in their own types
+        free = shutil.disk_usage(path.parent).free
+        if getattr(err, "errno", None) != errno.ENOSPC and "No space left" not in str(err) and free >= need:
+            raise
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        raise DiskFullError(f"no space left for {what} in {path.parent}: it needs about {need / 2**30:.2f} GiB, "
+                            f"{free / 2**30:.2f} GiB is free; {kept}. Free space there (or move the run) and run "
+                            "the same command again to resume") from None
 
 
 class ResumePoints(ModelCheckpoint):
-    """``last.ckpt`` every ``every_n_train_steps`` optimizer steps, and once more when SIGTERM
-    arrives (a pre-emption) at the end of a batch that completed an optimizer step, so that the
-    resumed run loses nothing. Mid-accumulation the gradients so far cannot be saved, and with
-    several processes the ranks do not yet agree on the signal; there the last periodic resume
-    point is kept. Lightning then stops the run (:class:`~lightning.pytorch.utilities.exceptions.SIGTERMException`)."""
+    """``last.ckpt`` every ``every_n_train_steps`` optimizer steps, and on SIGTERM (a pre-emption).
+
+    One process: SIGTERM is noted, training goes on to the end of the optimizer step it came in
+    (the gradients of a partial accumulation window cannot be saved), saves ``last.ckpt`` there,
+    where the periodic saves happen, and stops with Lightning's
+    :class:`~lightning.pytorch.utilities.exceptions.SIGTERMException`. Lightning's own handler
+    would stop after the current batch, mid-window or after this callback has run, with nothing
+    saved. Several processes: Lightning's handler stays, which agrees on the signal across ranks
+    and stops them after the batch; the last periodic resume point is kept."""
 
     def __init__(self, dirpath: Path, every_n_train_steps: int):
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps)
-        self._step_before = 0
+        self._step_before, self._stop = 0, False
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.world_size == 1:  # after Lightning installed its handler, which restores the original at teardown
+            signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum, frame) -> None:
+        self._stop = True
 
     def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
         self._step_before = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
         super().on_train_batch_end(trainer, module, *args)
-        stepped = trainer.global_step > self._step_before
-        if trainer.received_sigterm and stepped and trainer.world_size == 1 and self._last_global_step_saved != trainer.global_step:
+        if not (self._stop and trainer.global_step > self._step_before):  # not stopping, or mid-window
+            return
+        if trainer.global_step >= trainer.estimated_stepping_batches:
+            return  # that was the last step: the run finishes
+        if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        raise SIGTERMException
 
 
 def save_hf(policy, tokenizer, path: Path, state: dict, state_dict: dict | None = None) -> None:
     """Write weights (safetensors), config, tokenizer and ``yfpo_state.json`` atomically to ``path``;
     ``state_dict`` replaces the policy's own (full weights gathered from a sharded model)."""
-    with staged(path) as tmp:
+    weights = state_dict if state_dict is not None else policy.state_dict()
+    with written(path, f"checkpoint {path.name}", tensor_bytes(weights)), staged(path) as tmp:
         policy.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        fsync(tmp)  # on disk before the rename makes it a checkpoint
 
 
 def full_policy_state(trainer: L.Trainer) -> dict:

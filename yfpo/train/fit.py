@@ -22,12 +22,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from yfpo.core import artefacts
-from yfpo.train.checkpoints import DONE, HFCheckpoints, ResumePoints, StreamedCheckpointIO, ckpt_name, is_complete, resume_point
-from yfpo.core.config import CONF_DIR
+from yfpo.train.checkpoints import (DONE, HFCheckpoints, ResumePoints, StreamedCheckpointIO, ckpt_name, fsync, is_complete,
+                                   resume_point, written)
+from yfpo.core.config import CONF_DIR, refuse_added_keys
 from yfpo.data.datamodule import PreferenceDataModule
-from yfpo.core.errors import ConfigError, Stopped, UserError, run_cli
+from yfpo.core.errors import EXIT_USER_ERROR, ConfigError, Stopped, UserError, run_cli
 from yfpo.core.locks import exclusive
-from yfpo.train.loggers import make_loggers
+from yfpo.train.loggers import finish, make_loggers
 from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.assets.prepare import ensure_model, ensure_synthetic
 from yfpo.train.module import PreferenceModule, check_module_config
@@ -120,6 +121,11 @@ def check_training_config(cfg: DictConfig, warn: bool = True) -> None:
     count = cfg.checkpoints.count
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"checkpoints.count={count!r}: give a number of checkpoints >= 1 (the paper's 3)")
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    if cfg.data.global_batch_size and accumulate != 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate} conflicts with data.global_batch_size="
+                          f"{cfg.data.global_batch_size}, which sets the accumulation from the batch size and the number "
+                          "of processes: drop one of the two")
 
 
 def export(cfg: DictConfig, ckpt_dir: Path) -> None:
@@ -131,8 +137,10 @@ def export(cfg: DictConfig, ckpt_dir: Path) -> None:
     target, key = Path(cfg.export_to), run_identity(cfg)
     if artefacts.saved_key(target) == artefacts.stringify(key):
         return
-    with artefacts.publishing(target, key) as tmp:
+    size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
+    with written(target, f"the export of {final.name}", size), artefacts.publishing(target, key) as tmp:
         shutil.copytree(final, tmp)
+        fsync(tmp)
 
 
 def accumulation(global_batch: int, batch_size: int, world: int) -> int:
@@ -204,11 +212,17 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
                         default_root_dir=run_dir, use_distributed_sampler=False)  # GlobalBatchSampler shards the batches itself
     if run.data.global_batch_size:
         trainer.accumulate_grad_batches = accumulation(run.data.global_batch_size, run.data.batch_size, trainer.world_size)
+    per_step = run.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    if len(data.train_set) < per_step and trainer.is_global_zero:  # allowed (a quick look at a few rows), but every step then repeats rows
+        print(f"[yfpo] warning: {len(data.train_set)} training rows are fewer than one optimizer step's {per_step} "
+              f"(data.batch_size x processes x accumulation): each step repeats rows to fill its batch", flush=True)
     if resume_step is not None:
         print(f"[yfpo] resuming {run_dir} from {last} (step {resume_step}; logs/metrics.csv kept up to it)")
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
-    except SIGTERMException:  # Lightning's exit after the batch during which SIGTERM came
+        finish(loggers)
+    except SIGTERMException:  # a pre-emption (yfpo.train.checkpoints.ResumePoints)
+        finish(loggers)
         kept = f"it resumes from step {resume_point(last)[0]} ({last})" if last.is_file() else "it has no resume point yet and restarts from step 0"
         raise Stopped(f"{run_dir} stopped by SIGTERM at step {trainer.global_step} of {int(trainer.estimated_stepping_batches)}; "
                       f"{kept} when the same command runs again") from None
@@ -224,5 +238,12 @@ def main(cfg: DictConfig) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The frozen reference is in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    run_cli(fit, cfg, Path(HydraConfig.get().runtime.output_dir))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run_cli(refuse_added_keys, list(HydraConfig.get().overrides.task), cfg)
+        run_cli(fit, cfg, run_dir)
+    except SystemExit as e:
+        if e.code == EXIT_USER_ERROR and {p.name for p in run_dir.iterdir()} <= {".hydra", f"{HydraConfig.get().job.name}.log"}:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a refused start: only what Hydra wrote before it, no run
+        raise
 

@@ -31,6 +31,14 @@ def wandb_mode() -> str:
     return "online" if has_key else "offline"
 
 
+def finish(loggers: list[Logger]) -> None:
+    """Close the training's W&B run, so that its history is on disk when training returns
+    (Lightning's WandbLogger leaves the run open until the process exits)."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and rank_zero_only.rank == 0:
+            lg.experiment.finish()
+
+
 def keep_rows_before(logger: CSVLogger, step: int, last_row: dict | None = None) -> int:
     """On a resume from ``step``: keep the rows of ``metrics.csv`` logged before it, so the curves
     continue without a gap; rows from ``step`` on are dropped, since those steps run again.
