@@ -62,13 +62,14 @@ def test_a_skip_fails_in_the_complete_tier_unless_it_names_a_gpu(tmp_path):
 
 def test_the_complete_tier_starts_the_longest_files_first(tmp_path):
     """With the complete tier's scheduling options, the two longest files are the first work each of
-    the two workers gets, although they hold the fewest tests (xdist's default queues those last)."""
+    the two workers gets, although they hold the fewest tests (xdist's default queues those last),
+    and the third longest comes before the other files."""
     from tests.tiers import LONGEST_FIRST
 
     assert all((ROOT / "tests" / name).is_file() for name in LONGEST_FIRST), LONGEST_FIRST
     log = tmp_path / "started.log"
     body = f"import os\ndef test_{{}}():\n    open({str(log)!r}, 'a').write(os.environ['PYTEST_XDIST_WORKER'] + ' ' + __name__ + '\\n')\n"
-    for name in ("test_a", "test_b", "test_c", *(n[:-3] for n in LONGEST_FIRST)):
+    for name in ("test_a", "test_b", "test_c", "test_d", *(n[:-3] for n in LONGEST_FIRST)):
         many = 1 if name + ".py" in LONGEST_FIRST else 4
         (tmp_path / f"{name}.py").write_text("".join(body.format(i) for i in range(many)))
     options = _recipe("test-all").split(" -q ", 1)[1].split()
@@ -76,8 +77,10 @@ def test_the_complete_tier_starts_the_longest_files_first(tmp_path):
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.tiers", "-p", "no:cacheprovider", *options, str(tmp_path)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stdout[-2000:]
-    first = {}
+    first, order = {}, []
     for line in log.read_text().splitlines():
         worker, module = line.split()
         first.setdefault(worker, module)
-    assert sorted(first.values()) == sorted(n[:-3] for n in LONGEST_FIRST), f"each worker's first test came from {first}"
+        order += [module] if module not in order else []
+    assert sorted(first.values()) == sorted(n[:-3] for n in LONGEST_FIRST[:2]), f"each worker's first test came from {first}"
+    assert order.index(LONGEST_FIRST[2][:-3]) < min(order.index(m) for m in ("test_c", "test_d")), order

@@ -5,8 +5,8 @@ names a GPU (which a CPU machine cannot provide, or whose presence changes what 
 
 It also starts the longest files first. ``make test-all`` hands whole files to its two workers in
 collection order (``--dist loadfile --no-loadscope-reorder``; by default xdist would queue the files
-with the fewest tests, these, last), so the two ~10-minute files run side by side from the start
-and the short files fill in behind them, instead of one of them running alone at the end.
+with the fewest tests, the two longest, last), so the two ~20-minute files run side by side from
+the start and the shorter files fill in behind them, the longest of those first.
 
 Each xdist worker, and every process its tests start, uses its share of the cores: two workers
 whose torch each spreads over both cores oversubscribe them (the fast tier took 256 s that way
@@ -18,7 +18,9 @@ import os
 
 import pytest
 
-LONGEST_FIRST = ("test_paper_size.py", "test_demo.py")  # ~10 min each on 2 cores; everything else < 2 min
+# ~20 min each on one core, side by side; then the vLLM file (~6 min, one engine start per test),
+# which as the last file in name order kept one worker busy alone at the end
+LONGEST_FIRST = ("test_paper_size.py", "test_demo.py", "test_vllm.py")
 
 
 def pytest_configure(config):
