@@ -44,17 +44,18 @@ def straight(tmp_path_factory):
     return root, env
 
 
-def _interrupt(root, env, run, sig):
-    """Starts the run and sends ``sig`` once its first HF checkpoint (step 9) is written; its exit
-    status and standard error."""
-    cmd = [sys.executable, "-m", "yfpo.train", *ARGS, f"hydra.run.dir={run}"]
+def _interrupt(root, env, run, sig, args=ARGS, delay=0.0):
+    """Starts the run and sends ``sig`` ``delay`` s after its first HF checkpoint is written (step 9
+    of ``ARGS``); its exit status and standard error."""
+    cmd = [sys.executable, "-m", "yfpo.train", *args, f"hydra.run.dir={run}"]
     err = root / f"{run.name}.stderr"
     with open(err, "w") as stderr:  # a file, not a pipe that nobody reads while the run fills it
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         marker = run / "checkpoints" / "ckpt-1" / "yfpo_state.json"
         deadline = time.time() + 300
         while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.01)
+        time.sleep(delay)
         os.kill(proc.pid, sig)
         proc.wait(timeout=300)
     assert not (run / "DONE").exists(), "the run ended before the signal"
@@ -158,17 +159,8 @@ def test_sigterm_saves_the_resume_point_where_it_stops_whenever_it_comes(tmp_pat
     from yfpo.train.checkpoints import resume_point
 
     run = tmp_path / "run"
-    args = [*FAST, "trainer.max_steps=40", "checkpoints.count=2", "checkpoints.resume_every_n_steps=1000", f"hydra.run.dir={run}"]
-    with open(tmp_path / "stderr", "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "yfpo.train", *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
-        marker = run / "checkpoints" / "ckpt-1" / "yfpo_state.json"  # step 20
-        deadline = time.time() + 300
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(delay)
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=300)
-    stderr = (tmp_path / "stderr").read_text()
-    assert proc.returncode == 143, stderr[-3000:]
+    args = [*FAST, "trainer.max_steps=40", "checkpoints.count=2", "checkpoints.resume_every_n_steps=1000"]
+    status, stderr = _interrupt(tmp_path, dict(os.environ), run, signal.SIGTERM, args, delay)  # ckpt-1 at step 20
+    assert status == 143, stderr[-3000:]
     at = int(re.search(r"stopped by SIGTERM at step (\d+) of 40", stderr)[1])
     assert 20 <= at < 40 and resume_point(run / "checkpoints" / "last.ckpt")[0] == at, stderr[-3000:]
