@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +71,24 @@ def neurons_for(cfg, model_config, weights: str, user: str, overrides):
 
 
 pytest_plugins = ["tests.tiers"]
+
+
+def interrupt(cwd, env, run, sig, args, delay=0.0):
+    """Starts ``python -m yfpo.train *args`` in ``run`` and sends ``sig`` ``delay`` s after its first
+    HF checkpoint is written; its exit status and standard error."""
+    cmd = [sys.executable, "-m", "yfpo.train", *args, f"hydra.run.dir={run}"]
+    err = Path(cwd) / f"{run.name}.stderr"
+    with open(err, "w") as stderr:  # a file, not a pipe that nobody reads while the run fills it
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        marker = run / "checkpoints" / "ckpt-1" / "yfpo_state.json"
+        deadline = time.time() + 300
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=300)
+    assert not (run / "DONE").exists(), "the run ended before the signal"
+    return proc.returncode, err.read_text()
 
 # A real training run in seconds on 2 CPU cores (conf/experiment/smoke.yaml).
 FAST = ["+experiment=smoke"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import FAST
+from tests.conftest import FAST, interrupt
 from tests.test_scale import _run
 
 # 32 pairs, 4 per optimizer step (2 x accumulation 2): 8 steps an epoch, 18 steps = 2.25 epochs;
@@ -44,24 +44,6 @@ def straight(tmp_path_factory):
     return root, env
 
 
-def _interrupt(root, env, run, sig, args=ARGS, delay=0.0):
-    """Starts the run and sends ``sig`` ``delay`` s after its first HF checkpoint is written (step 9
-    of ``ARGS``); its exit status and standard error."""
-    cmd = [sys.executable, "-m", "yfpo.train", *args, f"hydra.run.dir={run}"]
-    err = root / f"{run.name}.stderr"
-    with open(err, "w") as stderr:  # a file, not a pipe that nobody reads while the run fills it
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-        marker = run / "checkpoints" / "ckpt-1" / "yfpo_state.json"
-        deadline = time.time() + 300
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(delay)
-        os.kill(proc.pid, sig)
-        proc.wait(timeout=300)
-    assert not (run / "DONE").exists(), "the run ended before the signal"
-    return proc.returncode, err.read_text()
-
-
 def _resumes_bit_identical(root, env, run):
     """The same command again finishes the run as if it had never been interrupted."""
     _run(root, "yfpo.train", *ARGS, f"hydra.run.dir={run}", env=env)
@@ -79,7 +61,7 @@ def _resumes_bit_identical(root, env, run):
 def test_sigkill_mid_epoch_then_same_command_is_bit_identical(straight):
     root, env = straight
     run = root / "killed"
-    status, _ = _interrupt(root, env, run, signal.SIGKILL)
+    status, _ = interrupt(root, env, run, signal.SIGKILL, ARGS)
     assert status == -signal.SIGKILL
     step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
     assert 0 < step < 18 and step % STEPS_PER_EPOCH, f"last.ckpt at step {step}: not a mid-epoch resume"
@@ -94,7 +76,7 @@ def test_sigterm_saves_a_resume_point_exits_143_with_one_line_and_the_same_comma
 
     root, env = straight
     run = root / "terminated"
-    status, stderr = _interrupt(root, env, run, signal.SIGTERM)
+    status, stderr = interrupt(root, env, run, signal.SIGTERM, ARGS)
     assert status == 143, stderr[-3000:]
     lines = [l for l in stderr.splitlines() if l.startswith("yfpo:")]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
@@ -160,7 +142,7 @@ def test_sigterm_saves_the_resume_point_where_it_stops_whenever_it_comes(tmp_pat
 
     run = tmp_path / "run"
     args = [*FAST, "trainer.max_steps=40", "checkpoints.count=2", "checkpoints.resume_every_n_steps=1000"]
-    status, stderr = _interrupt(tmp_path, dict(os.environ), run, signal.SIGTERM, args, delay)  # ckpt-1 at step 20
+    status, stderr = interrupt(tmp_path, dict(os.environ), run, signal.SIGTERM, args, delay)  # ckpt-1 at step 20
     assert status == 143, stderr[-3000:]
     at = int(re.search(r"stopped by SIGTERM at step (\d+) of 40", stderr)[1])
     assert 20 <= at < 40 and resume_point(run / "checkpoints" / "last.ckpt")[0] == at, stderr[-3000:]

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from tests.conftest import FAST, compose_cfg, make_model
+from tests.conftest import FAST, compose_cfg, interrupt, make_model
 from yfpo.train import checkpoints as ck
 from yfpo.data.datamodule import GlobalBatchSampler
 from yfpo.core.errors import UserError
@@ -145,16 +144,11 @@ def test_a_run_interrupted_on_one_process_is_refused_on_two_with_the_reason(tmp_
     (one batch each, the same global batch): refused in one line, the resume point kept; the
     interrupted layout then finishes it."""
     run = tmp_path / "run"
-    args = [*FAST, "data.global_batch_size=4", "trainer.max_steps=40", "checkpoints.count=2", "checkpoints.resume_every_n_steps=2",
-            f"hydra.run.dir={run}"]
-    proc = subprocess.Popen([sys.executable, "-m", "yfpo.train", *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "ckpt-1" / ck.STATE_FILE).exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    args = [*FAST, "data.global_batch_size=4", "trainer.max_steps=40", "checkpoints.count=2", "checkpoints.resume_every_n_steps=2"]
+    status, _ = interrupt(tmp_path, dict(os.environ), run, signal.SIGKILL, args)
     step = ck.resume_point(run / "checkpoints" / "last.ckpt")[0]
-    assert not (run / "DONE").exists() and 0 < step < 40
+    assert status == -signal.SIGKILL and 0 < step < 40
+    args.append(f"hydra.run.dir={run}")
     ddp = subprocess.run([sys.executable, "-m", "yfpo.train", *args, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                           "trainer.precision=32-true"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     lines = [l for l in ddp.stderr.splitlines() if l.startswith("yfpo: error:")]

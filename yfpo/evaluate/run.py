@@ -112,13 +112,13 @@ def with_runs_synthetic_draw(cfg: DictConfig, found: list[tuple[str, Path, Path]
     if not str(cfg.eval.path).startswith(str(cfg.synthetic.dir)):
         return cfg
     draws = {}
-    for _, model_dir, root in found:
+    for root in {root for _, model_dir, root in found if root != model_dir}:  # each run once, not per checkpoint
         saved = root / "run_config.yaml"
-        if root != model_dir and saved.is_file() and "synthetic" in (run := OmegaConf.load(saved)):
+        if saved.is_file() and "synthetic" in (run := OmegaConf.load(saved)):
             draws.setdefault(json.dumps(OmegaConf.to_container(run.synthetic), sort_keys=True), []).append(root)
     if len(draws) > 1:
         raise ConfigError(f"these runs trained on different synthetic draws, so no one synthetic test set fits them all: "
-                          + "; ".join(", ".join(sorted({str(r) for r in roots})) for roots in draws.values())
+                          + "; ".join(", ".join(sorted(str(r) for r in roots)) for roots in draws.values())
                           + ": evaluate each group with its own run_dir")
     if not draws:
         return cfg

@@ -75,6 +75,11 @@ def _sweep_jobs(config_name: str, overrides: tuple[str, ...]) -> list[tuple[list
     return [(job, _compose(config_name, job)) for job in jobs]
 
 
+def is_hydras(override: str) -> bool:
+    """An override of Hydra's own settings (the launcher, ...): the training command's, not a neuron command's."""
+    return override.startswith(("hydra.", "hydra/"))
+
+
 def plan(specs: list[Path], train_args: list[str], eval_args: list[str], seeds: str | None = None) -> list[tuple[str, list[str]]]:
     """``(module, arguments)`` of every command, in order, for the table specs. ``seeds`` (``1,2,3,4,5``)
     replaces the training seeds of the experiments that sweep seeds (not of a start model's, such
@@ -95,8 +100,7 @@ def plan(specs: list[Path], train_args: list[str], eval_args: list[str], seeds: 
     for e in experiments:
         base = sweep_jobs("config", [f"+experiment={e}"])[0]
         args = [*train_args, f"seed={seeds}"] if seeds and "seed" in (base.hydra.sweeper.params or {}) else train_args
-        own = [a for a in args if not a.startswith(("hydra.", "hydra/"))]  # the launcher is the training's
-        fixed = [f"+experiment={e}", *(a for a in own if not parse(a).is_sweep_override())]
+        fixed = [f"+experiment={e}", *(a for a in args if not is_hydras(a) and not parse(a).is_sweep_override())]
         for overrides, job in sweep_overrides("config", [f"+experiment={e}", *args]):
             use = neuron_io.role(job.method)
             # a file a run needs is made; one only tracked is made unless it is a random set
@@ -106,7 +110,7 @@ def plan(specs: list[Path], train_args: list[str], eval_args: list[str], seeds: 
                 # the command that makes the file this job reads: the fixed overrides where they key it
                 # alone, else also the job's swept values (a swept model, say)
                 made = fixed if _compose("config", fixed).neurons.path == job.neurons.path else [
-                    o for o in overrides if not o.startswith(("hydra.", "hydra/"))]
+                    o for o in overrides if not is_hydras(o)]
                 neurons.append(("yfpo.neurons", made))
         train.append(("yfpo.train", ["-m", f"+experiment={e}", *args]))
         name = sweep_jobs("config", [f"+experiment={e}", *args])[0].name
