@@ -12,9 +12,9 @@ chosen/rejected responses of unequal lengths, the longest sequence 256 tokens).
 Every measurement runs in a fresh subprocess (``--worker``), so the peak memory of one variant
 never includes another's. A step is forward + backward + an AdamW step, each side with the
 optimizer its trainer builds by default (TRL: ``trainer.create_optimizer()``, transformers'
-``adamw_torch_fused``; yfpo: ``yfpo.module.build_optimizer``, fused AdamW): TRL's
+``adamw_torch_fused``; yfpo: ``yfpo.train.module.build_optimizer``, fused AdamW): TRL's
 ``trainer.compute_loss(model, batch)`` on ``trainer.data_collator``'s batch, and
-yfpo's ``PreferenceModule.compute_loss`` on ``yfpo.data.collate``'s batch, both built from the
+yfpo's ``PreferenceModule.compute_loss`` on ``yfpo.data.encode.collate``'s batch, both built from the
 same ids (TRL tokenizes the rows with a word-level tokenizer whose token ``t<i>`` is id ``i``;
 the worker asserts that the ids TRL trains on are exactly yfpo's). Before anything is timed, a
 parity worker checks that both sides give the same loss (live and precomputed reference).
@@ -54,7 +54,7 @@ RESULT_TAG = "BENCH_RESULT "
 EOS = "<|endoftext|>"
 GB = 1e9
 
-# Qwen2-0.5B's vocabulary and tied head on a 4-layer, 256-wide body (the issue's model).
+# Qwen2-0.5B's vocabulary and tied head on a 4-layer, 256-wide body.
 FULL_ARCH = dict(vocab_size=151_936, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=2)
 QUICK_ARCH = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -427,6 +427,41 @@ def slope(points: list[tuple[int, float]]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
+def plot_memory_vs_length(result: dict, out: Path) -> Path:
+    """Draw the memory-vs-length sweep of a saved result (``benchmarks/results/<date>.json``): peak
+    growth of the first forward + backward against the longest sequence, yfpo DPO, TRL DPO and the
+    decoder alone, with fp32 ``[2B, L, V]`` logits for scale. Returns ``out`` (a PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = result["sweep"]
+    fb = lambda r: (r["peak_forward_backward_bytes"] if r.get("peak_forward_backward_bytes") is not None  # noqa: E731
+                    else r["peak_growth_bytes"]) / 1e9
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for key, label, style in (("trl", "TRL 1.16 DPOTrainer", "s--"), ("yfpo_dpo", "yfpo DPO", "o-"),
+                              ("backbone", "decoder alone (no LM head)", "^:")):
+        points = sorted((int(L), fb(r)) for L, r in sweep[key].items())
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    lengths = sorted(int(L) for L in sweep["lengths"])
+    ax.plot(lengths, [sweep["fp32_logits_bytes_per_1k"] * L / 1000 / 1e9 for L in lengths], color="grey", lw=0.8,
+            label="fp32 [2B, L, V] logits alone")
+    ax.set(xlabel="longest sequence L (tokens)", ylabel="peak memory growth, forward + backward (GB)",
+           title=f"Memory vs length, DPO step (V = {result['model']['vocab_size']:,}); {result['date'][:10]}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [str(L) for L in lengths])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, result["command"], fontsize=6, color="grey")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny vocabulary, TRL DPO vs yfpo DPO only, 1 step, no sweep")
@@ -440,8 +475,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-step-s", type=float, default=120.0,
                     help="skip a TRL sweep point whose step would take longer (extrapolated from the last point)")
     ap.add_argument("--out", default=None, help="JSON results (default: benchmarks/results/<date>.json; --quick: none)")
+    ap.add_argument("--plot", type=Path, default=None, metavar="RESULT_JSON",
+                    help="only draw the memory-vs-length sweep of a saved result, beside it as .png")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.plot:
+        print(f"saved {plot_memory_vs_length(json.loads(args.plot.read_text()), args.plot.with_suffix('.png'))}")
+        return 0
     if args.worker:
         worker_main(json.loads(args.worker))
         return 0
@@ -591,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("\nmemory vs sequence length: skipped" + (" (--quick)" if args.quick else ""))
 
-    # 4. The issue's targets.
+    # 4. The targets.
     def target(name: str, value, limit: float, higher: bool = False, share: bool = False, timed=()) -> dict:
         status = "n/a" if value is None else ("PASS" if (value >= limit if higher else value <= limit) else "MISS")
         shown = "-" if value is None else (f"{value:.2f}" if share else fmt_x(value))
@@ -613,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     head_share = None if ys is None or bs is None else max(0.0, (ys - bs) / ys) if ys > 0 else 0.0
     targets.append(target("memory growth with length dominated by the backbone: share of yfpo's slope not "
                           "explained by the backbone alone <= 0.5", head_share, 0.5, share=True))
-    print("\ntargets (issue 9):")
+    print("\ntargets:")
     for t in targets:
         print(f"  [{t['status']}] {t['target']}: {t['shown']}")
     load_after = list(os.getloadavg())
@@ -635,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
                    "wall_s": wall}
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        if lengths:
+            print(f"saved {plot_memory_vs_length(json.loads(Path(out).read_text()), Path(out).with_suffix('.png'))}")
         print(f"saved {Path(out).resolve().relative_to(ROOT) if Path(out).resolve().is_relative_to(ROOT) else out}")
     return 0
 

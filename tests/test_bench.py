@@ -94,3 +94,18 @@ def test_the_gpu_script_runs_its_plumbing_on_a_cpu(tmp_path):
     n = paper_models.count_parameters(paper_models.QWEN2_0_5B) - 896 * 49  # without the 49 RMSNorm weight vectors
     assert gpu.matmul_params(paper_models.QWEN2_0_5B) == n
     assert gpu.mfu(10_000, paper_models.QWEN2_0_5B, 989.0) == 8 * n * 10_000 / 989e12
+
+
+def test_the_memory_sweep_is_drawn_from_a_saved_result(tmp_path):
+    """`python -m benchmarks.bench --plot RESULT.json` draws the memory-vs-length sweep beside the file
+    (the picture in docs/benchmarks.md comes from the saved 2026-11-22 result this way)."""
+    import shutil
+
+    saved = tmp_path / "result.json"
+    shutil.copy(ROOT / "benchmarks" / "results" / "2026-11-22.json", saved)
+    assert set(json.loads(saved.read_text())["sweep"]["trl"]) == {"256", "512", "1024"}  # 2048 was skipped
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--plot", str(saved)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    png = saved.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

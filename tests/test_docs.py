@@ -1,4 +1,4 @@
-"""The docs stay honest (issue 20): every ``python -m yfpo...`` and ``make ...`` command written in
+"""The docs stay honest: every ``python -m yfpo...`` and ``make ...`` command written in
 README.md or docs/*.md (fenced blocks and inline code) composes, so a renamed key, group, target or
 flag breaks this test rather than a reader.
 
@@ -16,7 +16,8 @@ flag breaks this test rather than a reader.
 - ``python -m yfpo.tables`` and ``python -m yfpo.reproduce`` parse their arguments with their own
   argparse parser; the spec files must exist (or be made by a run, under ``multirun/``), and
   reproduce's ``--train-args``/``--eval-args``/``--seeds`` compose with the first experiment of its
-  first spec (the whole 122-job dry run is tests/test_recipes.py's).
+  first spec (the whole 109-job dry run is tests/test_recipes.py's). ``python -m yfpo.dashboard``
+  parses its arguments with its own parser too (nothing is saved).
 
 Shell variables assigned in a fenced block (``SLURM="..."``) are expanded in its later lines.
 """
@@ -48,7 +49,7 @@ FENCE = re.compile(r"^ {0,3}```.*?^ {0,3}```[^\n]*$", re.S | re.M)
 INLINE = re.compile(r"(?<!`)`([^`]+)`(?!`)")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 PLACEHOLDER = re.compile(r"^\.\.\.$|=\.\.\.$|…|<[^>]*>")  # `...`, `run_dir=...`, `<file>`
-MAKE_ENV = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS", "TRAIN_ARGS", "EVAL_ARGS", "SEEDS", "DRY_RUN"}
+MAKE_ENV = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS", "TRAIN_ARGS", "TRAIN_ARGS_FILE", "EVAL_ARGS", "SEEDS", "DRY_RUN"}
 PYTHONS = {"python", "python3", ".venv/bin/python"}
 # Commands in the docs that are deliberately not checked, as (file, command); keep this short.
 SKIP: set[tuple[str, str]] = set()
@@ -257,6 +258,15 @@ def check_python(module: str, args: list[str], tmp: Path) -> None:
         check_python("yfpo.train", ["-m", f"+experiment={experiment}", *seeds, *shlex.split(ns.train_args)], tmp)
         check_python("yfpo.evaluate", ["-m", f"run_dir=multirun/{experiment}", f"eval={','.join(evals)}",
                                        *shlex.split(ns.eval_args)], tmp)
+        if ns.train_args_file:  # each experiment it names, with its own overrides
+            from yfpo.pipelines.reproduce import read_train_args_file
+
+            for name, extra in read_train_args_file(ns.train_args_file).items():
+                check_python("yfpo.train", ["-m", f"+experiment={name}", *seeds, *shlex.split(ns.train_args), *extra], tmp)
+    elif module == "yfpo.dashboard":  # its own argparse parser (ENTITY/PROJECT); saving is never tried
+        from yfpo.pipelines.dashboard import main
+
+        parse_with_own_parser(main, list(args))
     else:
         raise AssertionError(f"no checker for python -m {module}: add one to tests/test_docs.py")
 
@@ -340,15 +350,89 @@ def anchors(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", DOCS, ids=[p.relative_to(ROOT).as_posix() for p in DOCS])
 def test_relative_links_resolve(path):
-    """A link into the repository names a file that exists, and a heading of it that exists."""
+    """A link into the repository names a file that exists, and a heading of it that exists; a relative
+    link never leaves the repository (a clone has nothing beside it)."""
     broken = []
     for target in LINK.findall(FENCE.sub("", path.read_text())):
         if re.match(r"[a-z]+:", target):
             continue
         file, _, anchor = target.partition("#")
         resolved = (path.parent / file).resolve() if file else path
-        if ROOT not in resolved.parents and resolved != ROOT:  # outside the repository (../shared/SPEC.md)
-            continue
-        if not resolved.exists() or (anchor and resolved.suffix == ".md" and anchor not in anchors(resolved)):
+        if ROOT not in resolved.parents and resolved != ROOT:
+            broken.append(f"{target} (outside the repository)")
+        elif not resolved.exists() or (anchor and resolved.suffix == ".md" and anchor not in anchors(resolved)):
             broken.append(target)
     assert not broken, f"{path.name}: broken links {broken}"
+
+
+# A measured figure: a time, a memory or disk size, a throughput or a GPU-hour count.
+FIGURE = re.compile(r"\b\d[\d.,]*\s?(?:s|min|h|ms|GB|GiB|MB|MiB|TB|tokens/s|GFLOP/s|GPU-hours|H100-hours)\b")
+DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
+SOURCE = re.compile(r"`(?:time )?(?:make|python -m|\.venv/bin/python -m|pytest|CI=true)[^`]*`|\bestimat|\bcomputed\b", re.I)
+
+
+def blocks(text: str) -> list[tuple[int, str]]:
+    """(first line, text) of each paragraph, list or table of a Markdown page, code blocks left out;
+    a table, or a block after a paragraph ending in ":", counts with the paragraph just above it (its caption)."""
+    out, start, lines = [], 0, []
+    for i, line in enumerate(FENCE.sub(lambda m: "\n" * m.group().count("\n"), text).splitlines() + [""]):
+        if line.strip():
+            start, lines = (i if not lines else start), [*lines, line]
+        elif lines:
+            out.append((start + 1, "\n".join(lines)))
+            lines = []
+    merged = []
+    for first, block in out:  # a table, or anything after a line ending in ":", goes with the block above it
+        led_in = merged and (merged[-1][1].rstrip().endswith(":") or block.lstrip().startswith("|"))
+        if led_in and not merged[-1][1].lstrip().startswith("#"):
+            merged[-1] = (merged[-1][0], merged[-1][1] + "\n" + block)
+        else:
+            merged.append((first, block))
+    return merged
+
+
+def bare_figures(text: str) -> list[str]:
+    """The blocks of a page that state a FIGURE with no DATE and no SOURCE, as ``line N: ...``."""
+    return [f"line {first}: {block.splitlines()[0][:80]}" for first, block in blocks(text)
+            if FIGURE.search(block) and not DATE.search(block) and not SOURCE.search(block)]
+
+
+def test_the_figure_check_catches_a_figure_without_its_source():
+    page = ("# A page\n\nThe demo takes 12 min.\n\nIt took 11 min 48 s (`time make demo`).\n\n"
+            "Measured on 2026-12-03:\n\n| step | s |\n| --- | --- |\n| SFT | 216 s |\n\n"
+            "## Another part\n\n| bare table | 3.1 GB |\n| --- | --- |\n\n```\nin a code block: 9 s\n```\n\nAbout 5 GB (estimated).\n")
+    assert bare_figures(page) == ["line 3: The demo takes 12 min.", "line 15: | bare table | 3.1 GB |"]
+
+
+@pytest.mark.parametrize("path", DOCS, ids=[p.relative_to(ROOT).as_posix() for p in DOCS])
+def test_every_figure_names_its_command_or_date(path):
+    """Every paragraph, list or table (with its caption) of README and docs that states a measured
+    figure (a time, a size, a throughput: FIGURE) also names the command that measured it or the date,
+    or says it is an estimate or computed. A page-level check of where a number came from, not of the number."""
+    bare = bare_figures(path.read_text())
+    assert not bare, f"{path.name}: figures without a command or a date:\n" + "\n".join(bare)
+
+
+def test_the_readmes_cpu_wheel_option_reaches_pip(tmp_path):
+    """README: on stock PyPI Linux's torch wheel is the CUDA build, and `make install TORCH_INDEX=...`
+    takes PyTorch's CPU wheel instead. Checked on a copy without a venv, so that make prints the install."""
+    import shutil
+
+    for name in ("Makefile", "pyproject.toml", "constraints.txt"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    index = "https://download.pytorch.org/whl/cpu"
+    assert f"TORCH_INDEX={index}" in (ROOT / "README.md").read_text()
+    with_index = subprocess.run(["make", "-n", "install", f"TORCH_INDEX={index}"], cwd=tmp_path, capture_output=True, text=True)
+    without = subprocess.run(["make", "-n", "install"], cwd=tmp_path, capture_output=True, text=True)
+    pip = [l for l in with_index.stdout.splitlines() if "pip install -q -c constraints.txt" in l]
+    assert len(pip) == 1 and f"--extra-index-url {index} " in pip[0], with_index.stdout
+    assert "--extra-index-url" not in without.stdout and "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
+
+
+def test_the_version_is_the_same_in_pyproject_citation_and_changelog():
+    """The package's version is the newest released CHANGELOG heading and CITATION.cff's."""
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d\d-\d\d$", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    cited = yaml.safe_load((ROOT / "CITATION.cff").read_text())["version"]
+    assert released and version == released[0] == str(cited), (version, released[:1], cited)
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License") and 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()

@@ -70,7 +70,7 @@ def test_reference_is_frozen_and_not_checkpointed(tokenizer):
 
 
 def _unfused_loss(mod, batch, fdt):
-    """The DPO loss from full logits, FDT as SPEC writes it (tests/unfused.py)."""
+    """The DPO loss from full logits, FDT as docs/methods.md writes it (tests/unfused.py)."""
     ids, attn, resp = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
     hidden = mod.policy.model(input_ids=ids, attention_mask=attn).last_hidden_state
     weight = mod.policy.get_output_embeddings().weight

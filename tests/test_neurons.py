@@ -181,3 +181,26 @@ def test_a_neuron_file_with_this_models_key_but_indices_outside_it_is_one_clear_
             io.load_for(n, key, "training", ["x=1"])
     io.save(n.path, io.NeuronSet(torch.tensor([0, 1]), torch.tensor([0, 47]), torch.ones(2)), **key)
     assert len(io.load_for(n, key, "training", ["x=1"])) == 2
+
+
+def test_a_model_without_the_decoder_layout_is_one_config_error():
+    """A model the neuron hooks or the fused log-probs cannot read is refused in one line naming what
+    it lacks, not with PyTorch's AttributeError (docs/extending.md: what a model needs)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    from yfpo.core.errors import ConfigError
+    from yfpo.neurons.hooks import decoder_layers
+    from yfpo.train.logprobs import model_logps
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16))
+    with pytest.raises(ConfigError, match=r"GPT2LMHeadModel has no \.model\.layers: .*Qwen2/Llama-style"):
+        decoder_layers(gpt2)
+    qwen = Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                        num_key_value_heads=1, vocab_size=32))
+    assert len(decoder_layers(qwen)) == 1
+    del qwen.model.layers[0].mlp.down_proj
+    with pytest.raises(ConfigError, match=r"has no \.model\.layers\[\*\]\.mlp\.down_proj"):
+        decoder_layers(qwen)
+    qwen.lm_head = torch.nn.Linear(16, 32, bias=True)
+    with pytest.raises(ConfigError, match="LM heads with a bias are not supported"):
+        model_logps(qwen, {}, chunk_tokens=8)

@@ -114,13 +114,39 @@ def test_the_plans_neuron_commands_make_the_files_its_training_jobs_read(cache):
     assert read and read <= made_paths and all("smollm2" in p for p in read), (read, made_paths)
 
 
+def test_per_experiment_train_args_reach_only_the_experiments_they_name(cache, tmp_path):
+    """--train-args-file: the shipped multi-GPU file shards the FDT recipe's 3B runs and leaves the
+    Qwen2-0.5B ones alone; a name no spec trains, or a value that is not a list of overrides, is one error."""
+    from yfpo.core.errors import ConfigError
+    from yfpo.pipelines.reproduce import read_train_args_file
+
+    specs = [ROOT / "experiments" / f for f in ("yfpo_table2.yaml", "fdt_table.yaml")]
+    per = read_train_args_file(ROOT / "experiments" / "train_args" / "multi_gpu.yaml")
+    commands = plan(specs, ["hydra/launcher=slurm"], [], per_experiment=per)
+    trained = {a[1].removeprefix("+experiment="): a[2:] for m, a in commands if m == "yfpo.train"}
+    assert trained["fdt_sft"] == ["hydra/launcher=slurm", "trainer=fsdp", "trainer.devices=2"]
+    assert trained["fdt_step_dpo_fdt"][-2:] == ["trainer=fsdp", "trainer.devices=2"]
+    assert trained["yfpo_2k"] == ["hydra/launcher=slurm"]
+    jobs = sweep_jobs("config", ["+experiment=fdt_dpo", *trained["fdt_dpo"]])
+    assert {(j.trainer.strategy.name, j.trainer.devices) for j in jobs} == {("fsdp", 2)}
+    with pytest.raises(ConfigError, match=r"names \['fdt_sfft'\], which no table spec trains"):
+        plan(specs, [], [], per_experiment={"fdt_sfft": ["trainer=fsdp"]})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("fdt_sft: {trainer: fsdp}\n")
+    with pytest.raises(ConfigError, match="`fdt_sft` must list overrides as strings"):
+        read_train_args_file(bad)
+    one_string = tmp_path / "one.yaml"
+    one_string.write_text("fdt_sft: trainer=fsdp trainer.devices=2\n")
+    assert read_train_args_file(one_string) == {"fdt_sft": ["trainer=fsdp", "trainer.devices=2"]}
+
+
 @pytest.mark.slow  # make in a subprocess, composes all 74 jobs three times (~150 s)
 def test_make_reproduce_tables_dry_run_lists_composed_commands():
     out = subprocess.run(["make", "-s", "reproduce-tables", "DRY_RUN=1", "TRAIN_ARGS=trainer=ddp"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = [l for l in out.stdout.splitlines() if l.startswith("python -m")]
-    assert "every config composed" in out.stdout and len(lines) == 25
+    assert "# 25 commands (109 jobs, every config composed)" in out.stdout and len(lines) == 25  # 74 + 33 + 2
     assert lines[0] == "python -m yfpo.neurons +experiment=dpo_10k trainer=ddp"  # the overrides its file is made with
     assert "python -m yfpo.train -m +experiment=yfpo_2k trainer=ddp" in lines
     assert "# yfpo_2k: 12 jobs, training seeds 1, 2, 3" in out.stdout  # 4 lambdas x 3 seeds

@@ -78,6 +78,19 @@ def test_crashed_run_resumes_from_last_ckpt(tmp_path, cache, monkeypatch):
     assert (tmp_path / "run" / "DONE").is_file() and ck.is_complete(tmp_path / "run" / "checkpoints" / "ckpt-2")
 
 
+def test_a_finished_run_may_drop_its_resume_point(tmp_path, cache):
+    """checkpoints.keep_resume_point=false deletes last.ckpt once the run is DONE, at the end of
+    training or on the next command over a run finished before; the HF checkpoints stay."""
+    args = (*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1", "checkpoints.resume_every_n_steps=1")
+    fit(compose_cfg(*args), tmp_path / "kept")
+    assert (tmp_path / "kept" / "checkpoints" / "last.ckpt").is_file()
+    fit(compose_cfg(*args, "checkpoints.keep_resume_point=false"), tmp_path / "kept")  # finished: only the deletion
+    fit(compose_cfg(*args, "checkpoints.keep_resume_point=false"), tmp_path / "dropped")
+    for run in ("kept", "dropped"):
+        ckpts = tmp_path / run / "checkpoints"
+        assert not (ckpts / "last.ckpt").exists() and ck.is_complete(ckpts / "ckpt-1") and (tmp_path / run / "DONE").is_file()
+
+
 def test_resuming_with_another_config_is_refused(tmp_path, cache):
     fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1"), tmp_path / "run")
     (tmp_path / "run" / "DONE").unlink()
@@ -91,7 +104,8 @@ def test_what_resume_may_ignore_is_what_training_does_not_read():
 
     base = run_identity(compose_cfg("+experiment=yfpo_2k"))
     for other_stage in ("eval=math500", "pairs.samples=8", "ablate.num_samples=5", "vllm.dtype=float32", "name=elsewhere",
-                        "logger=wandb", "hub.timeout_s=1", "trainer.devices=4", "synthetic.num_sft=10", "export_to=/x"):
+                        "logger=wandb", "hub.timeout_s=1", "trainer.devices=4", "synthetic.num_sft=10", "export_to=/x",
+                        "checkpoints.keep_resume_point=false"):
         assert run_identity(compose_cfg("+experiment=yfpo_2k", other_stage)) == base, other_stage
     for read in ("optim.lr=1e-7", "lambda=0.3", "neurons.top_k=8", "data.max_length=64", "trainer.precision=32-true"):
         assert run_identity(compose_cfg("+experiment=yfpo_2k", read)) != base, read

@@ -13,7 +13,8 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
 
 
 def fdt_logits(hidden: torch.Tensor, weight: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """SPEC's FDT literally: ``z_d + sg(z - z_d)`` with ``z_d = W hc``, ``hc = h - sg(h_partner)``, the
+    """FDT as docs/methods.md writes it (section "FDT: focused differentiation of the LM head"):
+    ``z_d + sg(z - z_d)`` with ``z_d = W hc``, ``hc = h - sg(h_partner)``, the
     partner's hidden state taken as zero where its response has ended (``[rows, T, V]``)."""
     half = hidden.shape[0] // 2
     partner = torch.cat([hidden[half:], hidden[:half]])

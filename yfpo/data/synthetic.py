@@ -166,7 +166,7 @@ def preference_row(rng: random.Random, p: Problem) -> dict:
         bad_steps.append(_step_text(value, p.deltas[j], value + p.deltas[j], p.item))
         value += p.deltas[j]
     # Like Math-Step-DPO-10K, the given steps start with the "Let's think step by step." line,
-    # which is also how SFT and evaluation prompts start the response (yfpo.prompts.format_prompt).
+    # which is also how SFT and evaluation prompts start the response (yfpo.data.prompts.format_prompt).
     prefix = LEAD + "".join(s + "\n" for s in p.steps[:k])
     return {
         "dataset": "synthetic",

@@ -224,7 +224,7 @@ def _generate_hf(job: "Job", prompts: list[str]):
 
 
 def _generate_vllm(job: "Job", prompts: list[str]):
-    """All ``[{text, truncated}]`` from the command's ``yfpo.vllm_worker`` (``job.worker``); vLLM
+    """All ``[{text, truncated}]`` from the command's ``yfpo.evaluate.vllm_worker`` (``job.worker``); vLLM
     loads its own tokenizer. The worker's vLLM version goes to ``job.dec["vllm"]``."""
     cfg, dec = job.cfg, job.dec
     batch = {"prompts": prompts, "n": 1, "temperature": 0.0, "top_p": 1.0, "seed": cfg.vllm.seed,

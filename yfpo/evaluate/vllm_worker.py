@@ -153,7 +153,7 @@ class Engine:
             if answer is not None and code == ENGINE_REFUSED:
                 error = answer["error"]
                 raise ConfigError(f"vLLM refused {model_dir} ({' '.join(error.split())[:400]}): {engine_advice(error)}")
-            raise RuntimeError(f"yfpo.vllm_worker failed on {model_dir} (exit status {code}; its output is above)")
+            raise RuntimeError(f"yfpo.evaluate.vllm_worker failed on {model_dir} (exit status {code}; its output is above)")
         return answer["vllm_version"], answer["batches"]
 
 

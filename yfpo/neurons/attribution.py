@@ -34,7 +34,8 @@ class _DownProjInputs:
 
 class ActivationStats:
     """Running mean and standard deviation of every ``down_proj`` input channel over response tokens
-    (``[num_layers, intermediate_size]``, float64): the ``mu_i``, ``sigma_i`` of SPEC's normalised score."""
+    (``[num_layers, intermediate_size]``, float64): the ``mu_i``, ``sigma_i`` of the normalised score
+    (docs/methods.md, "YFPO: the neuron margin")."""
 
     def __init__(self, num_layers: int, width: int):
         self.sum = torch.zeros(num_layers, width, dtype=torch.float64)

@@ -12,16 +12,21 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from yfpo.core.errors import ConfigError
+
 # hook(layer, x) may return a replacement for the down_proj input x ([B, T, intermediate_size]).
 Hook = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """``model.model.layers`` of a Qwen2/Llama-style causal LM, with a clear error otherwise."""
-    base = getattr(model, "model", None)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise TypeError(f"{type(model).__name__} has no .model.layers; neuron hooks support Qwen2/Llama-style models")
+    """``model.model.layers`` of a Qwen2/Llama-style causal LM, each with ``mlp.down_proj``; one clear
+    error otherwise (an unsupported model is the config's choice, not a bug)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None or not all(hasattr(getattr(block, "mlp", None), "down_proj") for block in layers):
+        where = ".model.layers" if layers is None else ".model.layers[*].mlp.down_proj"
+        raise ConfigError(f"{type(model).__name__} has no {where}: neuron selection, the neuron reward and FSDP's "
+                          "per-layer wrapping need a Qwen2/Llama-style decoder (docs/extending.md#supported-models-and-data); "
+                          "choose such a model, or a method without neurons (method=dpo method.track_neurons=false)")
     return layers
 
 

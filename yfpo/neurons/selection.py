@@ -58,7 +58,8 @@ def select(cfg: DictConfig, overrides: list[str] = ()) -> Path:
     tokenizer = load_tokenizer(cfg.model, path)
     model = model.to(device_for(n.device)).eval()
     samples = math_samples(cfg, tokenizer, n.data, n.num_samples)
-    # Every selector also measures the activation statistics of the normalised score (SPEC).
+    # Every selector also measures the activation statistics of the normalised score
+    # (docs/methods.md, "YFPO: the neuron margin").
     stats = ActivationStats(num_layers, width)
     scores = scores_for(n.selector, model, samples, cfg, tokenizer.pad_token_id, stats)
     neurons = io.NeuronSet(*io.top_k(scores, n.top_k))

@@ -12,7 +12,9 @@ A table spec (see :mod:`yfpo.pipelines.tables`) names the experiments that make 
 ``--seeds 1,2,3,4,5`` sets the training seeds of every row (default: the experiments' 1,2,3;
 the tables aggregate whatever seeds each row has). ``--train-args``/``--eval-args`` are
 appended to the training/evaluation commands, e.g. ``hydra/launcher=slurm trainer=ddp`` or
-``eval.backend=vllm``. Every command's config — each job of each sweep — is composed before
+``eval.backend=vllm``. ``--train-args-file FILE`` adds overrides to named experiments only: a YAML
+mapping from experiment to its overrides, e.g. ``fdt_sft: [trainer=fsdp, trainer.devices=2]`` for the
+3B models that need several GPUs (``experiments/train_args/multi_gpu.yaml``). Every command's config — each job of each sweep — is composed before
 anything runs, so a typo fails in seconds, not after a day of training. Every stage skips
 finished work: running again continues where it stopped.
 """
@@ -34,7 +36,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from yfpo.core.config import CONF_DIR
-from yfpo.core.errors import run_cli
+from yfpo.core.errors import ConfigError, MissingError, run_cli
 from yfpo.neurons import io as neuron_io
 
 
@@ -80,26 +82,57 @@ def is_hydras(override: str) -> bool:
     return override.startswith(("hydra.", "hydra/"))
 
 
-def plan(specs: list[Path], train_args: list[str], eval_args: list[str], seeds: str | None = None) -> list[tuple[str, list[str]]]:
+def read_train_args_file(path: Path) -> dict[str, list[str]]:
+    """Per-experiment training overrides from a YAML mapping ``experiment: [override, ...]`` (or one
+    string of space-separated overrides)."""
+    if not path.is_file():
+        raise MissingError(f"--train-args-file {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--train-args-file {path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--train-args-file {path}: give a mapping from experiment to overrides, "
+                          "e.g. `fdt_sft: [trainer=fsdp, trainer.devices=2]`")
+    out = {}
+    for name, value in data.items():
+        if isinstance(value, str):
+            value = shlex.split(value)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"--train-args-file {path}: `{name}` must list overrides as strings, got {value!r}")
+        out[str(name)] = value
+    return out
+
+
+def plan(specs: list[Path], train_args: list[str], eval_args: list[str], seeds: str | None = None,
+         per_experiment: dict[str, list[str]] | None = None) -> list[tuple[str, list[str]]]:
     """``(module, arguments)`` of every command, in order, for the table specs. ``seeds`` (``1,2,3,4,5``)
     replaces the training seeds of the experiments that sweep seeds (not of a start model's, such
-    as fdt_sft, which every seed starts from)."""
+    as fdt_sft, which every seed starts from). ``per_experiment``: experiment -> overrides appended
+    after ``train_args`` to that experiment's commands only."""
     experiments, evals = [], {}
     for spec_path in specs:
         spec = yaml.safe_load(spec_path.read_text())
         if not spec.get("experiments"):
-            raise ValueError(f"{spec_path}: no `experiments:` list (the conf/experiment/* behind its rows)")
+            raise ConfigError(f"{spec_path}: no `experiments:` list (the conf/experiment/* behind its rows)")
         experiments += [e for e in spec["experiments"] if e not in experiments]
         for e in spec["experiments"]:
             evals.setdefault(e, [])
             wanted = [*spec.get("evals", [spec.get("task")]), *(spec.get("dev") or {}).values()]
             evals[e] = list(dict.fromkeys([*evals[e], *wanted]))
+    per_experiment = per_experiment or {}
+    unknown = sorted(set(per_experiment) - set(experiments))
+    if unknown:
+        raise ConfigError(f"--train-args-file names {unknown}, which no table spec trains; "
+                          f"the experiments are {experiments}")
     neurons, train, evaluate = [], [], []
     seen_neuron_files = set()
     parse = OverridesParser.create().parse_override
     for e in experiments:
         base = sweep_jobs("config", [f"+experiment={e}"])[0]
-        args = [*train_args, f"seed={seeds}"] if seeds and "seed" in (base.hydra.sweeper.params or {}) else train_args
+        args = [*train_args, *per_experiment.get(e, [])]
+        if seeds and "seed" in (base.hydra.sweeper.params or {}):
+            args.append(f"seed={seeds}")
         fixed = [f"+experiment={e}", *(a for a in args if not is_hydras(a) and not parse(a).is_sweep_override())]
         for overrides, job in sweep_overrides("config", [f"+experiment={e}", *args]):
             use = neuron_io.role(job.method)
@@ -130,7 +163,9 @@ def check(commands: list[tuple[str, list[str]]]) -> int:
         if module == "yfpo.tables":
             continue
         config_name = "evaluate" if module == "yfpo.evaluate" else "config"
-        for job in sweep_jobs(config_name, [a for a in args if a != "-m"]):
+        # a neuron command is one job: it is no Hydra sweep, whatever its experiment sweeps for training
+        jobs = [_compose(config_name, args)] if module == "yfpo.neurons" else sweep_jobs(config_name, [a for a in args if a != "-m"])
+        for job in jobs:
             if module == "yfpo.train":
                 check_training_config(job, warn=False)
             elif module == "yfpo.evaluate":
@@ -145,10 +180,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--train-args", default="", help="appended to every training command")
     parser.add_argument("--eval-args", default="", help="appended to every evaluation command")
+    parser.add_argument("--train-args-file", type=Path,
+                        help="YAML: experiment -> overrides for its commands only, e.g. fdt_sft: [trainer=fsdp, trainer.devices=2]")
     parser.add_argument("--seeds", help="training seeds of every row, e.g. 1,2,3,4,5 (default: the experiments' own, 1,2,3)")
     args = parser.parse_args(argv)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        commands = plan(args.specs, shlex.split(args.train_args), shlex.split(args.eval_args), args.seeds)
+        per_experiment = run_cli(read_train_args_file, args.train_args_file) if args.train_args_file else None
+        commands = run_cli(plan, args.specs, shlex.split(args.train_args), shlex.split(args.eval_args), args.seeds,
+                           per_experiment)
         jobs = run_cli(check, commands)
     print(f"# {len(commands)} commands ({jobs} jobs, every config composed)", flush=True)
     for module, cmd_args in commands:

@@ -153,6 +153,18 @@ def accumulation(global_batch: int, batch_size: int, world: int) -> int:
     return global_batch // per_step
 
 
+def drop_resume_point(last: Path) -> None:
+    """Delete a finished run's ``last.ckpt`` (``checkpoints.keep_resume_point=false``): a file, or
+    DeepSpeed's directory. The HF checkpoints and ``DONE`` stay."""
+    if last.is_dir():
+        shutil.rmtree(last)
+    elif last.exists():
+        last.unlink()
+    else:
+        return
+    print(f"[yfpo] deleted the resume point {last} (checkpoints.keep_resume_point=false; the run is DONE)", flush=True)
+
+
 def fit(cfg: DictConfig, run_dir: Path) -> Path:
     """Train according to ``cfg`` in ``run_dir``; returns the directory of the HF checkpoints."""
     check_training_config(cfg)
@@ -161,6 +173,8 @@ def fit(cfg: DictConfig, run_dir: Path) -> Path:
         check_resume(cfg, run_dir, finished=True)
         print(f"[yfpo] {run_dir} is complete; nothing to do (delete {run_dir} to train it again)")
         export(cfg, ckpt_dir)  # a no-op unless the export is missing or torn
+        if not cfg.checkpoints.keep_resume_point:
+            drop_resume_point(ckpt_dir / "last.ckpt")
         return ckpt_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     # One writer per run directory; the DDP ranks a launcher starts share their rank 0's.
@@ -230,6 +244,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
         export(cfg, ckpt_dir)
         if trainer.global_step >= trainer.estimated_stepping_batches:
             (run_dir / DONE).write_text(f"{trainer.global_step}\n")
+            if not run.checkpoints.keep_resume_point:
+                drop_resume_point(last)
     return ckpt_dir
 
 

@@ -19,6 +19,8 @@ GROUPS = ("seed", "beta", "lambda", "model", "data", "method", "optim", "logprob
 # Trainer settings training reads that choose where and how fast it runs, not what it trains:
 # a pre-empted run may resume on other devices (the global batch is data.global_batch_size).
 PLACEMENT = ("devices", "num_nodes", "accelerator", "strategy", "accumulate_grad_batches", "enable_progress_bar")
+# What happens to files after training ends, not what is trained.
+AFTERWARDS = ("checkpoints.keep_resume_point",)
 
 
 def training_inputs(cfg: DictConfig) -> DictConfig:
@@ -38,7 +40,7 @@ def training_inputs(cfg: DictConfig) -> DictConfig:
 
 def run_identity(cfg: DictConfig) -> dict:
     """:func:`training_inputs` flattened (``{"optim.lr": 5e-06, ...}``) without the trainer's
-    :data:`PLACEMENT`; paths under ``cache_dir`` are written relative to it, so a moved cache
+    :data:`PLACEMENT` and :data:`AFTERWARDS`; paths under ``cache_dir`` are written relative to it, so a moved cache
     (``YFPO_CACHE``) is not another run."""
     flat = {}
 
@@ -51,6 +53,6 @@ def run_identity(cfg: DictConfig) -> dict:
 
     walk(OmegaConf.to_container(training_inputs(cfg)), "")
     cache = str(cfg.cache_dir)
-    free = tuple(f"trainer.{k}" for k in PLACEMENT)
+    free = (*(f"trainer.{k}" for k in PLACEMENT), *AFTERWARDS)
     return {k: v.replace(cache, "${cache_dir}", 1) if isinstance(v, str) and v.startswith(cache) else v
             for k, v in flat.items() if not k.startswith(free)}

@@ -8,6 +8,7 @@ import os
 import uuid
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -22,13 +23,31 @@ def logs_this_step(trainer) -> bool:
     return bool(every) and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
 
 
+def has_credentials() -> bool:
+    """Whether wandb has a key without asking for one (``wandb.Api()`` prompts on a terminal):
+    ``WANDB_API_KEY`` or ``WANDB_IDENTITY_TOKEN_FILE``, or the netrc entry ``wandb login`` writes for
+    its host. When this wandb reads its netrc otherwise, wandb itself decides."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    try:
+        from wandb import env
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth
+    except ImportError:
+        return True
+    import wandb
+
+    try:
+        return read_netrc_auth(host=env.get_base_url(wandb_setup.singleton().settings.base_url)) is not None
+    except wandb.errors.Error:  # a malformed key: wandb's own error says so on saving
+        return True
+
+
 def wandb_mode() -> str:
-    """``online`` when an API key is configured (env or ~/.netrc), else ``offline`` (sync later with ``wandb sync``)."""
+    """``online`` when wandb has a key (:func:`has_credentials`), else ``offline`` (sync later with ``wandb sync``)."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    netrc = Path.home() / ".netrc"
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
-    return "online" if has_key else "offline"
+    return "online" if has_credentials() else "offline"
 
 
 def finish(loggers: list[Logger]) -> None:
@@ -75,6 +94,22 @@ def wandb_run_id(run_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def run_arm(config: dict) -> str:
+    """The arm of its experiment that a run belongs to, recorded in its W&B config as ``arm`` so that
+    a workspace (``python -m yfpo.dashboard``) groups the seeds of one arm and lambda: the command
+    line's overrides that name the run directory (Hydra's ``job.override_dirname``), without ``seed``,
+    ``lambda`` and ``hydra`` keys (``variant=dpo`` in the demo's sweep); the method's name when none is left."""
+    items = []
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        skip = {*hc.job.config.override_dirname.exclude_keys, "seed", "lambda"}
+        for o in hc.overrides.task:
+            key = o.split("=", 1)[0].lstrip("+~")
+            if key not in skip and not key.startswith("hydra"):
+                items.append(o.lstrip("+~"))
+    return ",".join(sorted(items)) or str(config.get("method", {}).get("name", ""))
+
+
 def make_loggers(lg: DictConfig, run_dir: Path, config: dict, resume_step: int | None = None,
                  last_row: dict | None = None) -> list[Logger]:
     """The run's loggers from the ``logger`` group; ``config``: the resolved run config W&B records;
@@ -88,7 +123,7 @@ def make_loggers(lg: DictConfig, run_dir: Path, config: dict, resume_step: int |
         # The config carries no secrets (the key is only ever read by wandb itself from env/netrc).
         loggers.append(WandbLogger(
             project=lg.project, group=lg.group, tags=list(lg.tags), name=lg.run_name, save_dir=str(run_dir),
-            mode=wandb_mode(), config=config,
+            mode=wandb_mode(), config={**config, "arm": run_arm(config)},  # arm: groups runs in a workspace
             id=wandb_run_id(run_dir), resume="allow",  # a resumed training continues its W&B run
         ))
     elif lg.name != "csv":

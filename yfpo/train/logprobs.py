@@ -7,9 +7,10 @@ fp32. The backward pass recomputes each chunk's logits, so neither pass ever hol
 ``[chunk_tokens, V]`` block: memory no longer grows with ``V x T`` (152k x 2k tokens would be 1.2 GB
 of fp32 logits per row).
 
-FDT (SPEC "FDT") is an input of the same autograd function: the forward value is the plain
-``W h`` in every case, so FDT is exact under autocast by construction, and only the gradient that
-reaches ``W`` is built from the differenced hidden states ``hc`` instead of ``h``.
+FDT (docs/methods.md, "FDT: focused differentiation of the LM head") is an input of the same
+autograd function: the forward value is the plain ``W h`` in every case, so FDT is exact under
+autocast by construction, and only the gradient that reaches ``W`` is built from the differenced
+hidden states ``hc`` instead of ``h``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from yfpo.core.errors import ConfigError
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -104,7 +107,7 @@ def fdt_contrast(hidden: torch.Tensor, response_mask: torch.Tensor, rows: torch.
 
     Rows ``0..B-1`` are chosen and ``B..2B-1`` their rejected partners, aligned by position (same
     prompt). Where the partner's response has already ended, its hidden state counts as zero, so
-    ``hc = h`` there (SPEC: unequal lengths).
+    ``hc = h`` there (docs/methods.md, FDT: "Unequal lengths").
     """
     if hidden.shape[0] % 2:
         raise ValueError(f"FDT needs chosen and rejected rows stacked, got {hidden.shape[0]} rows")
@@ -153,7 +156,8 @@ def model_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], chunk_to
     output embedding a plain linear head) on a :func:`yfpo.data.encode.collate` batch."""
     head = model.get_output_embeddings()
     if getattr(head, "bias", None) is not None:
-        raise ValueError(f"{type(model).__name__}: LM heads with a bias are not supported")
+        raise ConfigError(f"{type(model).__name__}: LM heads with a bias are not supported (the fused log-probs and "
+                          "FDT read the head as one weight matrix); choose a model whose head has none (docs/extending.md)")
     hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     positions = (batch["target_rows"], batch["target_cols"]) if "target_rows" in batch else None
     return response_logps(hidden, head.weight, batch["input_ids"], batch["response_mask"], chunk_tokens, fdt, positions)

@@ -1,4 +1,4 @@
-"""Loss functions: pure tensor code, no model, no config. See SPEC.md for the maths.
+"""Loss functions: pure tensor code, no model, no config. The maths: docs/methods.md.
 
 Shapes: ``B`` pairs in a batch, ``T`` sequence length, ``N`` selected neurons. Log-probabilities
 are natural logs summed over response tokens (:mod:`yfpo.train.logprobs` computes them; FDT lives
@@ -60,7 +60,8 @@ def neuron_scores(activations: torch.Tensor, mask: torch.Tensor, mean: torch.Ten
         activations: ``[B, T, N]`` ``a[l,i,t]`` of the selected neurons (inputs of ``down_proj``).
         mask: ``[B, T]`` bool, True where the *input* token at ``t`` is a response token.
         mean, std: ``[N]`` ``mu_i``, ``sigma_i``: with them each neuron is standardised first,
-            ``(a - mu_i) / sigma_i`` (SPEC's normalised score, the same scale on every model).
+            ``(a - mu_i) / sigma_i`` (the normalised score of docs/methods.md, "YFPO: the neuron margin";
+            the same scale on every model).
     Returns:
         ``[B]`` ``1 / (|T(y)| * N) * sum_t sum_n a[n, t]``.
     """
@@ -86,7 +87,7 @@ def yfpo_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """DPO plus the neuron reward ``Delta_N = s(y_w) - s(y_l)``. All inputs ``[B]``.
 
-    ``form="margin"`` (SPEC default): ``L_DPO - lam * Delta_N``.
+    ``form="margin"`` (the default, docs/methods.md "YFPO: the neuron margin"): ``L_DPO - lam * Delta_N``.
     ``form="sigmoid"``: ``-log sigmoid(h + lam * Delta_N)``, the margin inside the sigmoid.
     ``lam = 0`` returns exactly the DPO loss in both forms.
     """
@@ -111,7 +112,8 @@ def neuron_metrics(score_chosen: torch.Tensor, score_rejected: torch.Tensor) -> 
 
 
 def nll(logps: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """SPEC's NLL/RPO term: ``-logp(y_w) / |T(y_w)|`` per chosen response, averaged over the ``[B]`` rows."""
+    """The NLL/RPO term (docs/methods.md, "The NLL (RPO) term"): ``-logp(y_w) / |T(y_w)|`` per chosen
+    response, averaged over the ``[B]`` rows."""
     return (-logps / tokens.clamp(min=1)).mean()
 
 

@@ -111,7 +111,8 @@ class PreferenceModule(L.LightningModule):
             self.reference = frozen_copy(policy, reference_dtype)
         self.ref_table: torch.Tensor | None = None  # [rows, 2] with reference=precompute
         self.neurons = neurons
-        # (mean, std) of SPEC's normalised score, moved to the device with the module
+        # (mean, std) of the normalised score (docs/methods.md, "YFPO: the neuron margin"),
+        # moved to the device with the module
         self.neuron_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         if neurons is not None and method.neuron_score == "normalised":
             self.neuron_stats = neurons.stats_by_layer()
