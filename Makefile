@@ -24,10 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
-test: install  ## the fast tier (~4 min): every module and the exactness checks, on 2 workers
+test: install  ## ruff, then the fast tier (~4 min): every module and the exactness checks, on 2 workers
+	$(BIN)/ruff check yfpo tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow" -n 2
 
 test-all: install smollm2  ## the complete tier CI runs (~35-45 min): the fast tier, real processes, real vLLM, SmolLM2, the papers' commands at true size, the demo
+	$(BIN)/ruff check yfpo tests benchmarks
 	YFPO_TEST_TIER=complete $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 demo: install  ## the whole pipeline on the embedded tiny model (~11 min on a fresh clone): SFT -> neurons -> pairs -> DPO/YFPO/FDT -> evaluation -> tables

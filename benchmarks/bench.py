@@ -546,13 +546,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. The main table.
     results = {}
-    for i, (name, label, spec) in enumerate(specs):
+    for i, (name, label, _spec) in enumerate(specs):
         r = measured[i] if measured else run_worker(measure_specs[i])
         results[name] = {"label": label, **r}
         print(f"  measured {label}: {r['step_s']:.2f} s, {fmt_peak(r)}; {r['optimizer']}", flush=True)
     trl_live = results["trl_live"]
     rows = []
-    for name, r in results.items():
+    for r in results.values():
         timed = r["step_times_s"][warmup:]
         rows.append([r["label"], f"{r['step_s']:.2f} s", f"{min(timed):.2f}-{max(timed):.2f} s",
                      f"{r['tokens'] / r['step_s']:.0f}", fmt_peak(r),

@@ -11,7 +11,7 @@ from tests.conftest import FAST, compose_cfg, make_model, model_dir
 from yfpo.data.encode import Encoder, collate
 from yfpo.neurons import io
 from yfpo.neurons.hooks import zeroed
-from yfpo.neurons.ablate import ablate, loglik_per_token
+from yfpo.evaluate.ablation import ablate, loglik_per_token
 from yfpo.neurons.attribution import lrp_scores, target_logits
 from yfpo.neurons.lxt_compat import lrp_patched
 from yfpo.neurons.selection import select

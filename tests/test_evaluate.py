@@ -45,7 +45,7 @@ def test_hf_evaluation_resumes_after_a_crash(run, monkeypatch):
     real, calls = ev._generate_hf, []
 
     def crash_after_first_batch(job, prompts):
-        for i, batch in enumerate(real(job, prompts)):
+        for batch in real(job, prompts):
             calls.append(len(batch))
             if len(calls) == 2:
                 raise RuntimeError("simulated crash")

@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import FAST, compose_cfg
 from yfpo.core.artefacts import StaleArtefactError
-from yfpo.data import pairs as pairs_mod
+from yfpo.pairs import sampling as pairs_mod
 from yfpo.data.rows import PAIR_FIELDS, read_rows
 from yfpo.evaluate.generation import Completion
 from yfpo.data.synthetic import first_wrong_step, question_plan

@@ -16,7 +16,6 @@ import pytest
 
 from benchmarks import memory, paper_models
 from tests import hub_fixtures
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # ~10 min of 0.5B-parameter training and a vLLM engine on 2 CPU cores
 

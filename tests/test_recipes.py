@@ -102,7 +102,7 @@ def test_reproduce_plan_order_and_neurons(cache):
 def test_the_plans_neuron_commands_make_the_files_its_training_jobs_read(cache):
     """With --train-args that change the model, each neuron command carries them, so the file it
     makes is the one the training jobs look for (and not the default model's); no launcher settings."""
-    from yfpo.neurons import io as neuron_io
+    from yfpo.core.schema import role
 
     specs = [ROOT / "experiments" / "yfpo_table1.yaml"]
     commands = plan(specs, ["model=smollm2-135m", "hydra/launcher=slurm"], [])
@@ -110,7 +110,7 @@ def test_the_plans_neuron_commands_make_the_files_its_training_jobs_read(cache):
     assert made and all("model=smollm2-135m" in a and not any(o.startswith("hydra") for o in a) for a in made), made
     made_paths = {sweep_jobs("config", a)[0].neurons.path for a in made}
     read = {job.neurons.path for m, a in commands if m == "yfpo.train" for job in sweep_jobs("config", a[1:])
-            if neuron_io.role(job.method) == "rewarded"}
+            if role(job.method) == "rewarded"}
     assert read and read <= made_paths and all("smollm2" in p for p in read), (read, made_paths)
 
 

@@ -236,7 +236,7 @@ def test_runs_that_have_not_finished_training_are_named_at_the_top_and_warned_ab
     md = tables.make_tables(tmp_path / "t.yaml", tmp_path)
     first = md.splitlines()[0]
     assert first.startswith("**Unfinished runs**") and first.endswith(f": {tmp_path / 'b'}"), first  # not a, nor the start row's c
-    assert f"[yfpo] warning: t: Unfinished runs (no DONE: " in capsys.readouterr().err
+    assert "[yfpo] warning: t: Unfinished runs (no DONE: " in capsys.readouterr().err
     make_run(tmp_path, "b2", "gsm8k", [correct(6)])
     rows[0]["runs"][1] = "b2"
     (tmp_path / "t.yaml").write_text(yaml.safe_dump({"name": "t", "task": "gsm8k", "layout": "checkpoints", "baseline": "SFT", "rows": rows}))

@@ -99,8 +99,8 @@ def test_resuming_with_another_config_is_refused(tmp_path, cache):
 
 
 def test_what_resume_may_ignore_is_what_training_does_not_read():
-    """The run identity is the view of the config training reads (yfpo/train/inputs.py), no kept list."""
-    from yfpo.train.inputs import run_identity, training_inputs
+    """The run identity is the view of the config training reads (yfpo/core/inputs.py), no kept list."""
+    from yfpo.core.inputs import run_identity, training_inputs
 
     base = run_identity(compose_cfg("+experiment=yfpo_2k"))
     for other_stage in ("eval=math500", "pairs.samples=8", "ablate.num_samples=5", "vllm.dtype=float32", "name=elsewhere",
@@ -219,7 +219,7 @@ def test_yfpo_with_lambda_0_says_it_is_dpo(capsys):
 
 def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_corrected_command(tmp_path, cache):
     run = tmp_path / "run"
-    with pytest.raises(Exception):  # fails after its config was saved: a data file that is not there
+    with pytest.raises(UserError):  # fails after its config was saved: a data file that is not there
         fit(compose_cfg(*FAST, "method=dpo", f"data.path={tmp_path / 'missing.jsonl'}"), run)
     assert (run / "run_config.yaml").is_file()
     fit(compose_cfg(*FAST, "method=dpo", "trainer.max_steps=2", "checkpoints.count=1"), run)  # the corrected command

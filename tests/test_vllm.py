@@ -94,7 +94,7 @@ def test_missing_vllm_is_one_clear_error(ckpt, tmp_path, monkeypatch):
 def test_onpolicy_pairs_through_vllm_are_seeded_and_resume_to_the_same_file(tmp_path, cache, monkeypatch):
     """pairs.backend=vllm: one request of n=samples per question, one engine for every chunk left;
     a run killed after its first chunk resumes, samples only the rest, and writes the same file."""
-    from yfpo.data import pairs as pairs_mod
+    from yfpo.pairs import sampling as pairs_mod
 
     real_pairs, real_sample, seen, engines = pairs_mod.pairs_for_question, pairs_mod.vllm_worker.sample, [], []
 

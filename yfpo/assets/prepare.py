@@ -26,14 +26,14 @@ from yfpo.core.config import compose_config
 from yfpo.core.errors import ConfigError, MissingError, UserError, run_cli
 from yfpo.core.locks import file_lock
 from yfpo.data.prompts import format_prompt
-from yfpo.train.inputs import run_identity
+from yfpo.core.inputs import read_by, run_identity
 
 
 def ensure_synthetic(syn: DictConfig, *reads: str | Path | None) -> None:
     """Make the synthetic files of ``syn`` (the ``synthetic`` group) when one of the paths a stage
     ``reads`` lies in ``syn.dir``; a stage that reads none of them (a hub dataset, an on-policy pairs
     file) writes nothing."""
-    if synthetic.read_by(syn.dir, *reads):
+    if read_by(syn.dir, *reads):
         synthetic_files(syn)
 
 

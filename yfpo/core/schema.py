@@ -17,7 +17,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from yfpo.core.errors import ConfigError
-from yfpo.train.losses import YFPO_FORMS
+
+YFPO_FORMS = ("margin", "sigmoid")  # method.form: L_DPO - lambda * Delta_N, or -log sigmoid(h + lambda * Delta_N)
 
 LOSSES = ("sft", "dpo", "yfpo")
 NEURON_SCORES = ("raw", "normalised")
@@ -157,3 +158,12 @@ class EvalConfig:
 for _group, _node in {"method": MethodConfig, "model": ModelConfig, "data": DataConfig, "neurons": NeuronsConfig,
                       "reference": ReferenceConfig, "eval": EvalConfig}.items():
     ConfigStore.instance().store(group=_group, name="schema", node=_node)
+
+
+def role(method) -> str | None:
+    """The one rule for what a run does with ``neurons.path``: ``"rewarded"`` (``method.loss=yfpo``:
+    the file is required), ``"tracked"`` (``method.track_neurons``: its margin is logged when the
+    file exists, the loss ignores it) or ``None``."""
+    if method.loss == "yfpo":
+        return "rewarded"
+    return "tracked" if method.track_neurons else None

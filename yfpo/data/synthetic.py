@@ -180,12 +180,6 @@ def preference_row(rng: random.Random, p: Problem) -> dict:
     }
 
 
-def read_by(directory: str | Path, *paths: str | Path | None) -> bool:
-    """Whether one of the ``paths`` a stage reads lies in the synthetic ``directory``."""
-    out = Path(directory).resolve()
-    return any(p is not None and Path(str(p)).resolve().is_relative_to(out) for p in paths)
-
-
 def generate(
     out_dir: str | Path,
     num_sft: int = 20000,

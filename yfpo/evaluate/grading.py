@@ -72,7 +72,7 @@ def _last_boxed(text: str) -> str | None:
 def _answer_is(text: str) -> str | None:
     """What follows the last "the answer is": a ``$..$``/``\\(..\\)``/``\\[..\\]`` span, else the rest of its sentence."""
     last = None
-    for last in _ANSWER_IS.finditer(text):
+    for last in _ANSWER_IS.finditer(text):  # noqa: B007 (the loop only finds the last match)
         pass
     if last is None:
         return None

@@ -117,7 +117,7 @@ def with_runs_synthetic_draw(cfg: DictConfig, found: list[tuple[str, Path, Path]
         if saved.is_file() and "synthetic" in (run := OmegaConf.load(saved)):
             draws.setdefault(json.dumps(OmegaConf.to_container(run.synthetic), sort_keys=True), []).append(root)
     if len(draws) > 1:
-        raise ConfigError(f"these runs trained on different synthetic draws, so no one synthetic test set fits them all: "
+        raise ConfigError("these runs trained on different synthetic draws, so no one synthetic test set fits them all: "
                           + "; ".join(", ".join(sorted(str(r) for r in roots)) for roots in draws.values())
                           + ": evaluate each group with its own run_dir")
     if not draws:

@@ -90,15 +90,6 @@ def save(path: str | Path, neurons: NeuronSet, **meta) -> Path:
     return path
 
 
-def role(method) -> str | None:
-    """The one rule for what a run does with ``neurons.path``: ``"rewarded"`` (``method.loss=yfpo``:
-    the file is required), ``"tracked"`` (``method.track_neurons``: its margin is logged when the
-    file exists, the loss ignores it) or ``None``."""
-    if method.loss == "yfpo":
-        return "rewarded"
-    return "tracked" if method.track_neurons else None
-
-
 def load(path: str | Path) -> NeuronSet:
     """Read a neuron file (safetensors only: nothing is unpickled)."""
     path = Path(path)

@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 
 from yfpo.core.config import CONF_DIR
 from yfpo.core.errors import ConfigError, MissingError, run_cli
-from yfpo.neurons import io as neuron_io
+from yfpo.core.schema import role
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
@@ -135,7 +135,7 @@ def plan(specs: list[Path], train_args: list[str], eval_args: list[str], seeds: 
             args.append(f"seed={seeds}")
         fixed = [f"+experiment={e}", *(a for a in args if not is_hydras(a) and not parse(a).is_sweep_override())]
         for overrides, job in sweep_overrides("config", [f"+experiment={e}", *args]):
-            use = neuron_io.role(job.method)
+            use = role(job.method)
             # a file a run needs is made; one only tracked is made unless it is a random set
             wanted = use == "rewarded" or (use == "tracked" and job.neurons.selector != "random")
             if wanted and job.neurons.path not in seen_neuron_files:

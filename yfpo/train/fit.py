@@ -33,7 +33,8 @@ from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.assets.prepare import ensure_model, ensure_synthetic
 from yfpo.train.module import PreferenceModule, check_module_config
 from yfpo.neurons import io as neuron_io
-from yfpo.train.inputs import run_identity, training_inputs
+from yfpo.core.schema import role
+from yfpo.core.inputs import run_identity, training_inputs
 from yfpo.train.reference import ReferenceCache, declared_identity, tokens_fingerprint
 from yfpo.train.strategies import build_strategy
 
@@ -48,7 +49,7 @@ def task_overrides() -> list[str] | None:
 
 def load_neurons(run: DictConfig, where: DictConfig, policy):
     """The neuron set of ``neurons.path``: required for ``method.loss=yfpo``, optional (tracked) otherwise."""
-    use = neuron_io.role(run.method)
+    use = role(run.method)
     needed = use == "rewarded"
     if use is None or (not needed and not Path(run.neurons.path).is_file()):
         return None

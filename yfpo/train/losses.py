@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from yfpo.core.errors import ConfigError
+from yfpo.core.schema import YFPO_FORMS
 
 Metrics = dict[str, torch.Tensor]
 
-YFPO_FORMS = ("margin", "sigmoid")
 
 
 def dpo_rewards(

@@ -9,10 +9,11 @@ has to enter the view first, and so becomes part of the identity with it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
-from yfpo.data import synthetic
-from yfpo.neurons.io import role
+from yfpo.core.schema import role
 
 # Read by every training run.
 GROUPS = ("seed", "beta", "lambda", "model", "data", "method", "optim", "logprobs", "checkpoints", "reference", "trainer")
@@ -23,16 +24,22 @@ PLACEMENT = ("devices", "num_nodes", "accelerator", "strategy", "accumulate_grad
 AFTERWARDS = ("checkpoints.keep_resume_point",)
 
 
+def read_by(directory: str | Path, *paths: str | Path | None) -> bool:
+    """Whether one of the ``paths`` a stage reads lies in the synthetic ``directory``."""
+    out = Path(directory).resolve()
+    return any(p is not None and Path(str(p)).resolve().is_relative_to(out) for p in paths)
+
+
 def training_inputs(cfg: DictConfig) -> DictConfig:
     """The resolved parts of ``cfg`` a training run reads: :data:`GROUPS`, ``neurons`` when the
-    method rewards or tracks them (:func:`yfpo.neurons.io.role`), and ``synthetic`` when the data
+    method rewards or tracks them (:func:`yfpo.core.schema.role`), and ``synthetic`` when the data
     or the model is made from the synthetic files (a model made by a training run, ``train:<experiment>``,
     counts: the tiny SFT model is trained on them)."""
     keys = list(GROUPS)
     if role(cfg.method):
         keys.append("neurons")
     prepared = cfg.model.prepare or ""
-    if prepared == "build_tiny" or prepared.startswith("train:") or synthetic.read_by(cfg.synthetic.dir, cfg.data.path):
+    if prepared == "build_tiny" or prepared.startswith("train:") or read_by(cfg.synthetic.dir, cfg.data.path):
         keys.append("synthetic")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     return OmegaConf.create({k: resolved[k] for k in keys})

@@ -10,7 +10,6 @@ is printed and saved as ``<neurons.path stem>.ablation.json``.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -96,6 +95,3 @@ def ablate(cfg: DictConfig, overrides: list[str] = ()) -> dict:
 def main(argv: list[str]) -> None:
     run_cli(lambda: ablate(compose_config(argv), argv))
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
