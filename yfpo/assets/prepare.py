@@ -27,6 +27,7 @@ from yfpo.core.errors import ConfigError, MissingError, UserError, run_cli
 from yfpo.core.locks import file_lock
 from yfpo.data.prompts import format_prompt
 from yfpo.core.inputs import read_by, run_identity
+from yfpo.core.log import log
 
 
 def ensure_synthetic(syn: DictConfig, *reads: str | Path | None) -> None:
@@ -143,7 +144,7 @@ def ensure_model(m: DictConfig, *, cache_dir: str, hub_cfg: DictConfig, syn: Dic
             cache = str(Path(cache_dir).resolve())
             args = preparing_run(experiment, cache, syn)
             command = shlex.join(["python", "-m", "yfpo.train", *args])
-            print(f"[yfpo] {path} not found: preparing it with `{command}`", flush=True)
+            log.info(f"{path} not found: preparing it with `{command}`")
             env = {**os.environ, "YFPO_CACHE": cache}
             if subprocess.run([sys.executable, "-m", "yfpo.train", *args], env=env).returncode:
                 raise UserError(f"preparing model.path={path} with `{command}` failed: its error is above")
@@ -173,7 +174,7 @@ def convert_gguf(package: str, filename: str, out: Path) -> None:
     src = Path(spec.submodule_search_locations[0])
     if not (src / filename).is_file():
         raise FileNotFoundError(f"{src / filename} not found in package {package}")
-    print(f"[yfpo] converting {src / filename} to {out}", flush=True)
+    log.info(f"converting {src / filename} to {out}")
     tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=filename)
     loaded = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=filename, dtype=torch.float32)
     config = loaded.config

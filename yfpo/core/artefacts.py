@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from yfpo.core.errors import UserError
+from yfpo.core.log import log
 
 _file_hashes: dict[tuple, str] = {}  # (path, size, mtime_ns) -> content hash, for this process
 
@@ -175,7 +176,7 @@ def kept(artefact: Path, key: Mapping, what: str, fix: str, redo: str, metadata:
         refuse_metadata_changes(what, metadata, key, fix)
     elif not check(artefact, key, what, fix):
         return False
-    print(f"[yfpo] {what} exists, made from these inputs; keeping it ({redo})", flush=True)
+    log.info(f"{what} exists, made from these inputs; keeping it ({redo})")
     return True
 
 

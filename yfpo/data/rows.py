@@ -20,6 +20,7 @@ from yfpo.core import hub as hub_lib
 from yfpo.core.artefacts import atomic_write
 from yfpo.core.errors import UserError
 from yfpo.core.locks import file_lock
+from yfpo.core.log import log
 
 
 PAIR_FIELDS = ("prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen", "full_rejected")
@@ -154,7 +155,7 @@ def read_rows(cfg: DictConfig, kind: str, hub: DictConfig | None = None) -> list
         except UserError:
             if saved_key := artefacts.saved_key(saved):  # e.g. an offline compute node: the subset is what it reads
                 artefacts.refuse_metadata_changes(what, saved_key, key, fix)  # all but the content, which needs the source
-                print(f"[yfpo] {cfg.path} cannot be read here; using {saved} as saved (its source is not re-checked)", flush=True)
+                log.info(f"{cfg.path} cannot be read here; using {saved} as saved (its source is not re-checked)")
                 return read_jsonl(saved)
             raise
         key["content"] = artefacts.rows_fingerprint(rows)

@@ -55,6 +55,7 @@ from yfpo.train.loggers import log_evaluation
 from yfpo.core.models import load_model, load_tokenizer
 from yfpo.assets.prepare import ensure_synthetic
 from yfpo.data.prompts import PromptError, check_stops, default_stops, eval_prompt, stop_token_ids
+from yfpo.core.log import STDERR, log
 
 BACKENDS = ("hf", "vllm")
 RUN_MODEL_KEYS = ("name", "template", "add_bos", "dtype", "attn_implementation", "trust_remote_code")
@@ -125,7 +126,7 @@ def with_runs_synthetic_draw(cfg: DictConfig, found: list[tuple[str, Path, Path]
     own = {k: v for k, v in json.loads(next(iter(draws))).items() if k in cfg.synthetic}  # keys of this yfpo only
     if own == {k: v for k, v in OmegaConf.to_container(cfg.synthetic, resolve=True).items() if k in own}:
         return cfg
-    print(f"[yfpo] evaluating on the synthetic draw the runs trained on ({own['dir']})", flush=True)
+    log.info(f"evaluating on the synthetic draw the runs trained on ({own['dir']})")
     return OmegaConf.merge(cfg, {"synthetic": own})
 
 
@@ -139,7 +140,7 @@ def check_finished(found: list[tuple[str, Path, Path]], allow: bool) -> None:
     if not allow:
         raise ConfigError(f"training has not finished in {names} (no {DONE} file): run the same training command to finish "
                           "it, or evaluate the checkpoints it has so far with eval.unfinished=true")
-    print(f"[yfpo] warning: evaluating unfinished runs (eval.unfinished=true): {names}", file=sys.stderr, flush=True)
+    log.warning(f"evaluating unfinished runs (eval.unfinished=true): {names}", extra=STDERR)
 
 
 def load_problems(cfg: DictConfig) -> list[dict]:
@@ -332,8 +333,8 @@ def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
         summary = json.loads(summary_path.read_text())
         if summary["n"] == len(done):
             if summary["n"] > len(problems):
-                print(f"[yfpo] {out_dir} already holds {summary['n']} problems, of which these {len(problems)}: "
-                      "its summary (and the tables) keep all of them", flush=True)
+                log.info(f"{out_dir} already holds {summary['n']} problems, of which these {len(problems)}: "
+                         "its summary (and the tables) keep all of them")
             return summary
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path.unlink(missing_ok=True)
@@ -497,9 +498,9 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             for root, job in jobs:
                 r = compare_backends(job, problems)
                 summaries.append(r)
-                print(f"[yfpo] {root.name}/{job.name} {e.task} hf vs vllm on {r['n']} problems: outputs agree "
-                      f"{r['output_agreement']:.1%}, grades agree {r['grade_agreement']:.1%} "
-                      f"-> {job.out_dir / 'backend_agreement.json'}", flush=True)
+                log.info(f"{root.name}/{job.name} {e.task} hf vs vllm on {r['n']} problems: outputs agree "
+                         f"{r['output_agreement']:.1%}, grades agree {r['grade_agreement']:.1%} "
+                         f"-> {job.out_dir / 'backend_agreement.json'}")
             return summaries
         refused = [c for _, job in jobs for c in conflicts(job)]
         if refused:  # all of them at once, before any checkpoint is evaluated
@@ -520,15 +521,15 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             lo, hi = s["ci95"]
             extra = ("" if s.get("accuracy_strict") is None else
                      f" (strict {s['accuracy_strict']:.3f}, flexible {s['accuracy_flexible']:.3f})")
-            print(f"[yfpo] {root.name}/{name} {e.task}: {s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]{extra} n={s['n']}, "
-                  f"truncated {s.get('truncated_rate', 0):.1%}, extracted {s.get('extracted_rate', 1):.1%}", flush=True)
+            log.info(f"{root.name}/{name} {e.task}: {s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]{extra} n={s['n']}, "
+                     f"truncated {s.get('truncated_rate', 0):.1%}, extracted {s.get('extracted_rate', 1):.1%}")
             for w in s.get("warnings", []):
-                print(f"[yfpo] warning: {root.name}/{name} {e.task}: {w}", flush=True)
+                log.warning(f"{root.name}/{name} {e.task}: {w}")
             if s != before:  # new scores only: a skipped, finished checkpoint is not logged twice
                 points.setdefault(root, []).append((training_step(model_dir, name), wandb_scores(dirname(e), s)))
         for root, run_points in points.items():
             if (logged := log_evaluation(root, run_points)) is not None:
-                print(f"[yfpo] {root.name}: {e.task} scores logged to its W&B run ({logged})", flush=True)
+                log.info(f"{root.name}: {e.task} scores logged to its W&B run ({logged})")
     return summaries
 
 

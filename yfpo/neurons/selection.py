@@ -21,6 +21,7 @@ from yfpo.assets.prepare import ensure_model, ensure_synthetic
 from yfpo.neurons import io
 from yfpo.neurons.attribution import ActivationStats
 from yfpo.neurons.select import SELECTORS, math_samples, scores_for
+from yfpo.core.log import log
 
 
 def plot_counts(neurons: io.NeuronSet, num_layers: int, title: str, out: Path) -> None:
@@ -74,7 +75,7 @@ def select(cfg: DictConfig, overrides: list[str] = ()) -> Path:
                          f"per layer: {counts}", f"top 10 (layer,channel) score: {top}"])
     out.with_suffix(".txt").write_text(summary + "\n")
     plot_counts(neurons, num_layers, f"{cfg.model.name}: top-{n.top_k} {n.selector}", out.with_suffix(".png"))
-    print(f"[yfpo] wrote {len(neurons)} {n.selector} neurons to {out}\n{summary}")
+    log.info(f"wrote {len(neurons)} {n.selector} neurons to {out}\n{summary}")
     return out
 
 

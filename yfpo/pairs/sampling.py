@@ -44,6 +44,7 @@ from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.core.models import device_for
 from yfpo.assets.prepare import ensure_model, ensure_synthetic
 from yfpo.data.prompts import LEAD, default_stops, format_prompt, stop_token_ids
+from yfpo.core.log import log
 
 MODES = ("full", "step")
 BACKENDS = ("hf", "vllm")
@@ -210,7 +211,7 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     partial.unlink()
     progress.unlink()
     shown = {k: v for k, v in summary.items() if k != "correct_per_question"}
-    print(f"[yfpo] wrote {len(rows_out)} pairs to {out}\n{json.dumps(shown, indent=2)}")
+    log.info(f"wrote {len(rows_out)} pairs to {out}\n{json.dumps(shown, indent=2)}")
     return out
 
 

@@ -24,6 +24,7 @@ import json
 
 from yfpo.core.errors import UserError, run_cli
 from yfpo.train.loggers import has_credentials
+from yfpo.core.log import log
 
 X_AXIS = "trainer/global_step"  # Lightning's step metric of every training curve; eval/* is defined on it too
 EVAL_ACCURACY = r"^eval/[^/]+/accuracy$"  # yfpo.evaluate.run.wandb_scores: eval/<evaluation>/accuracy
@@ -125,4 +126,4 @@ def main(argv: list[str]) -> None:
         run_cli(workspace, s)  # built, so that a spec the library refuses fails here too
         print(json.dumps(s, indent=2))
         return
-    print(f"[yfpo] workspace {s['name']!r} saved: {run_cli(save, s)}", flush=True)
+    log.info(f"workspace {s['name']!r} saved: {run_cli(save, s)}")

@@ -46,7 +46,6 @@ import csv
 import glob
 import json
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +56,7 @@ from yfpo.pipelines import stats
 from yfpo.train.checkpoints import DONE, ckpt_index, ckpt_name
 from yfpo.core.config import CONF_DIR
 from yfpo.core.errors import ConfigError, MissingError, run_cli
+from yfpo.core.log import STDERR, log
 
 LAYOUTS = ("checkpoints", "tasks")
 WARN_RATE = 0.05  # default spec `warn_rate`: the evaluation's warning threshold (conf/eval/*.yaml warn_rate)
@@ -507,7 +507,7 @@ def make_tables(spec_path: Path, base_dir: Path = Path("."), out: Path | None = 
     with open(out / f"{spec['name']}_scoring.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *table])
     for w in warnings + ([unfinished.replace("**", "").strip()] if unfinished else []):
-        print(f"[yfpo] warning: {spec['name']}: {w}", file=sys.stderr)
+        log.warning(f"{spec['name']}: {w}", extra=STDERR)
     md = "\n".join(parts)
     (out / f"{spec['name']}.md").write_text(md)
     plot_curves(spec, base_dir, out / f"{spec['name']}_curves.png")

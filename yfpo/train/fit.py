@@ -37,6 +37,7 @@ from yfpo.core.schema import role
 from yfpo.core.inputs import run_identity, training_inputs
 from yfpo.train.reference import ReferenceCache, declared_identity, tokens_fingerprint
 from yfpo.train.strategies import build_strategy
+from yfpo.core.log import log
 
 LOCK = ".lock"
 RUN_CONFIG = "run_config.yaml"
@@ -61,9 +62,9 @@ def load_neurons(run: DictConfig, where: DictConfig, policy):
     except neuron_io.NeuronFileError as e:
         if needed:
             raise
-        print(f"[yfpo] warning: not tracking neurons: {e}", flush=True)
+        log.warning(f"not tracking neurons: {e}")
         return None
-    print(f"[yfpo] neurons ({'rewarded' if needed else 'tracked, not optimised'}): {n.path} (selector {n.selector}; recorded in run_config.yaml as neurons.*)", flush=True)
+    log.info(f"neurons ({'rewarded' if needed else 'tracked, not optimised'}): {n.path} (selector {n.selector}; recorded in run_config.yaml as neurons.*)")
     return neurons
 
 
@@ -108,8 +109,8 @@ def check_training_config(cfg: DictConfig, warn: bool = True) -> None:
                           "ignores it: drop the override, or choose method=yfpo")
     check_module_config(cfg.method, cfg.optim, cfg.reference.mode, cfg.reference.dtype)
     if warn and cfg.method.loss == "yfpo" and lam == 0:
-        print(f"[yfpo] warning: method={cfg.method.name} with lambda=0 trains exactly DPO"
-              f"{' with FDT' if cfg.method.fdt else ''} (set lambda=0.2, say, for the neuron reward)", flush=True)
+        log.warning(f"method={cfg.method.name} with lambda=0 trains exactly DPO"
+                    f"{' with FDT' if cfg.method.fdt else ''} (set lambda=0.2, say, for the neuron reward)")
     if _number(cfg.beta, "beta", "the DPO temperature, e.g. beta=0.1") <= 0:
         raise ConfigError(f"beta={cfg.beta}: give a temperature > 0 (e.g. beta=0.1)")
     if _number(cfg.optim.lr, "optim.lr", "e.g. optim.lr=5e-7") <= 0:
@@ -163,7 +164,7 @@ def drop_resume_point(last: Path) -> None:
         last.unlink()
     else:
         return
-    print(f"[yfpo] deleted the resume point {last} (checkpoints.keep_resume_point=false; the run is DONE)", flush=True)
+    log.info(f"deleted the resume point {last} (checkpoints.keep_resume_point=false; the run is DONE)")
 
 
 def fit(cfg: DictConfig, run_dir: Path) -> Path:
@@ -172,7 +173,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     if (run_dir / DONE).is_file():
         check_resume(cfg, run_dir, finished=True)
-        print(f"[yfpo] {run_dir} is complete; nothing to do (delete {run_dir} to train it again)")
+        log.info(f"{run_dir} is complete; nothing to do (delete {run_dir} to train it again)")
         export(cfg, ckpt_dir)  # a no-op unless the export is missing or torn
         if not cfg.checkpoints.keep_resume_point:
             drop_resume_point(ckpt_dir / "last.ckpt")
@@ -229,10 +230,10 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
         trainer.accumulate_grad_batches = accumulation(run.data.global_batch_size, run.data.batch_size, trainer.world_size)
     per_step = run.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     if len(data.train_set) < per_step and trainer.is_global_zero:  # allowed (a quick look at a few rows), but every step then repeats rows
-        print(f"[yfpo] warning: {len(data.train_set)} training rows are fewer than one optimizer step's {per_step} "
-              f"(data.batch_size x processes x accumulation): each step repeats rows to fill its batch", flush=True)
+        log.warning(f"{len(data.train_set)} training rows are fewer than one optimizer step's {per_step} "
+                    f"(data.batch_size x processes x accumulation): each step repeats rows to fill its batch")
     if resume_step is not None:
-        print(f"[yfpo] resuming {run_dir} from {last} (step {resume_step}; logs/metrics.csv kept up to it)")
+        log.info(f"resuming {run_dir} from {last} (step {resume_step}; logs/metrics.csv kept up to it)")
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
         finish(loggers)
