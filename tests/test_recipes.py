@@ -206,3 +206,15 @@ def test_sweeps_are_expanded_by_hydras_parser_list_values_included():
                                  "eval.stop=[Question:,Problem:]"])
     assert sorted((j.seed, j["lambda"]) for j in jobs) == [(1, 0.1), (1, 0.2), (2, 0.1), (2, 0.2)]
     assert all(list(j.eval.stop) == ["Question:", "Problem:"] for j in jobs)
+
+
+def test_only_a_training_load_turns_on_training_settings(cache):
+    """model.gradient_checkpointing and use_cache=False are for training; evaluation, pair sampling
+    and neuron selection load the model as it is."""
+    from tests.conftest import FAST, compose_cfg, model_dir
+    from yfpo.core.models import load_model
+
+    cfg = compose_cfg(*FAST, "model.gradient_checkpointing=true")
+    trained, served = load_model(cfg.model, model_dir(cfg), training=True), load_model(cfg.model, model_dir(cfg))
+    assert trained.is_gradient_checkpointing and trained.config.use_cache is False
+    assert not served.is_gradient_checkpointing and served.config.use_cache is not False

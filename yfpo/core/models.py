@@ -34,10 +34,12 @@ def attention(name: str, half_precision: bool) -> str:
     return "flash_attention_2" if flash else "sdpa"
 
 
-def load_model(m: DictConfig, path: Path | str, autocast: bool = False):
+def load_model(m: DictConfig, path: Path | str, autocast: bool = False, training: bool = False):
     """The causal LM at ``path`` in ``model.dtype``, safetensors weights only (nothing is unpickled).
 
-    ``autocast``: it will run under bf16/fp16 autocast (mixed-precision training).
+    ``autocast``: it will run under bf16/fp16 autocast (mixed-precision training). ``training``: set
+    up for training, with ``model.gradient_checkpointing`` and no KV cache; an inference load
+    (evaluation, pair sampling, neuron selection) keeps the model's own settings.
     """
     if m.dtype not in DTYPES:
         raise ConfigError(f"model.dtype={m.dtype!r}: choose one of {list(DTYPES)}")
@@ -46,9 +48,10 @@ def load_model(m: DictConfig, path: Path | str, autocast: bool = False):
         str(path), dtype=DTYPES[m.dtype], attn_implementation=attention(m.attn_implementation, half),
         trust_remote_code=m.trust_remote_code, use_safetensors=True,
     )
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
+    if training:
+        if m.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # no cache to build in a training forward
     return model
 
 

@@ -198,7 +198,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
         ensure_synthetic(syn, run.data.path)
     path = ensure_model(run.model, cache_dir=where.cache_dir, hub_cfg=where.hub, syn=syn, overrides=task_overrides())
     tokenizer = load_tokenizer(run.model, path)
-    policy = load_model(run.model, path, autocast=str(run.trainer.precision).startswith(("bf16", "16")))
+    policy = load_model(run.model, path, autocast=str(run.trainer.precision).startswith(("bf16", "16")), training=True)
     kind = "sft" if run.method.loss == "sft" else "pairs"
     data = PreferenceDataModule(run.data, tokenizer, kind=kind, seed=run.seed, hub=where.hub)
     data.setup("fit")  # the rows are needed now to identify a reference cache
