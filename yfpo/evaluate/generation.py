@@ -9,6 +9,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+BACKENDS = ("hf", "vllm")  # transformers' generate here, or the vLLM engine (yfpo/evaluate/vllm_worker.py)
+
 
 @dataclass(frozen=True)
 class Completion:

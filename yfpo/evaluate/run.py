@@ -48,7 +48,7 @@ from yfpo.train.checkpoints import DONE, STATE_FILE, ckpt_index, ckpt_name
 from yfpo.core.config import CONF_DIR, refuse_added_keys
 from yfpo.data.rows import DataError, load_rows
 from yfpo.core.errors import ConfigError, MissingError, run_cli
-from yfpo.evaluate.generation import generate
+from yfpo.evaluate.generation import BACKENDS, generate
 from yfpo.evaluate.grading import gold_answer, score
 from yfpo.core.locks import exclusive
 from yfpo.train.loggers import log_evaluation
@@ -57,7 +57,6 @@ from yfpo.assets.prepare import ensure_synthetic
 from yfpo.data.prompts import PromptError, check_stops, default_stops, eval_prompt, stop_token_ids
 from yfpo.core.log import STDERR, log
 
-BACKENDS = ("hf", "vllm")
 RUN_MODEL_KEYS = ("name", "template", "add_bos", "dtype", "attn_implementation", "trust_remote_code")
 # The fields every prediction row holds; a row from an older yfpo without them is generated again.
 ROW_FIELDS = ("id", "prompt", "completion", "gold", "answer", "correct", "extracted", "truncated",

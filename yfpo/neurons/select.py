@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from yfpo.data.encode import Encoded, Encoder, collate, to_device
 from yfpo.data.rows import load_rows, subset
-from yfpo.core.errors import ConfigError
 from yfpo.neurons.attribution import ActivationStats, activation_scores, lrp_scores
 from yfpo.neurons.io import NeuronSet, top_k
 
@@ -62,7 +61,5 @@ def scores_for(selector: str, model, samples: list[Encoded], cfg: DictConfig, pa
     data = batches(samples, n.batch_size, pad_id, device)
     if selector == "attnlrp":
         return lrp_scores(model, data, n.lrp_variant, total, stats)
-    if selector in ("activation", "random"):
-        scores = activation_scores(model, data, total, stats)
-        return random_scores(*scores.shape, n.seed) if selector == "random" else scores
-    raise ConfigError(f"neurons.selector={selector!r}: choose one of {SELECTORS}")
+    scores = activation_scores(model, data, total, stats)  # activation, or random (checked by selection.select)
+    return random_scores(*scores.shape, n.seed) if selector == "random" else scores

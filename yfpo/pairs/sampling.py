@@ -38,7 +38,7 @@ from yfpo.evaluate import vllm_worker
 from yfpo.core.config import compose_config
 from yfpo.data.rows import DataError, load_rows, sft_fields, validate_rows, write_jsonl
 from yfpo.core.errors import ConfigError, run_cli
-from yfpo.evaluate.generation import generate
+from yfpo.evaluate.generation import BACKENDS, generate
 from yfpo.evaluate.grading import gold_answer, grade
 from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.core.models import device_for
@@ -46,8 +46,7 @@ from yfpo.assets.prepare import ensure_model, ensure_synthetic
 from yfpo.data.prompts import LEAD, default_stops, format_prompt, stop_token_ids
 from yfpo.core.log import log
 
-MODES = ("full", "step")
-BACKENDS = ("hf", "vllm")
+PAIR_MODES = ("full", "step")  # full solutions, or Step-DPO pairs (shared correct prefix, first differing step)
 # Step checkers: (question, completion) -> index of the first wrong line, or None when all are right.
 CHECKERS: dict[str, Callable[[str, str], int | None]] = {"synthetic": synthetic.first_wrong_step}
 
@@ -102,8 +101,8 @@ def pairs_for_question(question: str, completions: list[str], correct: list[bool
 def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     """Sample, grade and pair as ``cfg.pairs`` says; returns the pairs file (skipped when it exists)."""
     p = cfg.pairs
-    if p.mode not in MODES:
-        raise ConfigError(f"pairs.mode={p.mode!r}: choose one of {MODES}")
+    if p.mode not in PAIR_MODES:
+        raise ConfigError(f"pairs.mode={p.mode!r}: choose one of {PAIR_MODES}")
     if p.checker is not None and p.checker not in CHECKERS:
         raise ConfigError(f"pairs.checker={p.checker!r}: choose null or one of {sorted(CHECKERS)}")
     if p.backend not in BACKENDS:

@@ -41,9 +41,8 @@ def check_module_config(method: DictConfig, optim: DictConfig, reference: str, r
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, min_ratio: float):
-    """Linear warmup over ``warmup_steps``, then ``schedule`` decay to ``min_ratio`` at ``total_steps``."""
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"optim.schedule={schedule!r}: choose one of {SCHEDULES}")
+    """Linear warmup over ``warmup_steps``, then ``schedule`` decay (one of :data:`SCHEDULES`, checked by
+    :func:`check_module_config`) to ``min_ratio`` at ``total_steps``."""
 
     def f(step: int) -> float:
         if step < warmup_steps:
