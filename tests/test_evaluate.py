@@ -114,15 +114,16 @@ def test_dev_slices_are_seeded_samples_that_keep_their_row_ids(tmp_path, cache):
                                                   for i in range(50)))
     cfg = compose_cfg("eval=gsm8k_dev", f"eval.path={tmp_path / 'train.jsonl'}", "eval.sample=10")
     assert cfg.eval.name == "gsm8k_dev" and cfg.eval.split == "train"
-    problems = ev.load_problems(cfg)
+    problems = ev.load_problems(cfg.eval, cfg.hub)
     ids = [p["id"] for p in problems]
     assert len(ids) == 10 and ids == sorted(ids) and ids != list(range(10))
     assert all(p["gold"] == str(p["id"]) for p in problems)  # each keeps its own row
-    assert [p["id"] for p in ev.load_problems(cfg)] == ids
+    assert [p["id"] for p in ev.load_problems(cfg.eval, cfg.hub)] == ids
     other = compose_cfg("eval=gsm8k_dev", f"eval.path={tmp_path / 'train.jsonl'}", "eval.sample=10", "eval.sample_seed=1")
-    assert [p["id"] for p in ev.load_problems(other)] != ids
+    assert [p["id"] for p in ev.load_problems(other.eval, other.hub)] != ids
+    too_many = compose_cfg("eval=gsm8k_dev", f"eval.path={tmp_path / 'train.jsonl'}", "eval.sample=60")
     with pytest.raises(ValueError, match="eval.sample=60: give a number of problems between 1 and the 50 rows"):
-        ev.load_problems(compose_cfg("eval=gsm8k_dev", f"eval.path={tmp_path / 'train.jsonl'}", "eval.sample=60"))
+        ev.load_problems(too_many.eval, too_many.hub)
 
 
 @pytest.mark.parametrize("task,fields", [
@@ -135,7 +136,8 @@ def test_hub_schemas_read_from_local_files(tmp_path, cache, task, fields):
 
     rows = [{k: v.format(i=i) if isinstance(v, str) else v for k, v in fields.items()} for i in range(3)]
     pd.DataFrame(rows).to_parquet(tmp_path / "t.parquet")
-    problems = ev.load_problems(compose_cfg(f"eval={task}", f"eval.path={tmp_path / 't.parquet'}"))
+    cfg = compose_cfg(f"eval={task}", f"eval.path={tmp_path / 't.parquet'}")
+    problems = ev.load_problems(cfg.eval, cfg.hub)
     assert [p["gold"] for p in problems] == ["0", "1", "2"]
     if task == "math500":
         assert problems[1]["id"] == "test/algebra/1.json"
@@ -211,7 +213,7 @@ def test_stops_do_not_match_across_the_prompt(tokenizer):
 def test_summary_has_rates_conventions_versions_and_warnings(run, monkeypatch, capsys):
     ckpt = run / "checkpoints" / "ckpt-2"
     cfg = compose_cfg(*FAST, f"run_dir={ckpt}", "eval.max_new_tokens=8")
-    golds = [p["gold"] for p in ev.load_problems(cfg)]
+    golds = [p["gold"] for p in ev.load_problems(cfg.eval, cfg.hub)]
     texts = [f"The answer is {g}." if i < 6 else f"so {g}" if i < 8 else "and so on and so" for i, g in enumerate(golds)]
 
     def scripted(job, prompts):
@@ -241,7 +243,7 @@ def test_template_default_stop_and_override_through_vllm(run, tmp_path, monkeypa
     """eval.stop null: the template's stops reach vLLM and cut the runaway block; a list replaces them."""
     ckpt = run / "checkpoints" / "ckpt-1"
     cfg = compose_cfg(*FAST, f"run_dir={ckpt}", "eval.backend=vllm", "eval.limit=2")
-    problems = ev.load_problems(cfg)
+    problems = ev.load_problems(cfg.eval, cfg.hub)
     texts = {format_prompt("alpaca", p["question"], None): RUNAWAY.replace("18", p["gold"]) for p in problems}
     texts[format_prompt("alpaca", problems[1]["question"], None)] = {"text": "1 2 3", "finish_reason": "length"}
     log = use_fake_vllm(monkeypatch, tmp_path, texts)
@@ -261,7 +263,7 @@ def test_fewshot_prompts_and_their_stops_reach_the_backend(run, tmp_path, monkey
     cfg = compose_cfg(*FAST, f"run_dir={ckpt}", "eval.backend=vllm", "eval.limit=3", "eval.num_fewshot=4")
     [s] = ev.evaluate(cfg)
     call = json.loads(log.read_text())
-    questions = [p["question"] for p in ev.load_problems(cfg)]
+    questions = [p["question"] for p in ev.load_problems(cfg.eval, cfg.hub)]
     assert call["prompts"] == [eval_prompt("alpaca", q, None, 4, "gsm8k") for q in questions]
     assert all(p.count("The answer is") == 4 for p in call["prompts"])
     assert call["sampling"]["stop"] == default_stops("alpaca", 4, "gsm8k")
@@ -281,7 +283,7 @@ def test_compare_backends_writes_agreement(run, tmp_path, monkeypatch):
     assert r["grade_agreement"] == sum(row["hf_correct"] == (row["gold"] == "0") for row in r["rows"]) / 3
     assert not (path.parent / "summary.json").exists()  # a check, not an evaluation
     # the fake now answers two problems exactly as hf did: their texts and grades agree
-    prompts = [eval_prompt("alpaca", p["question"]) for p in ev.load_problems(cfg)[:2]]
+    prompts = [eval_prompt("alpaca", p["question"]) for p in ev.load_problems(cfg.eval, cfg.hub)[:2]]
     use_fake_vllm(monkeypatch, tmp_path, {p: row["hf"] for p, row in zip(prompts, r["rows"])})
     [r2] = ev.evaluate(cfg)
     assert [row["same_output"] for row in r2["rows"][:2]] == [True, True] and r2["rows"][0]["common_prefix"] == 1.0

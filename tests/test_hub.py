@@ -47,10 +47,11 @@ def test_preference_and_sft_data_by_hub_id(mirror, cache):
 
 
 def test_eval_sets_by_hub_id(mirror, cache):
-    gsm = load_problems(compose_cfg("eval=gsm8k", f"hub.mirror={mirror}"))
+    gsm_cfg, math_cfg = (compose_cfg(f"eval={e}", f"hub.mirror={mirror}") for e in ("gsm8k", "math500"))
+    gsm = load_problems(gsm_cfg.eval, gsm_cfg.hub)
     assert len(gsm) == 20  # config "main", split "test"
     assert gsm[0] == {"id": 0, "question": hf.gsm8k_rows(1, offset=1000)[0]["question"], "gold": str(2 * 1000 + 5)}
-    math = load_problems(compose_cfg("eval=math500", f"hub.mirror={mirror}"))
+    math = load_problems(math_cfg.eval, math_cfg.hub)
     assert len(math) == 40 and math[7] == {"id": "test/algebra/7.json", "question": "What is $7^2$?", "gold": "49"}
 
 

@@ -47,10 +47,11 @@ def loglik_per_token(model: nn.Module, data: list[dict], chunk_tokens: int) -> f
     return total / tokens
 
 
-def accuracy(model, tokenizer, cfg: DictConfig, rows: list[dict]) -> float:
-    prompts = [format_prompt(cfg.data.template, r["question"], None, tokenizer) for r in rows]
-    outs = greedy_generate(model, tokenizer, prompts, cfg.ablate.max_new_tokens, cfg.ablate.batch_size)
-    return sum(grade(cfg.ablate.task, o, gold_answer(cfg.ablate.task, r["answer"])) for o, r in zip(outs, rows)) / len(rows)
+def accuracy(model, tokenizer, a: DictConfig, template: str, rows: list[dict]) -> float:
+    """Greedy accuracy on ``rows`` with the ``ablate`` group's budget and grader, prompts in ``template``."""
+    prompts = [format_prompt(template, r["question"], None, tokenizer) for r in rows]
+    outs = greedy_generate(model, tokenizer, prompts, a.max_new_tokens, a.batch_size)
+    return sum(grade(a.task, o, gold_answer(a.task, r["answer"])) for o, r in zip(outs, rows)) / len(rows)
 
 
 def ablate(cfg: DictConfig, overrides: list[str] = ()) -> dict:
@@ -63,7 +64,7 @@ def ablate(cfg: DictConfig, overrides: list[str] = ()) -> dict:
     key = io.neuron_key(n, cfg.model_tag, weights_fingerprint(model), c, cfg.data.template, cfg.hub.mirror)
     neurons = io.load_for(n, key, "the ablation", list(overrides))
 
-    samples = math_samples(cfg, tokenizer, a.data, a.num_samples, key="ablate.data")
+    samples = math_samples(cfg.data, cfg.hub, tokenizer, a.data, a.num_samples, n.seed, key="ablate.data")
     data = list(batches(samples, a.batch_size, tokenizer.pad_token_id, model.device))
     rows = load_rows(a.data, hub=cfg.hub, key="ablate.data")[: a.accuracy_problems] if a.accuracy_problems else []
     conditions = {"none": {}, f"selected ({neurons.meta.get('selector', '?')})": neurons.by_layer()}
@@ -73,7 +74,7 @@ def ablate(cfg: DictConfig, overrides: list[str] = ()) -> dict:
         with zeroed(model, by_layer):
             results[name] = {"loglik_per_token": loglik_per_token(model, data, cfg.logprobs.chunk_tokens)}
             if rows:
-                results[name]["accuracy"] = accuracy(model, tokenizer, cfg, rows)
+                results[name]["accuracy"] = accuracy(model, tokenizer, a, cfg.data.template, rows)
     base = results["none"]
     for r in results.values():
         r["delta_loglik"] = r["loglik_per_token"] - base["loglik_per_token"]

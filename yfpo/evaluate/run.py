@@ -142,16 +142,14 @@ def check_finished(found: list[tuple[str, Path, Path]], allow: bool) -> None:
     log.warning(f"evaluating unfinished runs (eval.unfinished=true): {names}", extra=STDERR)
 
 
-def load_problems(cfg: DictConfig) -> list[dict]:
-    """``[{id, question, gold}]`` of ``cfg.eval``: the first ``eval.limit`` problems, of which, with
-    ``eval.sample``, a seeded random ``sample`` (in row order; ids stay the rows' indices)."""
-    return problems_of(cfg, load_rows(cfg.eval.path, split=cfg.eval.split, name=cfg.eval.get("hub_config"), hub=cfg.hub,
-                                      key="eval.path"))
+def load_problems(e: DictConfig, hub: DictConfig) -> list[dict]:
+    """``[{id, question, gold}]`` of the ``eval`` group ``e``: the first ``eval.limit`` problems, of which,
+    with ``eval.sample``, a seeded random ``sample`` (in row order; ids stay the rows' indices)."""
+    return problems_of(e, load_rows(e.path, split=e.split, name=e.get("hub_config"), hub=hub, key="eval.path"))
 
 
-def problems_of(cfg: DictConfig, rows: list[dict]) -> list[dict]:
+def problems_of(e: DictConfig, rows: list[dict]) -> list[dict]:
     """:func:`load_problems` from the source's ``rows``."""
-    e = cfg.eval
     rows = rows[: e.limit] if e.limit else rows
     keep = range(len(rows))
     if e.get("sample"):
@@ -182,10 +180,9 @@ def library_versions() -> dict:
     return out
 
 
-def decoding(cfg: DictConfig, tok, model_dir: Path) -> dict:
-    """The decoding settings of one evaluation: greedy, budget, stop strings and stop token ids
-    (``eval.stop``/``eval.stop_token_ids`` when given, else the prompt layout's defaults)."""
-    e = cfg.eval
+def decoding(e: DictConfig, tok, model_dir: Path) -> dict:
+    """The decoding settings of one evaluation (``e``: the ``eval`` group): greedy, budget, stop strings
+    and stop token ids (``eval.stop``/``eval.stop_token_ids`` when given, else the prompt layout's defaults)."""
     stop = check_stops(e.stop)
     return {
         "temperature": 0.0, "top_p": 1.0, "max_new_tokens": e.max_new_tokens, "template": e.template,
@@ -213,8 +210,8 @@ def _read_done(path: Path) -> dict:
 
 def _generate_hf(job: "Job", prompts: list[str]):
     """Yields ``[{text, truncated}]`` batch by batch (so each batch is saved before the next starts)."""
-    e, dec = job.cfg.eval, job.dec
-    model = load_model(job.cfg.model, job.model_dir)
+    e, dec = job.eval, job.dec
+    model = load_model(job.model, job.model_dir)
     if torch.cuda.is_available():
         model = model.cuda()
     for i in range(0, len(prompts), e.batch_size):
@@ -226,11 +223,11 @@ def _generate_hf(job: "Job", prompts: list[str]):
 def _generate_vllm(job: "Job", prompts: list[str]):
     """All ``[{text, truncated}]`` from the command's ``yfpo.evaluate.vllm_worker`` (``job.worker``); vLLM
     loads its own tokenizer. The worker's vLLM version goes to ``job.dec["vllm"]``."""
-    cfg, dec = job.cfg, job.dec
-    batch = {"prompts": prompts, "n": 1, "temperature": 0.0, "top_p": 1.0, "seed": cfg.vllm.seed,
+    dec = job.dec
+    batch = {"prompts": prompts, "n": 1, "temperature": 0.0, "top_p": 1.0, "seed": job.engine.seed,
              "max_tokens": dec["max_new_tokens"], "stop": dec["stop"], "stop_token_ids": dec["stop_token_ids"]}
-    version, [outputs] = job.worker.generate(job.model_dir, OmegaConf.to_container(cfg.vllm, resolve=True),
-                                             cfg.model.trust_remote_code, [batch])
+    version, [outputs] = job.worker.generate(job.model_dir, OmegaConf.to_container(job.engine, resolve=True),
+                                             job.model.trust_remote_code, [batch])
     dec["vllm"] = version
     yield [{"text": o["text"], "truncated": o["finish_reason"] == "length"} for [o] in outputs]
 
@@ -287,7 +284,9 @@ class Job:
     name: str
     model_dir: Path
     out_dir: Path
-    cfg: DictConfig
+    eval: DictConfig    # the eval group
+    model: DictConfig   # the model group, with the run's own template and loading settings (run_settings)
+    engine: DictConfig  # the vllm group: the engine of eval.backend=vllm
     tok: object
     dec: dict
     prompts: dict  # problem id -> prompt
@@ -297,9 +296,9 @@ class Job:
     @property
     def key(self) -> dict:
         """What the predictions depend on (:mod:`yfpo.core.artefacts`): backend, data, decoding, weights."""
-        vllm = self.cfg.eval.backend == "vllm"
-        return {"backend": self.cfg.eval.backend, "source": self.source,
-                "engine": OmegaConf.to_container(self.cfg.vllm, resolve=True) if vllm else None,
+        vllm = self.eval.backend == "vllm"
+        return {"backend": self.eval.backend, "source": self.source,
+                "engine": OmegaConf.to_container(self.engine, resolve=True) if vllm else None,
                 **{k: v for k, v in self.dec.items() if k != "vllm"},  # the version a worker reports is a result
                 "weights": artefacts.file_fingerprint(self.model_dir, recursive=False)}
 
@@ -323,8 +322,7 @@ def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
     generated again: a larger ``eval.limit`` adds the missing ones; a smaller one reads nothing new
     and keeps the summary of all of them.
     """
-    cfg, name, model_dir, out_dir, dec = job.cfg, job.name, job.model_dir, job.out_dir, job.dec
-    e = cfg.eval
+    name, model_dir, out_dir, dec, e = job.name, job.model_dir, job.out_dir, job.dec, job.eval
     summary_path, pred_path = out_dir / "summary.json", out_dir / "predictions.jsonl"
     done = _read_done(pred_path) if artefacts.saved_key(out_dir) else {}
     todo = [p for p in problems if p["id"] not in done]
@@ -388,7 +386,7 @@ def _job(name: str, model_dir: Path, out_dir: Path, cfg: DictConfig, problems: l
     tok = load_tokenizer(cfg.model, model_dir)
     e = cfg.eval
     prompts = {p["id"]: eval_prompt(e.template, p["question"], tok, e.num_fewshot, e.fewshot_set) for p in problems}
-    return Job(name, model_dir, out_dir, cfg, tok, decoding(cfg, tok, model_dir), prompts, source, worker)
+    return Job(name, model_dir, out_dir, e, cfg.model, cfg.vllm, tok, decoding(e, tok, model_dir), prompts, source, worker)
 
 
 def compare_backends(job: Job, problems: list[dict]) -> dict:
@@ -401,8 +399,7 @@ def compare_backends(job: Job, problems: list[dict]) -> dict:
     ``first_diff_token``: the first completion token (by the checkpoint's tokenizer) where the two
     differ, None where they agree. The agreement rates also go into that checkpoint's ``summary.json``.
     """
-    cfg, name, model_dir, out_dir, tok, dec = job.cfg, job.name, job.model_dir, job.out_dir, job.tok, job.dec
-    e = cfg.eval
+    name, model_dir, out_dir, tok, dec, e = job.name, job.model_dir, job.out_dir, job.tok, job.dec, job.eval
     subset = problems[: e.compare_backends]
     prompts = [job.prompts[p["id"]] for p in subset]
     texts = {b: [c for batch in _generator(b)(job, prompts) for c in batch] for b in BACKENDS}
@@ -483,7 +480,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     e = cfg.eval
     ensure_synthetic(cfg.synthetic, e.path)
     rows = load_rows(e.path, split=e.split, name=e.get("hub_config"), hub=cfg.hub, key="eval.path")
-    problems, src = problems_of(cfg, rows), source(e, artefacts.rows_fingerprint(rows))
+    problems, src = problems_of(e, rows), source(e, artefacts.rows_fingerprint(rows))
     summaries, first_output, locked, jobs = [], {}, set(), []
     with ExitStack() as held:  # one writer per evaluation name and run, and the vLLM worker, held to the end
         worker = held.enter_context(vllm_worker.Engine())

@@ -25,20 +25,21 @@ def random_scores(num_layers: int, intermediate_size: int, seed: int) -> torch.T
     return torch.rand(num_layers, intermediate_size, generator=torch.Generator().manual_seed(int(seed)))
 
 
-def random_neurons(num_layers: int, intermediate_size: int, cfg: DictConfig) -> NeuronSet:
-    """K neurons drawn uniformly without replacement, reproducible from ``cfg.seed``."""
-    return NeuronSet(*top_k(random_scores(num_layers, intermediate_size, cfg.seed), int(cfg.top_k)))
+def random_neurons(num_layers: int, intermediate_size: int, n: DictConfig) -> NeuronSet:
+    """K neurons drawn uniformly without replacement, reproducible from ``n.seed`` (``n``: the ``neurons`` group)."""
+    return NeuronSet(*top_k(random_scores(num_layers, intermediate_size, n.seed), int(n.top_k)))
 
 
-def math_samples(cfg: DictConfig, tokenizer, source: str, count: int, key: str = "neurons.data") -> list[Encoded]:
-    """``count`` seeded samples (question + correct worked solution) from ``source``.
+def math_samples(data: DictConfig, hub: DictConfig, tokenizer, source: str, count: int, seed: int,
+                 key: str = "neurons.data") -> list[Encoded]:
+    """``count`` samples (question + correct worked solution) from ``source``, drawn with ``seed``.
 
     GSM8K-layout rows give (question, answer); Math-Step-DPO-layout rows give (prompt with
-    ``initial_reason_steps``, ``full_chosen``). Prompts use ``cfg.data``'s template.
+    ``initial_reason_steps``, ``full_chosen``). Prompts use the ``data`` group's template.
     """
-    rows = load_rows(source, hub=cfg.hub, key=key)
-    rows = subset(rows, min(count, len(rows)), int(cfg.neurons.seed))
-    encoder = Encoder(OmegaConf.merge(cfg.data, {"pair_mode": "full", "append_eos": True}), tokenizer)
+    rows = load_rows(source, hub=hub, key=key)
+    rows = subset(rows, min(count, len(rows)), int(seed))
+    encoder = Encoder(OmegaConf.merge(data, {"pair_mode": "full", "append_eos": True}), tokenizer)
     if "question" in rows[0]:
         return encoder.encode_all(rows, "sft", source)
     return [Encoded(e.prompt, e.chosen) for e in encoder.encode_all(rows, "pairs", source)]
@@ -51,11 +52,12 @@ def batches(samples: list[Encoded], batch_size: int, pad_id: int, device: torch.
         yield to_device(collate(ordered[i : i + batch_size], pad_id), device)
 
 
-def scores_for(selector: str, model, samples: list[Encoded], cfg: DictConfig, pad_id: int,
+def scores_for(model, samples: list[Encoded], n: DictConfig, pad_id: int,
                stats: ActivationStats | None = None) -> torch.Tensor:
-    """``[num_layers, intermediate_size]`` scores of ``selector`` (``attnlrp``, ``activation``, or
-    ``random``, whose scores are seeded noise); ``stats`` collects the activations' mean and std."""
-    n = cfg.neurons
+    """``[num_layers, intermediate_size]`` scores of ``n.selector`` (``n``: the ``neurons`` group;
+    ``attnlrp``, ``activation``, or ``random``, whose scores are seeded noise); ``stats`` collects
+    the activations' mean and std."""
+    selector = n.selector
     device = next(model.parameters()).device
     total = -(-len(samples) // n.batch_size)
     data = batches(samples, n.batch_size, pad_id, device)

@@ -58,11 +58,11 @@ def select(cfg: DictConfig, overrides: list[str] = ()) -> Path:
     start = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model, path)
     model = model.to(device_for(n.device)).eval()
-    samples = math_samples(cfg, tokenizer, n.data, n.num_samples)
+    samples = math_samples(cfg.data, cfg.hub, tokenizer, n.data, n.num_samples, n.seed)
     # Every selector also measures the activation statistics of the normalised score
     # (docs/methods.md, "YFPO: the neuron margin").
     stats = ActivationStats(num_layers, width)
-    scores = scores_for(n.selector, model, samples, cfg, tokenizer.pad_token_id, stats)
+    scores = scores_for(model, samples, n, tokenizer.pad_token_id, stats)
     neurons = io.NeuronSet(*io.top_k(scores, n.top_k))
     mean, std = stats.mean_std()
     neurons.mean, neurons.std = mean[neurons.layers, neurons.indices].float(), std[neurons.layers, neurons.indices].float()

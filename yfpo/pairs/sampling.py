@@ -98,9 +98,8 @@ def pairs_for_question(question: str, completions: list[str], correct: list[bool
     return rows[:per_question], None
 
 
-def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
-    """Sample, grade and pair as ``cfg.pairs`` says; returns the pairs file (skipped when it exists)."""
-    p = cfg.pairs
+def check_pairs_config(p: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming the ``pairs`` value that cannot work, before anything loads."""
     if p.mode not in PAIR_MODES:
         raise ConfigError(f"pairs.mode={p.mode!r}: choose one of {PAIR_MODES}")
     if p.checker is not None and p.checker not in CHECKERS:
@@ -109,6 +108,54 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         raise ConfigError(f"pairs.backend={p.backend!r}: choose one of {BACKENDS}")
     if p.mode == "step" and p.checker is None:
         raise ConfigError("pairs.mode=step needs a step checker (pairs.checker) to find the first wrong step")
+
+
+def grade_and_pair(p: DictConfig, chunk: list[dict], texts: list[str], fields: tuple[str, str], start: int,
+                   counts: Counter, correct_per_question: list[int], model_name: str) -> list[dict]:
+    """The pair rows of one chunk of questions, from their ``p.samples`` completions each (``texts``,
+    question by question); tallies ``counts`` and appends each question's number of right samples."""
+    q_field, a_field = fields
+    check = CHECKERS[p.checker] if p.checker else None
+    new_rows = []
+    for j, r in enumerate(chunk):
+        completions = texts[j * p.samples : (j + 1) * p.samples]
+        gold = gold_answer(p.task, r[a_field])
+        answer_ok = [grade(p.task, c, gold) for c in completions]
+        first_wrong = [check(r[q_field], LEAD + c) if check else None for c in completions]
+        correct = [ok and w is None for ok, w in zip(answer_ok, first_wrong)]
+        counts["samples"] += len(completions)
+        counts["answer_correct"] += sum(answer_ok)
+        counts["correct"] += sum(correct)
+        correct_per_question.append(sum(correct))
+        counts["right_answer_wrong_step"] += sum(ok and not c for ok, c in zip(answer_ok, correct))
+        pairs, why = pairs_for_question(r[q_field], completions, correct, first_wrong, p.mode, p.per_question,
+                                        random.Random(p.seed + start + j))
+        counts[f"skipped: {why}"] += why is not None
+        for pair in pairs:
+            new_rows.append({"dataset": p.dataset_name, "prompt": r[q_field], **pair, "answer": gold, "model": model_name})
+    return new_rows
+
+
+def summary_of(p: DictConfig, n: int, counts: Counter, correct_per_question: list[int]) -> dict:
+    """The ``.meta.json`` figures of a pairs file made from ``n`` questions."""
+    return {
+        "questions": n, "samples_per_question": p.samples, "pairs": counts["pairs"],
+        "pairs_per_question": counts["pairs"] / max(n, 1),
+        "sampled_accuracy": counts["answer_correct"] / max(counts["samples"], 1),
+        "sampled_accuracy_all_steps_right": counts["correct"] / max(counts["samples"], 1) if p.checker else None,
+        "pass_at_k": sum(k > 0 for k in correct_per_question) / max(n, 1),  # k = samples_per_question
+        "correct_per_question": correct_per_question,
+        "right_answer_wrong_step": counts["right_answer_wrong_step"],
+        "skipped": {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped: ") and v},
+    }
+
+
+def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
+    """Sample, grade and pair as ``cfg.pairs`` says; returns the pairs file (skipped when it exists).
+    Resumable: each chunk of ``pairs.chunk_questions`` questions is sampled with its own seed and
+    appended to ``<out>.partial.jsonl``, its progress to ``<out>.progress.json``."""
+    p = cfg.pairs
+    check_pairs_config(p)
     out = Path(p.out)
     ensure_synthetic(cfg.synthetic, p.questions)
     path = ensure_model(cfg.model, cache_dir=cfg.cache_dir, hub_cfg=cfg.hub, syn=cfg.synthetic, overrides=overrides)
@@ -135,7 +182,6 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         raise ConfigError(f"pairs.num_questions={p.num_questions}, but {p.questions} has {len(rows)} rows: "
                           f"set pairs.num_questions={len(rows)} or fewer")
     rows = rows[: p.num_questions]
-    check = CHECKERS[p.checker] if p.checker else None
     stop = default_stops(cfg.data.template)
     stop_ids = stop_token_ids(cfg.data.template, tokenizer, path)
 
@@ -169,41 +215,15 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
             texts = [c.text for c in generate(model, tokenizer, [q for q in prompts[start] for _ in range(p.samples)],
                                               p.max_new_tokens, p.batch_size, stop, stop_ids, progress=False,
                                               temperature=p.temperature, top_p=p.top_p)]
-        new_rows = []
-        for j, r in enumerate(chunk):
-            completions = texts[j * p.samples : (j + 1) * p.samples]
-            gold = gold_answer(p.task, r[a_field])
-            answer_ok = [grade(p.task, c, gold) for c in completions]
-            first_wrong = [check(r[q_field], LEAD + c) if check else None for c in completions]
-            correct = [ok and w is None for ok, w in zip(answer_ok, first_wrong)]
-            counts["samples"] += len(completions)
-            counts["answer_correct"] += sum(answer_ok)
-            counts["correct"] += sum(correct)
-            state["correct_per_question"].append(sum(correct))
-            counts["right_answer_wrong_step"] += sum(ok and not c for ok, c in zip(answer_ok, correct))
-            pairs, why = pairs_for_question(r[q_field], completions, correct, first_wrong, p.mode, p.per_question,
-                                            random.Random(p.seed + start + j))
-            counts[f"skipped: {why}"] += why is not None
-            for pair in pairs:
-                new_rows.append({"dataset": p.dataset_name, "prompt": r[q_field], **pair, "answer": gold,
-                                 "model": cfg.model.name})
+        new_rows = grade_and_pair(p, chunk, texts, (q_field, a_field), start, counts, state["correct_per_question"],
+                                  cfg.model.name)
         with open(partial, "a") as f:
             f.write("".join(json.dumps(row) + "\n" for row in new_rows))
         counts["pairs"] += len(new_rows)
         state.update(done=start + len(chunk), counts=dict(counts))
         progress.write_text(json.dumps(state))
-    n = len(rows)
-    summary = {
-        "questions": n, "samples_per_question": p.samples, "pairs": counts["pairs"],
-        "pairs_per_question": counts["pairs"] / max(n, 1),
-        "sampled_accuracy": counts["answer_correct"] / max(counts["samples"], 1),
-        "sampled_accuracy_all_steps_right": counts["correct"] / max(counts["samples"], 1) if check else None,
-        "pass_at_k": sum(k > 0 for k in state["correct_per_question"]) / max(n, 1),  # k = samples_per_question
-        "correct_per_question": state["correct_per_question"],
-        "right_answer_wrong_step": counts["right_answer_wrong_step"],
-        "skipped": {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped: ") and v},
-        "model": cfg.model.name, "weights": weights, "settings": key["config"],
-    }
+    summary = {**summary_of(p, len(rows), counts, state["correct_per_question"]),
+               "model": cfg.model.name, "weights": weights, "settings": key["config"]}
     rows_out = [json.loads(l) for l in partial.read_text().splitlines()]
     write_jsonl(out, rows_out, summary)  # the summary goes to <out>.meta.json
     artefacts.commit(out, key)
