@@ -6,7 +6,7 @@ import torch
 from tests.conftest import FAST, compose_cfg, model_dir, neurons_for
 from yfpo.core.artefacts import StaleArtefactError
 from yfpo.neurons import io
-from yfpo.neurons.select import random_neurons
+from yfpo.neurons.selectors import random_neurons
 
 
 def test_top_k_is_global_and_deterministic():

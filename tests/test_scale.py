@@ -75,13 +75,13 @@ def test_loader_reshuffles_every_epoch_and_resumes_mid_epoch():
 
     from yfpo.data.datamodule import ResumableLoader
 
-    trainer = SimpleNamespace(current_epoch=0)
+    trainer = SimpleNamespace(current_epoch=0, world_size=1, accumulate_grad_batches=1)
     loader = ResumableLoader(list(range(10)), batch_sampler=GlobalBatchSampler(10, 2, seed=5), trainer=trainer)
     first = [b.tolist() for b in loader]
     trainer.current_epoch = 1
     second = [b.tolist() for b in loader]
     assert sorted(sum(second, [])) == list(range(10)) and second != first  # Lightning never calls set_epoch on it
-    loader.load_state_dict({"epoch": 1, "batches": 3})  # a checkpoint taken after 3 batches of epoch 1
+    loader.load_state_dict({"epoch": 1, "batches": 3, "layout": [1, 1]})  # a checkpoint taken after 3 batches of epoch 1
     assert [b.tolist() for b in loader] == second[3:]
     assert [b.tolist() for b in loader] == second  # and the next pass is whole again
 
@@ -105,7 +105,6 @@ def test_a_resume_point_continues_only_on_the_layout_that_saved_it():
     for world, accumulate in ((2, 1), (1, 4)):
         with pytest.raises(ResumeLayoutError, match=rf"saved by 1 process\(es\) accumulating 2 .* this start has {world} accumulating {accumulate}"):
             loader(world, accumulate).load_state_dict(state)
-    loader(2, 1).load_state_dict({"epoch": 1, "batches": 3})  # an older resume point, without its layout
 
 
 def test_gradient_accumulation_from_global_batch_size():

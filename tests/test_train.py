@@ -12,7 +12,7 @@ from tests.conftest import CONF, FAST, compose_cfg
 from yfpo.train import checkpoints as ck
 from yfpo.core.config import run_dirname
 from yfpo.neurons import NeuronFileError, io
-from yfpo.neurons.select import random_neurons
+from yfpo.neurons.selectors import random_neurons
 from yfpo.neurons.selection import select
 from yfpo.core.errors import UserError
 from yfpo.train.fit import fit

@@ -159,7 +159,7 @@ def saved_key(artefact: Path) -> dict | None:
 def check(artefact: Path, key: Mapping, what: str, fix: str) -> bool:
     """Whether ``artefact`` exists, finished, with this ``key``; raises when it was made with another.
 
-    An artefact without a key (torn by a crash, or left by an older yfpo) counts as absent: the
+    An artefact without a key (torn by a crash) counts as absent: the
     caller makes it again."""
     saved = saved_key(Path(artefact)) if Path(artefact).exists() else None
     if saved is None:
@@ -188,7 +188,7 @@ def commit(artefact: Path, key: Mapping) -> None:
 @contextmanager
 def publishing(target: Path, key: Mapping) -> Iterator[Path]:
     """:func:`staged` for a keyed directory: build it in the yielded path; it replaces ``target``
-    (unkeyed: torn, or left by an older yfpo), then its ``key`` is committed."""
+    (unkeyed: torn by a crash), then its ``key`` is committed."""
     with staged(target) as tmp:
         yield tmp
     commit(target, key)

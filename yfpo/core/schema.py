@@ -103,7 +103,7 @@ class DataConfig:
 class NeuronsConfig:
     """``neurons``: how the math neurons are selected and where their file is (conf/neurons/*.yaml)."""
 
-    selector: str                      # attnlrp | activation | random (yfpo/neurons/select.py)
+    selector: str                      # attnlrp | activation | random (yfpo/neurons/selectors.py)
     lrp_variant: Optional[str] = None  # attnlrp: attnlrp (the paper) | cp_lrp (conserves relevance through attention)
     top_k: int = "${model.neuron_top_k}"  # type: ignore[assignment]
     seed: int = 0                      # the selection's own seed (which samples; random: which neurons), never the training seed

@@ -83,8 +83,8 @@ class ResumableLoader(DataLoader):
         # The position counts this process's batches, and Lightning's restored loop counts the same
         # batches and the accumulation windows they made: only the layout that saved them continues
         # exactly on the rows not yet seen, with the same optimizer steps.
-        saved = state.get("layout")  # absent in resume points saved before the layout was recorded
-        if saved is not None and list(saved) != self.layout():
+        saved = state["layout"]
+        if list(saved) != self.layout():
             (w0, a0), (w1, a1) = saved, self.layout()
             raise ResumeLayoutError(
                 f"the resume point was saved by {w0} process(es) accumulating {a0} batch(es) per optimizer step; this start "

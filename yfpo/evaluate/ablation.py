@@ -28,7 +28,7 @@ from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.assets.prepare import ensure_model, ensure_synthetic
 from yfpo.neurons import io
 from yfpo.core.models import device_for
-from yfpo.neurons.select import batches, math_samples
+from yfpo.neurons.selectors import batches, math_samples
 
 
 def random_like(neurons: io.NeuronSet, width: int, seed: int) -> dict[int, torch.Tensor]:

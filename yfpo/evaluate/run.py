@@ -58,7 +58,7 @@ from yfpo.data.prompts import PromptError, check_stops, default_stops, eval_prom
 from yfpo.core.log import STDERR, log
 
 RUN_MODEL_KEYS = ("name", "template", "add_bos", "dtype", "attn_implementation", "trust_remote_code")
-# The fields every prediction row holds; a row from an older yfpo without them is generated again.
+# The fields every prediction row holds (predictions.jsonl).
 ROW_FIELDS = ("id", "prompt", "completion", "gold", "answer", "correct", "extracted", "truncated",
               "answer_strict", "correct_strict", "answer_flexible", "correct_flexible")
 # Libraries whose versions can change a completion or a verdict (recorded in every summary).
@@ -194,8 +194,8 @@ def decoding(e: DictConfig, tok, model_dir: Path) -> dict:
 
 
 def _read_done(path: Path) -> dict:
-    """Finished rows of a predictions file by id; a torn last line (a crash mid-write) is dropped, and
-    so is a row of an older format (without :data:`ROW_FIELDS`), which is then generated again."""
+    """Finished rows of a predictions file by id; a torn last line (a crash mid-write) is dropped and
+    generated again."""
     done = {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -203,8 +203,7 @@ def _read_done(path: Path) -> dict:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if all(k in row for k in ROW_FIELDS):
-                done[row["id"]] = row
+            done[row["id"]] = row
     return done
 
 
@@ -318,7 +317,7 @@ def evaluate_checkpoint(job: Job, problems: list[dict]) -> dict:
     describes exactly the rows of its ``predictions.jsonl``.
 
     ``key.json`` records what the predictions depend on (checked up front by :func:`conflicts`);
-    predictions without one (an older yfpo's) are generated again. Problems already there are not
+    predictions without one (torn by a crash) are generated again. Problems already there are not
     generated again: a larger ``eval.limit`` adds the missing ones; a smaller one reads nothing new
     and keeps the summary of all of them.
     """

@@ -51,8 +51,8 @@ class NeuronSet:
     def stats_by_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, std)`` ``[K]`` in the order of :meth:`by_layer` (the recorder's columns)."""
         if self.mean is None or self.std is None:
-            raise NeuronFileError("this neuron file has no activation statistics (it predates them); "
-                                  "recompute it with: python -m yfpo.neurons <overrides> neurons.overwrite=true")
+            raise NeuronFileError("this neuron set has no activation statistics, which method.neuron_score=normalised "
+                                  "needs; recompute it with: python -m yfpo.neurons <overrides> neurons.overwrite=true")
         order = self._order()
         return self.mean[order], self.std[order]
 

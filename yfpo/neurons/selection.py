@@ -20,7 +20,7 @@ from yfpo.core.models import device_for, load_model, load_tokenizer, weights_fin
 from yfpo.assets.prepare import ensure_model, ensure_synthetic
 from yfpo.neurons import io
 from yfpo.neurons.attribution import ActivationStats
-from yfpo.neurons.select import SELECTORS, math_samples, scores_for
+from yfpo.neurons.selectors import SELECTORS, math_samples, scores_for
 from yfpo.core.log import log
 
 

@@ -68,7 +68,7 @@ SCORING_NOTE = ("Ckpt-k, Avg and Best above use the headline score: the answer a
                 "(\\boxed{}, 'The answer is', ####), else the last number (MATH-500: math-verify on the marked "
                 "answer). strict: marked answers only; flexible: the last number (lm-eval's flexible-extract). "
                 "truncated: share of completions that hit max_new_tokens; extracted: share with a marked answer. "
-                "Means over checkpoints and seeds; blank: not recorded (an evaluation by an older yfpo).")
+                "Means over checkpoints and seeds; blank: not in the predictions.")
 STATS_NOTE = ("Statistics (yfpo/pipelines/stats.py): the unit of replication is the training run. Intervals and p-values "
               "combine the variance between seeds and between problems (t on Welch-Satterthwaite degrees of "
               "freedom), paired on problems against the baseline; a start row (the model every run starts from) "
