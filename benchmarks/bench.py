@@ -99,12 +99,18 @@ def make_pairs(seq_len: int, vocab: int, seed: int = 0) -> list[tuple[list[int],
     return [(ids(p), ids(c - 1) + [eos], ids(r - 1) + [eos]) for p, c, r in pair_shapes(seq_len)]
 
 
-def yfpo_batch(pairs, vocab: int) -> dict:
-    """yfpo's batch: :func:`yfpo.data.encode.collate` of the pairs as ``Encoded`` rows (row ``i`` = pair ``i``)."""
-    from yfpo.data.encode import Encoded, collate  # imports torch: only where yfpo runs
+def yfpo_rows(pairs) -> list:
+    """The pairs as yfpo's encoded training rows (row ``i`` = pair ``i``)."""
+    from yfpo.data.encode import Encoded  # imports torch: only where yfpo runs
 
-    return collate([Encoded(prompt=p, chosen=c, rejected=r, index=i) for i, (p, c, r) in enumerate(pairs)],
-                   eos_id(vocab))
+    return [Encoded(prompt=p, chosen=c, rejected=r, index=i) for i, (p, c, r) in enumerate(pairs)]
+
+
+def yfpo_batch(pairs, vocab: int) -> dict:
+    """yfpo's batch: :func:`yfpo.data.encode.collate` of :func:`yfpo_rows`."""
+    from yfpo.data.encode import collate
+
+    return collate(yfpo_rows(pairs), eos_id(vocab))
 
 
 def word_tokenizer(vocab: int):
@@ -189,9 +195,11 @@ def trl_rows(pairs, vocab: int) -> list[dict]:
             for p, c, r in pairs]
 
 
-def make_yfpo(policy, method: str, pre: bool, chunk_tokens: int, arch: dict, batch: dict):
-    """yfpo's module as training sets it up: a precomputed reference is scored (on ``batch``) and freed
-    before ``setup("fit")``, which then only registers the neuron hooks (YFPO)."""
+def make_yfpo(policy, method: str, pre: bool, chunk_tokens: int, arch: dict, pairs: list, reference=None):
+    """yfpo's module as training sets it up: with ``pre``, the reference table of ``pairs`` comes from
+    ``PreferenceModule.reference_table``, the production path (from ``reference``'s weights when given,
+    for the parity check, else from the policy before its first step), before ``setup("fit")``, which
+    then only registers the neuron hooks (YFPO)."""
     import torch
 
     from yfpo.core.config import compose_config
@@ -208,28 +216,15 @@ def make_yfpo(policy, method: str, pre: bool, chunk_tokens: int, arch: dict, bat
     module = PreferenceModule(policy, cfg.method, cfg.optim, beta=BETA, lam=LAMBDA if method == "yfpo" else 0.0,
                               neurons=neurons, reference="precompute" if pre else "live", chunk_tokens=chunk_tokens)
     if pre:
-        precompute_yfpo(module, batch)
+        from yfpo.data.encode import collate
+
+        scorer = module if reference is None else PreferenceModule(reference, cfg.method, cfg.optim, beta=BETA, lam=0.0,
+                                                                   reference="precompute", chunk_tokens=chunk_tokens)
+        rows = yfpo_rows(pairs)
+        module.ref_table = scorer.reference_table(rows, lambda b: collate(b, eos_id(arch["vocab_size"])), len(rows),
+                                                  next(policy.parameters()).device)  # what setup("fit") assigns
     module.setup("fit")
     return module
-
-
-def precompute_yfpo(module, batch) -> None:
-    """What ``setup`` does with ``reference=precompute``: the reference's log-probs once, then no
-    reference. That is the policy before its first step, or (parity) the live module's own
-    reference loaded with other weights."""
-    import torch
-
-    from yfpo.train.logprobs import model_logps
-
-    reference = module.reference if module.reference is not None else module.policy
-    with torch.inference_mode():
-        ref = model_logps(reference.eval(), batch, module.chunk_tokens).logps
-    module.policy.train()
-    module.reference = None
-    b = len(batch["index"])
-    table = torch.zeros(int(batch["index"].max()) + 1, 2)
-    table[batch["index"]] = torch.stack([ref[:b], ref[b:]], dim=1)
-    module.ref_table = table
 
 
 def worker_parity(spec: dict) -> dict:
@@ -241,13 +236,13 @@ def worker_parity(spec: dict) -> dict:
     pairs = make_pairs(spec["seq_len"], vocab)
     policy, ref = build_policy(tokenizer, arch, 0), build_policy(tokenizer, arch, 1)
     batch = yfpo_batch(pairs, vocab)
-    module = make_yfpo(policy, "dpo", False, spec["chunk_tokens"], arch, batch)
-    module.reference.load_state_dict(ref.state_dict())
+    live = make_yfpo(policy, "dpo", False, spec["chunk_tokens"], arch, pairs)
+    live.reference.load_state_dict(ref.state_dict())
+    pre = make_yfpo(policy, "dpo", True, spec["chunk_tokens"], arch, pairs, reference=ref)
     with torch.no_grad():
-        y_live = module.compute_loss(batch)[0].item()
-        precompute_yfpo(module, batch)
-        y_pre = module.compute_loss(batch)[0].item()
-    table = module.ref_table
+        y_live = live.compute_loss(batch)[0].item()
+        y_pre = pre.compute_loss(batch)[0].item()
+    table = pre.ref_table
     out = {"yfpo_live": y_live, "yfpo_pre": y_pre}
     with tempfile.TemporaryDirectory() as tmp:
         for pre in (False, True):
@@ -284,7 +279,7 @@ def worker_measure(spec: dict) -> dict:
         tokens = int(batch["attention_mask"].sum())
     elif kind == "yfpo":
         batch = yfpo_batch(pairs, vocab)
-        module = make_yfpo(policy, spec["method"], spec["pre"], spec["chunk_tokens"], arch, batch)
+        module = make_yfpo(policy, spec["method"], spec["pre"], spec["chunk_tokens"], arch, pairs)
         loss_fn = lambda: module.compute_loss(batch)[0]  # noqa: E731
         tokens = batch["num_tokens"]
     elif kind == "backbone":  # the decoder alone, no LM head: what memory growth cannot go below

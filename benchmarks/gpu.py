@@ -71,7 +71,7 @@ def train_step_fn(kind: str, method: str, arch: dict, pairs, device, out_dir: st
         from yfpo.train.module import build_optimizer
 
         batch = bench.yfpo_batch(pairs, vocab)
-        module = bench.make_yfpo(policy, method, False, 2048, arch, batch).to(device)
+        module = bench.make_yfpo(policy, method, False, 2048, arch, pairs).to(device)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         optim = compose_config([f"optim.lr={bench.LR}"]).optim
         opt, tokens = build_optimizer(policy, optim, fused=optim.fused and device.type == "cuda"), batch["num_tokens"]

@@ -171,6 +171,21 @@ class PreferenceModule(L.LightningModule):
         if self.neuron_stats is not None:
             self.neuron_stats = tuple(t.to(self.device) for t in self.neuron_stats)
 
+    def reference_table(self, rows, collate, batch_size: int, device: torch.device, rank: int = 0,
+                        world: int = 1) -> torch.Tensor:
+        """``[len(rows), 2]`` reference log-probs (chosen, rejected) of ``rows`` (encoded training rows),
+        this process's share (:func:`yfpo.train.reference.compute_table`): the policy before its first
+        step is the reference, a copy only for another ``reference_dtype``; it visits ``device`` for
+        this pass only."""
+        reference = self.policy if self.reference_dtype is None else frozen_copy(self.policy, self.reference_dtype)
+        home = next(reference.parameters()).device
+        reference.eval().to(device)
+        table = compute_table(rows, lambda b: model_logps(reference, b, self.chunk_tokens).logps, collate, batch_size,
+                              device, rank, world)
+        reference.to(home)
+        self.policy.train()
+        return table
+
     def _precomputed_table(self) -> torch.Tensor:
         """The ``[rows, 2]`` reference table on this process's device: from the cache, or computed
         over all ranks (the reference visits the device for that pass only) and cached."""
@@ -180,15 +195,9 @@ class PreferenceModule(L.LightningModule):
         if table is not None:
             return table.to(device)
         data = trainer.datamodule
-        # the policy before its first step is the reference; a copy only for another reference dtype
-        reference = self.policy if self.reference_dtype is None else frozen_copy(self.policy, self.reference_dtype)
-        home = next(reference.parameters()).device
-        reference.eval().to(device)
         with trainer.precision_plugin.forward_context():  # compute_table runs in inference mode
-            table = compute_table(data.train_set, lambda b: model_logps(reference, b, self.chunk_tokens).logps,
-                                  data.collate, data.cfg.batch_size, device, trainer.global_rank, trainer.world_size)
-        reference.to(home)
-        self.policy.train()
+            table = self.reference_table(data.train_set, data.collate, data.cfg.batch_size, device,
+                                         trainer.global_rank, trainer.world_size)
         table = trainer.strategy.reduce(table, reduce_op="sum")  # each rank filled its own rows
         if cache is not None and trainer.is_global_zero:
             cache.save(table)
