@@ -58,9 +58,6 @@ from yfpo.data.prompts import PromptError, check_stops, default_stops, eval_prom
 from yfpo.core.log import STDERR, log
 
 RUN_MODEL_KEYS = ("name", "template", "add_bos", "dtype", "attn_implementation", "trust_remote_code")
-# The fields every prediction row holds (predictions.jsonl).
-ROW_FIELDS = ("id", "prompt", "completion", "gold", "answer", "correct", "extracted", "truncated",
-              "answer_strict", "correct_strict", "answer_flexible", "correct_flexible")
 # Libraries whose versions can change a completion or a verdict (recorded in every summary).
 VERSIONED = ("torch", "transformers", "vllm", "math-verify", "yfpo")
 
