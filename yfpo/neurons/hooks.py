@@ -23,10 +23,14 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     error otherwise (an unsupported model is the config's choice, not a bug)."""
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None or not all(hasattr(getattr(block, "mlp", None), "down_proj") for block in layers):
-        where = ".model.layers" if layers is None else ".model.layers[*].mlp.down_proj"
+        if layers is None:  # every loss reads the decoder too (yfpo.train.logprobs.model_logps): no way around it
+            where, other = ".model.layers", "choose such a model"
+        else:
+            where, other = (".model.layers[*].mlp.down_proj", "choose such a model, or a method without neurons "
+                            "(method=dpo method.track_neurons=false) and, for several GPUs, trainer=ddp instead of fsdp")
         raise ConfigError(f"{type(model).__name__} has no {where}: neuron selection, the neuron reward and FSDP's "
                           "per-layer wrapping need a Qwen2/Llama-style decoder (docs/extending.md#supported-models-and-data); "
-                          "choose such a model, or a method without neurons (method=dpo method.track_neurons=false)")
+                          + other)
     return layers
 
 
