@@ -352,7 +352,7 @@ def test_the_tables_hint_for_a_missing_evaluation_runs_as_pasted(tmp_path, cache
     import subprocess
     import sys
 
-    from yfpo.pipelines import tables
+    from yfpo.pipelines import paper_table
     from yfpo.core.errors import MissingError
 
     monkeypatch.chdir(tmp_path)
@@ -360,13 +360,13 @@ def test_the_tables_hint_for_a_missing_evaluation_runs_as_pasted(tmp_path, cache
     fit(compose_cfg(*FAST, "method=dpo", "checkpoints.count=1"), run_dir)
     spec = {"name": "h", "task": "synthetic", "baseline": "DPO", "rows": [{"data": "s", "method": "DPO", "runs": [str(run_dir)]}]}
     with pytest.raises(MissingError) as missing:
-        tables.build(spec, Path("."))
+        paper_table.build(spec, Path("."))
     hint = str(missing.value).split("`")[1]
     assert hint.startswith(f"python -m yfpo.evaluate run_dir={run_dir} ")  # typed as it is: no quoting
     argv = shlex.split(hint)[3:] + ["eval.limit=8"]  # as pasted (a shorter evaluation than the user's)
     done = subprocess.run([sys.executable, "-m", "yfpo.evaluate", *argv], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    header, table = tables.build(spec, Path("."))
+    header, table = paper_table.build(spec, Path("."))
     assert table[0][header.index("Avg per seed")] != ""
 
 

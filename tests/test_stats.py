@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from yfpo.pipelines import stats
-from yfpo.pipelines import tables
+from yfpo.pipelines import paper_table, results
 
 ALPHA = 0.05
 
@@ -45,7 +45,7 @@ def write_runs(root, c, task="gsm8k"):
 
 
 def experiments(tmp_path, count, seeds, ckpts, problems, shift, rng):
-    """Simulate ``count`` two-arm experiments on disk and tabulate each with :func:`tables.build`.
+    """Simulate ``count`` two-arm experiments on disk and tabulate each with :func:`paper_table.build`.
     Returns the table's p (Avg) of the second arm against the first, and the old bootstrap's p."""
     p_table, p_old = [], []
     for e in range(count):
@@ -56,10 +56,10 @@ def experiments(tmp_path, count, seeds, ckpts, problems, shift, rng):
         spec = {"name": "sim", "task": "gsm8k", "baseline": "DPO", "rows": [
             {"data": "2K", "method": "DPO", "runs": [f"exp{e}/dpo/seed=*"]},
             {"data": "2K", "method": "YFPO", "lambda": 0.1, "runs": [f"exp{e}/yfpo/seed=*"]}]}
-        header, table = tables.build(spec, tmp_path)
+        header, table = paper_table.build(spec, tmp_path)
         assert table[1][header.index("seeds")] == str(seeds)
         p_table.append(float(table[1][header.index("p (Avg)")].lstrip("<")))
-        rows = [tables.Row.read(r, tmp_path, "gsm8k") for r in spec["rows"]]
+        rows = [results.Row.read(r, tmp_path, "gsm8k") for r in spec["rows"]]
         p_old.append(problem_only_bootstrap_p(rows[1].c.mean(axis=(0, 1)), rows[0].c.mean(axis=(0, 1)), rng))
     return np.array(p_table), np.array(p_old)
 

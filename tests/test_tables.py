@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from yfpo.pipelines import tables
+from yfpo.pipelines import cells, curves, paper_table, results, tables
 
 
 def make_run(root, name, task, ckpt_correct, metrics=True, done=True):
@@ -47,7 +47,7 @@ def spec(tmp_path):
 
 
 def test_checkpoint_layout_by_hand(spec, tmp_path):
-    header, rows = tables.build(yaml.safe_load(spec.read_text()), tmp_path)
+    header, rows = paper_table.build(yaml.safe_load(spec.read_text()), tmp_path)
     col = {h: i for i, h in enumerate(header)}
     dpo, y1, y2 = rows
     assert [dpo[col[f"Ckpt-{k}"]] for k in (1, 2, 3)] == ["0.5000", "0.6000", "0.7000"]
@@ -55,8 +55,8 @@ def test_checkpoint_layout_by_hand(spec, tmp_path):
     assert y1[col["Avg"]] == "0.7000" and y1[col["Best (test-sel.)"]] == "0.8000"
     assert y1[col["dAvg"]] == "+0.1000" and y1[col["dBest (test-sel.)"]] == "+0.1000"
     # one seed each: the between-run variance is unknown, so no interval, p-value or verdict
-    assert dpo[col["Avg 95% CI"]] == tables.UNKNOWN and y1[col["p (Avg)"]] == tables.UNKNOWN
-    assert y1[col["vs baseline"]] == tables.UNKNOWN and y1[col["Avg per seed"]] == "0.700"
+    assert dpo[col["Avg 95% CI"]] == cells.UNKNOWN and y1[col["p (Avg)"]] == cells.UNKNOWN
+    assert y1[col["vs baseline"]] == cells.UNKNOWN and y1[col["Avg per seed"]] == "0.700"
     # two seeds: per-checkpoint means (0.5, 0.6, 0.7), so Avg 0.6 and Best 0.7, identical to DPO
     assert y2[col["seeds"]] == "2" and [y2[col[f"Ckpt-{k}"]] for k in (1, 2, 3)] == ["0.5000", "0.6000", "0.7000"]
     assert y2[col["dAvg"]] == "+0.0000" and y2[col["Avg per seed"]] == "0.600 / 0.600"
@@ -65,7 +65,7 @@ def test_checkpoint_layout_by_hand(spec, tmp_path):
 
 def test_one_seed_table_says_the_between_run_variance_is_unknown(spec, tmp_path):
     md = tables.make_tables(spec, base_dir=tmp_path)
-    assert f"`{tables.UNKNOWN}`: between-run variance unknown with one training run" in md
+    assert f"`{cells.UNKNOWN}`: between-run variance unknown with one training run" in md
     assert "selected on the test set itself" in md  # what Best is
 
 
@@ -77,10 +77,10 @@ def test_outputs_and_tasks_layout(spec, tmp_path):
     fdt = {"name": "f", "layout": "tasks", "tasks": ["gsm8k", "math500"], "baseline": "DPO",
            "rows": [{"data": "x", "method": "DPO", "runs": ["dpo"]}]}
     with pytest.raises(FileNotFoundError, match="python -m yfpo.evaluate run_dir=.* eval=math500"):
-        tables.build(fdt, tmp_path)
+        paper_table.build(fdt, tmp_path)
     fdt["rows"][0]["runs"] = ["dpo"]
     (tmp_path / "dpo" / "eval" / "math500").symlink_to(tmp_path / "dpo_m" / "eval" / "math500")
-    header, rows = tables.build(fdt, tmp_path)
+    header, rows = paper_table.build(fdt, tmp_path)
     assert header[4:6] == ["gsm8k Avg", "gsm8k Best (test-sel.)"] and rows[0][4:6] == ["0.6000", "0.7000"]
     assert header[9:11] == ["math500 Avg", "math500 Best (test-sel.)"] and rows[0][9:11] == ["0.2500", "0.3000"]
 
@@ -93,9 +93,9 @@ def test_paper_columns_and_one_table_per_task(spec, tmp_path):
             (tmp_path / run / "eval" / "math500").symlink_to(tmp_path / (row["runs"][0] + "_m") / "eval" / "math500")
     s["task"], s["paper_task"] = ["gsm8k", "math500"], "gsm8k"
     s["rows"][0]["paper"] = {"Avg": 0.3649, "Best": 0.3662}
-    header, rows = tables.build(s, tmp_path, "gsm8k")
+    header, rows = paper_table.build(s, tmp_path, "gsm8k")
     assert header[-2:] == ["paper Avg", "paper Best"] and rows[0][-2:] == ["0.3649", "0.3662"] and rows[1][-2:] == ["", ""]
-    header, _ = tables.build(s, tmp_path, "math500")
+    header, _ = paper_table.build(s, tmp_path, "math500")
     assert "paper Avg" not in header  # the published numbers are GSM8K's
     (tmp_path / "t2.yaml").write_text(yaml.safe_dump({**s, "name": "t2"}))
     md = tables.make_tables(tmp_path / "t2.yaml", base_dir=tmp_path)
@@ -147,20 +147,20 @@ def test_a_start_row_reads_ckpt_0_and_can_be_the_baseline(tmp_path):
     spec = {"name": "d", "task": "synthetic", "baseline": "SFT", "rows": [
         {"data": "s", "method": "SFT", "start": True, "runs": [run]},
         {"data": "s", "method": "DPO", "runs": [run]}]}
-    header, (sft, dpo) = tables.build(spec, tmp_path)
+    header, (sft, dpo) = paper_table.build(spec, tmp_path)
     col = {h: i for i, h in enumerate(header)}
     assert sft[col["Avg"]] == "0.5000" and sft[col["Ckpt-1"]] == "" and sft[col["dAvg"]] == ""
     assert sft[col["seeds"]] == "start" and sft[col["Avg 95% CI"]].startswith("[")  # one fixed model: problems only
     assert dpo[col["Avg"]] == "0.1750" and dpo[col["dAvg"]] == "-0.3250"
-    assert dpo[col["p (Avg)"]] == tables.UNKNOWN  # the trained row has one seed
+    assert dpo[col["p (Avg)"]] == cells.UNKNOWN  # the trained row has one seed
     spec["rows"][1]["runs"].append(make_run(tmp_path, "dpo2", "synthetic", [correct(9, 40)]))  # a second seed
-    header, (sft, dpo) = tables.build(spec, tmp_path)
+    header, (sft, dpo) = paper_table.build(spec, tmp_path)
     assert dpo[col["Avg per seed"]] == "0.175 / 0.225" and dpo[col["vs baseline"]] == "lower"
     assert float(dpo[col["p (Avg)"]].lstrip("<")) < 0.05
 
 
 def test_smooth_is_a_trailing_mean():
-    assert tables.smooth([0.0, 2.0, 4.0, 6.0], 2) == [0.0, 1.0, 3.0, 5.0]
+    assert curves.smooth([0.0, 2.0, 4.0, 6.0], 2) == [0.0, 1.0, 3.0, 5.0]
 
 
 def test_dev_selection_picks_the_dev_argmax_and_reports_its_test_score(tmp_path):
@@ -174,14 +174,14 @@ def test_dev_selection_picks_the_dev_argmax_and_reports_its_test_score(tmp_path)
     spec = {"name": "d", "task": "gsm8k", "baseline": "DPO", "dev": {"gsm8k": "gsm8k_dev"}, "rows": [
         {"data": "2K", "method": "DPO", "runs": ["dpo/seed=*"]},
         {"data": "2K", "method": "YFPO", "lambda": 0.1, "runs": ["yfpo/seed=*"]}]}
-    header, (dpo, yfpo) = tables.build(spec, tmp_path)
+    header, (dpo, yfpo) = paper_table.build(spec, tmp_path)
     col = {h: i for i, h in enumerate(header)}
-    rows = [tables.Row.read(r, tmp_path, "gsm8k", "gsm8k_dev") for r in spec["rows"]]
+    rows = [results.Row.read(r, tmp_path, "gsm8k", "gsm8k_dev") for r in spec["rows"]]
     assert rows[1].dev_choice == ["ckpt-1", "ckpt-2"]
     assert yfpo[col["Best (test-sel.)"]] == "0.9000" and yfpo[col["Dev-sel."]] == "0.6000"  # mean of 0.5 and 0.7
     assert dpo[col["Dev-sel."]] == "0.4500" and yfpo[col["dDev-sel."]] == "+0.1500"
     assert yfpo[col["p (Dev-sel.)"]] != "" and yfpo[col["seeds"]] == "2"
-    header, (_, yfpo) = tables.build({**spec, "layout": "tasks", "tasks": ["gsm8k"]}, tmp_path)  # the FDT layout
+    header, (_, yfpo) = paper_table.build({**spec, "layout": "tasks", "tasks": ["gsm8k"]}, tmp_path)  # the FDT layout
     assert yfpo[header.index("gsm8k Dev-sel.")] == "0.6000" and yfpo[header.index("gsm8k Best (test-sel.)")] == "0.9000"
 
 
@@ -190,20 +190,20 @@ def test_rows_that_would_mix_different_evaluations_are_refused(tmp_path):
     make_run(tmp_path, "a/seed=2", "gsm8k", [correct(5)], metrics=False)  # only ckpt-1 evaluated
     spec = {"name": "m", "task": "gsm8k", "baseline": "DPO", "rows": [{"data": "2K", "method": "DPO", "runs": ["a/seed=*"]}]}
     with pytest.raises(ValueError, match=r"checkpoints \['ckpt-1'\].*evaluate the missing ones"):
-        tables.build(spec, tmp_path)
+        paper_table.build(spec, tmp_path)
     make_run(tmp_path, "b/seed=1", "gsm8k", [correct(5)], metrics=False)
     make_run(tmp_path, "b/seed=2", "gsm8k", [correct(5, 20)], metrics=False)  # eval.limit differs
     spec["rows"][0]["runs"] = ["b/seed=*"]
     with pytest.raises(ValueError, match="on 20 problems.*eval.limit or eval.path differ"):
-        tables.build(spec, tmp_path)
+        paper_table.build(spec, tmp_path)
     spec["rows"][0]["runs"] = ["c/seed=*"]
     with pytest.raises(FileNotFoundError, match="no run directory matches"):
-        tables.build(spec, tmp_path)
+        paper_table.build(spec, tmp_path)
     spec["rows"] = [{"data": "2K", "method": "DPO", "runs": ["a/seed=1"]}, {"data": "2K", "method": "YFPO", "runs": ["b/seed=1"]}]
     with pytest.raises(ValueError, match=r"YFPO has evaluated checkpoints \['ckpt-1'\], its baseline 2K DPO \['ckpt-1', 'ckpt-2'\]"):
-        tables.build(spec, tmp_path)
+        paper_table.build(spec, tmp_path)
     with pytest.raises(ValueError, match=r"baseline='SFT' is not the method of any row: choose one of \['DPO', 'YFPO'\]"):
-        tables.build({**spec, "baseline": "SFT"}, tmp_path)
+        paper_table.build({**spec, "baseline": "SFT"}, tmp_path)
 
 
 def test_seeds_for_answers_how_many_seeds_an_effect_needs(tmp_path, capsys, monkeypatch):
@@ -254,7 +254,7 @@ def test_checkpoints_evaluated_one_by_one_are_found_inside_them(tmp_path):
         (d / "predictions.jsonl").write_text("".join(json.dumps({"id": i, "correct": c == 1}) + "\n" for i, c in enumerate(correct(right))))
         (d / "summary.json").write_text(json.dumps({"accuracy": right / 10}))
     (run / "DONE").write_text("2\n")
-    assert tables.read_run(run, "gsm8k").by_ckpt["ckpt-2"] == {i: float(i < 8) for i in range(10)}
+    assert results.read_run(run, "gsm8k").by_ckpt["ckpt-2"] == {i: float(i < 8) for i in range(10)}
     rows = [{"data": "2K", "method": m, "runs": [m]} for m in ("whole", "single")]
-    header, table = tables.build({"name": "t", "task": "gsm8k", "layout": "checkpoints", "baseline": "whole", "rows": rows}, tmp_path)
+    header, table = paper_table.build({"name": "t", "task": "gsm8k", "layout": "checkpoints", "baseline": "whole", "rows": rows}, tmp_path)
     assert table[1][header.index("Avg")] == "0.7500"

@@ -31,7 +31,9 @@ from yfpo.data import synthetic
 from yfpo.pipelines import stats
 from yfpo.core.config import compose_config
 from yfpo.core.errors import ConfigError, MissingError
-from yfpo.pipelines.tables import Row, format_detectable, format_interval, format_p, make_tables, per_seed, verdict
+from yfpo.pipelines.cells import format_detectable, format_interval, format_p, per_seed, verdict
+from yfpo.pipelines.results import Row
+from yfpo.pipelines.tables import make_tables
 
 # Logged metrics whose means over the first and last quarter of training say what each arm did (TRL's names).
 MECHANISMS = ("logps/chosen", "logps/rejected", "rewards/margins", "neuron/margin", "train/nll")
