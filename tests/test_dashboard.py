@@ -60,7 +60,7 @@ def logged_keys(synth_dir, tokenizer) -> set[str]:
 
 
 def test_the_panels_plot_what_training_and_evaluation_log(logged_keys):
-    from yfpo.evaluate.run import wandb_scores
+    from yfpo.evaluate.summary import wandb_scores
     from yfpo.train.loggers import log_evaluation
 
     s = dashboard.spec("team", "yfpo")

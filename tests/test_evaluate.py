@@ -10,10 +10,14 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from tests.conftest import FAST, compose_cfg, make_model
+from yfpo.evaluate import backends
 from yfpo.evaluate import run as ev
+from yfpo.evaluate.discovery import find_checkpoints
 from yfpo.data.rows import load_rows
 from yfpo.evaluate.generation import generate
 from yfpo.data.prompts import PromptError, default_stops, eval_prompt, format_prompt
+from yfpo.evaluate.problems import load_problems
+from yfpo.evaluate.summary import wilson_interval
 from yfpo.train.fit import fit
 
 FAKE_VLLM = str(Path(__file__).parent / "fake_vllm")
@@ -27,22 +31,22 @@ def run(tmp_path, cache):
 
 
 def test_wilson_interval_by_hand():
-    low, high = ev.wilson_interval(37, 100)
+    low, high = wilson_interval(37, 100)
     assert abs(low - 0.2817) < 1e-3 and abs(high - 0.4676) < 1e-3
-    assert ev.wilson_interval(0, 10)[0] == 0 and ev.wilson_interval(10, 10)[1] == 1
+    assert wilson_interval(0, 10)[0] == 0 and wilson_interval(10, 10)[1] == 1
 
 
 def test_finds_base_model_and_checkpoints(run):
-    names = [n for n, _, _ in ev.find_checkpoints(run.parent)]
+    names = [n for n, _, _ in find_checkpoints(run.parent)]
     assert names == ["ckpt-0", "ckpt-1", "ckpt-2"]
-    assert [n for n, _, _ in ev.find_checkpoints(run / "checkpoints" / "ckpt-1")] == ["ckpt-1"]
+    assert [n for n, _, _ in find_checkpoints(run / "checkpoints" / "ckpt-1")] == ["ckpt-1"]
     with pytest.raises(FileNotFoundError, match="no HF checkpoints"):
-        ev.find_checkpoints(run / "logs")
+        find_checkpoints(run / "logs")
 
 
 def test_hf_evaluation_resumes_after_a_crash(run, monkeypatch):
     cfg = compose_cfg(*FAST, f"run_dir={run / 'checkpoints' / 'ckpt-2'}", "eval.batch_size=4", "eval.max_new_tokens=8")
-    real, calls = ev._generate_hf, []
+    real, calls = backends._generate_hf, []
 
     def crash_after_first_batch(job, prompts):
         for batch in real(job, prompts):
@@ -51,7 +55,7 @@ def test_hf_evaluation_resumes_after_a_crash(run, monkeypatch):
                 raise RuntimeError("simulated crash")
             yield batch
 
-    monkeypatch.setattr(ev, "_generate_hf", crash_after_first_batch)
+    monkeypatch.setattr(backends, "_generate_hf", crash_after_first_batch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         ev.evaluate(cfg)
     out = run / "checkpoints" / "ckpt-2" / "eval" / "synthetic" / "ckpt-2"
@@ -59,7 +63,7 @@ def test_hf_evaluation_resumes_after_a_crash(run, monkeypatch):
     with open(out / "predictions.jsonl", "a") as f:
         f.write('{"id": 4, "prompt": "torn')  # a crash in the middle of writing a row
     calls.clear()
-    monkeypatch.setattr(ev, "_generate_hf", lambda job, p: (calls.append(len(p)) or real(job, p)))
+    monkeypatch.setattr(backends, "_generate_hf", lambda job, p: (calls.append(len(p)) or real(job, p)))
     [summary] = ev.evaluate(cfg)
     assert calls == [6]  # only the 6 unfinished of the 10 problems were generated
     rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
@@ -115,16 +119,16 @@ def test_dev_slices_are_seeded_samples_that_keep_their_row_ids(tmp_path, cache):
                                                   for i in range(50)))
     cfg = compose_cfg("eval=gsm8k_dev", f"eval.path={tmp_path / 'train.jsonl'}", "eval.sample=10")
     assert cfg.eval.name == "gsm8k_dev" and cfg.eval.split == "train"
-    problems = ev.load_problems(cfg.eval, cfg.hub)
+    problems = load_problems(cfg.eval, cfg.hub)
     ids = [p["id"] for p in problems]
     assert len(ids) == 10 and ids == sorted(ids) and ids != list(range(10))
     assert all(p["gold"] == str(p["id"]) for p in problems)  # each keeps its own row
-    assert [p["id"] for p in ev.load_problems(cfg.eval, cfg.hub)] == ids
+    assert [p["id"] for p in load_problems(cfg.eval, cfg.hub)] == ids
     other = compose_cfg("eval=gsm8k_dev", f"eval.path={tmp_path / 'train.jsonl'}", "eval.sample=10", "eval.sample_seed=1")
-    assert [p["id"] for p in ev.load_problems(other.eval, other.hub)] != ids
+    assert [p["id"] for p in load_problems(other.eval, other.hub)] != ids
     too_many = compose_cfg("eval=gsm8k_dev", f"eval.path={tmp_path / 'train.jsonl'}", "eval.sample=60")
     with pytest.raises(ValueError, match="eval.sample=60: give a number of problems between 1 and the 50 rows"):
-        ev.load_problems(too_many.eval, too_many.hub)
+        load_problems(too_many.eval, too_many.hub)
 
 
 @pytest.mark.parametrize("task,fields", [
@@ -138,7 +142,7 @@ def test_hub_schemas_read_from_local_files(tmp_path, cache, task, fields):
     rows = [{k: v.format(i=i) if isinstance(v, str) else v for k, v in fields.items()} for i in range(3)]
     pd.DataFrame(rows).to_parquet(tmp_path / "t.parquet")
     cfg = compose_cfg(f"eval={task}", f"eval.path={tmp_path / 't.parquet'}")
-    problems = ev.load_problems(cfg.eval, cfg.hub)
+    problems = load_problems(cfg.eval, cfg.hub)
     assert [p["gold"] for p in problems] == ["0", "1", "2"]
     if task == "math500":
         assert problems[1]["id"] == "test/algebra/1.json"
@@ -214,14 +218,14 @@ def test_stops_do_not_match_across_the_prompt(tokenizer):
 def test_summary_has_rates_conventions_versions_and_warnings(run, monkeypatch, capsys):
     ckpt = run / "checkpoints" / "ckpt-2"
     cfg = compose_cfg(*FAST, f"run_dir={ckpt}", "eval.max_new_tokens=8")
-    golds = [p["gold"] for p in ev.load_problems(cfg.eval, cfg.hub)]
+    golds = [p["gold"] for p in load_problems(cfg.eval, cfg.hub)]
     texts = [f"The answer is {g}." if i < 6 else f"so {g}" if i < 8 else "and so on and so" for i, g in enumerate(golds)]
 
     def scripted(job, prompts):
         assert job.dec["stop"] == default_stops("alpaca") and job.dec["stop_token_ids"] == [job.tok.eos_token_id]
         yield [{"text": t, "truncated": i >= 8} for i, t in enumerate(texts)]
 
-    monkeypatch.setattr(ev, "_generate_hf", scripted)
+    monkeypatch.setattr(backends, "_generate_hf", scripted)
     [s] = ev.evaluate(cfg)
     assert s["n"] == 10 and s["accuracy"] == 0.8 and s["accuracy_strict"] == 0.6 and s["accuracy_flexible"] == 0.8
     assert s["truncated_rate"] == 0.2 and s["extracted_rate"] == 0.6
@@ -244,7 +248,7 @@ def test_template_default_stop_and_override_through_vllm(run, tmp_path, monkeypa
     """eval.stop null: the template's stops reach vLLM and cut the runaway block; a list replaces them."""
     ckpt = run / "checkpoints" / "ckpt-1"
     cfg = compose_cfg(*FAST, f"run_dir={ckpt}", "eval.backend=vllm", "eval.limit=2")
-    problems = ev.load_problems(cfg.eval, cfg.hub)
+    problems = load_problems(cfg.eval, cfg.hub)
     texts = {format_prompt("alpaca", p["question"], None): RUNAWAY.replace("18", p["gold"]) for p in problems}
     texts[format_prompt("alpaca", problems[1]["question"], None)] = {"text": "1 2 3", "finish_reason": "length"}
     log = use_fake_vllm(monkeypatch, tmp_path, texts)
@@ -264,7 +268,7 @@ def test_fewshot_prompts_and_their_stops_reach_the_backend(run, tmp_path, monkey
     cfg = compose_cfg(*FAST, f"run_dir={ckpt}", "eval.backend=vllm", "eval.limit=3", "eval.num_fewshot=4")
     [s] = ev.evaluate(cfg)
     call = json.loads(log.read_text())
-    questions = [p["question"] for p in ev.load_problems(cfg.eval, cfg.hub)]
+    questions = [p["question"] for p in load_problems(cfg.eval, cfg.hub)]
     assert call["prompts"] == [eval_prompt("alpaca", q, None, 4, "gsm8k") for q in questions]
     assert all(p.count("The answer is") == 4 for p in call["prompts"])
     assert call["sampling"]["stop"] == default_stops("alpaca", 4, "gsm8k")
@@ -284,7 +288,7 @@ def test_compare_backends_writes_agreement(run, tmp_path, monkeypatch):
     assert r["grade_agreement"] == sum(row["hf_correct"] == (row["gold"] == "0") for row in r["rows"]) / 3
     assert not (path.parent / "summary.json").exists()  # a check, not an evaluation
     # the fake now answers two problems exactly as hf did: their texts and grades agree
-    prompts = [eval_prompt("alpaca", p["question"]) for p in ev.load_problems(cfg.eval, cfg.hub)[:2]]
+    prompts = [eval_prompt("alpaca", p["question"]) for p in load_problems(cfg.eval, cfg.hub)[:2]]
     use_fake_vllm(monkeypatch, tmp_path, {p: row["hf"] for p, row in zip(prompts, r["rows"])})
     [r2] = ev.evaluate(cfg)
     assert [row["same_output"] for row in r2["rows"][:2]] == [True, True] and r2["rows"][0]["common_prefix"] == 1.0
@@ -315,8 +319,8 @@ def test_old_prediction_rows_are_generated_again(run, monkeypatch):
     out.mkdir(parents=True)
     old = {"id": 0, "prompt": "p", "completion": "#### 1", "extracted": "1", "gold": "1", "correct": True}
     (out / "predictions.jsonl").write_text(json.dumps(old) + "\n")
-    real, calls = ev._generate_hf, []
-    monkeypatch.setattr(ev, "_generate_hf", lambda job, p: (calls.append(len(p)) or real(job, p)))
+    real, calls = backends._generate_hf, []
+    monkeypatch.setattr(backends, "_generate_hf", lambda job, p: (calls.append(len(p)) or real(job, p)))
     [s] = ev.evaluate(cfg)
     assert calls == [3] and s["n"] == 3
 
@@ -331,8 +335,8 @@ def test_other_settings_are_refused_or_kept_apart(run, monkeypatch):
     assert (ckpt / "eval" / "synthetic_2shot" / "ckpt-1" / "summary.json").is_file()
     assert s2["decoding"]["num_fewshot"] == 2 and s["decoding"]["num_fewshot"] == 0
     # more problems with the same settings: only the new ones are generated, the summary is rewritten
-    real, calls = ev._generate_hf, []
-    monkeypatch.setattr(ev, "_generate_hf", lambda job, p: (calls.append(len(p)) or real(job, p)))
+    real, calls = backends._generate_hf, []
+    monkeypatch.setattr(backends, "_generate_hf", lambda job, p: (calls.append(len(p)) or real(job, p)))
     [s3] = ev.evaluate(compose_cfg(*FAST, f"run_dir={ckpt}", "eval.limit=3", "eval.max_new_tokens=4"))
     assert calls == [1] and s3["n"] == 3
 
@@ -408,7 +412,7 @@ def test_other_problems_are_evaluated_apart_or_refused_up_front_and_a_smaller_li
     assert all(f"synthetic@a/ckpt-{k} was made" in str(refused.value) for k in (0, 1, 2))  # all at once
     a.write_text(problems_file("again", 0).read_text())
     calls = []
-    monkeypatch.setattr(ev, "_generate_hf", lambda *args: calls.append(1) or iter([]))
+    monkeypatch.setattr(backends, "_generate_hf", lambda *args: calls.append(1) or iter([]))
     again = ev.evaluate(compose_cfg(*base, f"eval.path={a}", "eval.limit=3"))
     assert calls == [] and [s["n"] for s in again] == [6, 6, 6]  # the summaries still describe all 6 rows
     rows = (run / "eval" / "synthetic@a" / "ckpt-1" / "predictions.jsonl").read_text().splitlines()

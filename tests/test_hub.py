@@ -13,7 +13,7 @@ from tests.conftest import FAST, ROOT, compose_cfg, model_dir
 from yfpo.core import hub
 from yfpo.core.artefacts import StaleArtefactError
 from yfpo.data.rows import read_rows
-from yfpo.evaluate.run import load_problems
+from yfpo.evaluate.problems import load_problems
 from yfpo.train.fit import fit
 
 
@@ -118,7 +118,8 @@ def test_model_by_hub_id_from_the_mirror_also_as_ckpt_0(tokenizer, tmp_path, cac
     from omegaconf import OmegaConf
 
     from tests.conftest import make_model
-    from yfpo.evaluate.run import find_checkpoints, run_settings
+    from yfpo.evaluate.discovery import find_checkpoints
+    from yfpo.evaluate.run import run_settings
     from yfpo.core.models import load_model
 
     mirror = tmp_path / "mirror"

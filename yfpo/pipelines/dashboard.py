@@ -27,7 +27,7 @@ from yfpo.train.loggers import has_credentials
 from yfpo.core.log import log
 
 X_AXIS = "trainer/global_step"  # Lightning's step metric of every training curve; eval/* is defined on it too
-EVAL_ACCURACY = r"^eval/[^/]+/accuracy$"  # yfpo.evaluate.run.wandb_scores: eval/<evaluation>/accuracy
+EVAL_ACCURACY = r"^eval/[^/]+/accuracy$"  # yfpo.evaluate.summary.wandb_scores: eval/<evaluation>/accuracy
 SECTIONS = {  # section name -> panels (title, y metrics)
     "yfpo: margins and accuracy": [
         ("rewards/margins", ["rewards/margins"]),
