@@ -1,6 +1,6 @@
 """yfpo against TRL's ``DPOTrainer``: step time and peak memory on the same model and token ids.
 
-    python -m benchmarks.bench                     # the full run (`make bench`), ~10 min on 2 CPU cores
+    python -m benchmarks.bench                     # the full run (part of `make bench`), ~10 min on 2 CPU cores
     python -m benchmarks.bench --chunk-tokens 128,512,2048   # also yfpo DPO with other LM-head chunks
     python -m benchmarks.bench --quick             # the harness on a tiny vocabulary, one variant pair
 
@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -413,6 +414,12 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
 
 
+def fwd_bwd_bytes(r: dict) -> int:
+    """Peak growth of a worker result's forward + backward; its whole peak where that was not measured apart."""
+    fb = r.get("peak_forward_backward_bytes")
+    return r["peak_growth_bytes"] if fb is None else fb
+
+
 def slope(points: list[tuple[int, float]]) -> float | None:
     """Least-squares bytes per 1k tokens of sequence length."""
     if len(points) < 2:
@@ -432,12 +439,10 @@ def plot_memory_vs_length(result: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     sweep = result["sweep"]
-    fb = lambda r: (r["peak_forward_backward_bytes"] if r.get("peak_forward_backward_bytes") is not None  # noqa: E731
-                    else r["peak_growth_bytes"]) / 1e9
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for key, label, style in (("trl", "TRL 1.16 DPOTrainer", "s--"), ("yfpo_dpo", "yfpo DPO", "o-"),
                               ("backbone", "decoder alone (no LM head)", "^:")):
-        points = sorted((int(L), fb(r)) for L, r in sweep[key].items())
+        points = sorted((int(L), fwd_bwd_bytes(r) / 1e9) for L, r in sweep[key].items())
         if points:
             ax.plot(*zip(*points), style, label=label)
     lengths = sorted(int(L) for L in sweep["lengths"])
@@ -457,7 +462,38 @@ def plot_memory_vs_length(result: dict, out: Path) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Plan:
+    """What a run measures, from its command line: the model, the main table's batch and timing, the sweep."""
+
+    arch: dict
+    seq_len: int  # the longest sequence of the main table's batch
+    steps: int  # timed steps per variant, after ``warmup`` untimed ones
+    warmup: int
+    chunks: list[int]  # yfpo logprobs.chunk_tokens: the first for every yfpo worker, the others add rows
+    lengths: list[int]  # the memory sweep's longest sequences (none: no sweep)
+    threads: int  # torch.set_num_threads in every worker
+
+    @property
+    def base(self) -> dict:
+        """The part of every worker's spec that all workers share."""
+        return dict(arch=self.arch, threads=self.threads, chunk_tokens=self.chunks[0])
+
+    @property
+    def params(self) -> int:
+        """The model's weights, about: embeddings (the tied head), attention and MLP; norms and biases left out."""
+        a, h = self.arch, self.arch["hidden_size"]
+        attention = h ** 2 * 2 + 2 * h ** 2 * a["num_key_value_heads"] // a["num_attention_heads"]  # q, o; k, v
+        return a["vocab_size"] * h + a["num_hidden_layers"] * (attention + 3 * h * a["intermediate_size"])
+
+    @property
+    def logits_bytes_per_1k(self) -> int:
+        """Bytes of fp32 ``[2B = 4, 1k, V]`` logits: what a full-logits LM head adds per 1k tokens of length."""
+        return 4 * 1000 * self.arch["vocab_size"] * 4
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; exits with a usage error on an impossible timing (unless only plotting or a worker)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny vocabulary, TRL DPO vs yfpo DPO only, 1 step, no sweep")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per variant after the warm-up (median reported)")
@@ -474,61 +510,71 @@ def main(argv: list[str] | None = None) -> int:
                     help="only draw the memory-vs-length sweep of a saved result, beside it as .png")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.plot:
-        print(f"saved {plot_memory_vs_length(json.loads(args.plot.read_text()), args.plot.with_suffix('.png'))}")
-        return 0
-    if args.worker:
-        worker_main(json.loads(args.worker))
-        return 0
-    if args.steps < 1 or args.warmup < 0:
+    if not (args.plot or args.worker) and (args.steps < 1 or args.warmup < 0):
         ap.error("--steps must be >= 1 and --warmup >= 0")
+    return args
 
-    t_start = time.perf_counter()
-    arch = QUICK_ARCH if args.quick else FULL_ARCH
-    seq_len = 64 if args.quick else args.seq_len
-    steps, warmup = (1, 0) if args.quick else (args.steps, args.warmup)
-    if args.chunk_tokens is None:
+
+def plan_of(args: argparse.Namespace) -> Plan:
+    """The run the arguments ask for; ``--quick``: a tiny model, one step without warm-up, no sweep."""
+    chunk_tokens = args.chunk_tokens
+    if chunk_tokens is None:
         from yfpo.core.config import compose_config
 
-        args.chunk_tokens = str(compose_config([]).logprobs.chunk_tokens)
-    chunks = [int(c) for c in args.chunk_tokens.split(",") if c.strip()]
-    lengths = [] if args.quick else [int(x) for x in args.lengths.split(",") if x.strip()]
-    base = dict(arch=arch, threads=args.threads, chunk_tokens=chunks[0])
-    info = machine_info(args.threads)
-    shapes = pair_shapes(seq_len)
-    params = (arch["vocab_size"] * arch["hidden_size"]
-              + arch["num_hidden_layers"] * (arch["hidden_size"] ** 2 * 2 + 2 * arch["hidden_size"] ** 2
-                                             * arch["num_key_value_heads"] // arch["num_attention_heads"]
-                                             + 3 * arch["hidden_size"] * arch["intermediate_size"]))
+        chunk_tokens = str(compose_config([]).logprobs.chunk_tokens)
+    steps, warmup = (1, 0) if args.quick else (args.steps, args.warmup)
+    return Plan(arch=QUICK_ARCH if args.quick else FULL_ARCH, seq_len=64 if args.quick else args.seq_len,
+                steps=steps, warmup=warmup, chunks=[int(c) for c in chunk_tokens.split(",") if c.strip()],
+                lengths=[] if args.quick else [int(x) for x in args.lengths.split(",") if x.strip()],
+                threads=args.threads)
+
+
+def print_setup(plan: Plan, info: dict) -> None:
+    """The header: the machine, the model, the batch and how a step is measured."""
+    arch, steps, warmup = plan.arch, plan.steps, plan.warmup
     print("yfpo vs TRL DPOTrainer: step time and peak memory, one fresh process per variant")
     print(f"machine: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
           f"{info['ram_bytes'] / 2**30:.0f} GiB RAM; python {info['python']}, torch {info['torch']}, "
-          f"transformers {info['transformers']}, trl {info['trl']}; torch.set_num_threads({args.threads}); "
+          f"transformers {info['transformers']}, trl {info['trl']}; torch.set_num_threads({plan.threads}); "
           f"load average before: {' '.join(f'{x:.2f}' for x in info['load_before'])}")
     print(f"model: random Qwen2 architecture, {arch['num_hidden_layers']} layers, hidden {arch['hidden_size']}, "
           f"intermediate {arch['intermediate_size']}, {arch['num_attention_heads']} heads / "
           f"{arch['num_key_value_heads']} KV heads, vocab {arch['vocab_size']:,}, tied embeddings, fp32, sdpa "
-          f"(~{params / 1e6:.1f}M parameters)")
-    print(f"batch: 2 pairs of random token ids, (prompt, chosen, rejected) tokens {shapes}, padded to {seq_len}; "
-          f"beta {BETA}; AdamW lr {LR} as each trainer builds it by default; yfpo logprobs.chunk_tokens {chunks[0]}")
+          f"(~{plan.params / 1e6:.1f}M parameters)")
+    print(f"batch: 2 pairs of random token ids, (prompt, chosen, rejected) tokens {pair_shapes(plan.seq_len)}, padded to "
+          f"{plan.seq_len}; beta {BETA}; AdamW lr {LR} as each trainer builds it by default; yfpo logprobs.chunk_tokens "
+          f"{plan.chunks[0]}")
     print(f"step: forward + backward + AdamW step; time = median of {steps} step(s) after {warmup} warm-up; "
           "memory = peak RSS growth over all steps: ru_maxrss after the steps - RSS before the first step, the "
           "high-water mark reset to the current RSS (/proc/self/clear_refs) just before it; it includes the "
           "gradients and AdamW state the first step allocates (the same on both sides)")
 
-    names = QUICK_VARIANTS if args.quick else tuple(VARIANTS)
-    specs = [(n, VARIANTS[n][0], VARIANTS[n][1]) for n in names]
-    specs += [(f"yfpo_dpo_chunk{c}", f"yfpo DPO (live ref, chunk {c})", dict(kind="yfpo", method="dpo", pre=False,
-                                                                            chunk_tokens=c)) for c in chunks[1:]]
-    parity_spec = {**base, "kind": "parity", "seq_len": seq_len}
-    measure_specs = [{**base, **spec, "seq_len": seq_len, "steps": steps, "warmup": warmup} for _, _, spec in specs]
-    if args.quick:  # the harness only: all workers at once, so nothing below is a measurement
-        parity, *measured = run_workers([parity_spec] + measure_specs, jobs=len(measure_specs) + 1)
-        print("\n--quick: the workers ran concurrently on a tiny model; the numbers below only show the harness works")
-    else:
-        parity, measured = run_worker(parity_spec), None
 
-    # 1. Parity: both sides compute the same loss on the same ids, before anything is timed.
+def variants_of(plan: Plan, quick: bool) -> list[tuple[str, str, dict]]:
+    """(name, label, worker spec) of the main table's rows, in the order they are measured: :data:`VARIANTS`
+    (``--quick``: :data:`QUICK_VARIANTS`), then yfpo DPO with each further LM-head chunk."""
+    names = QUICK_VARIANTS if quick else tuple(VARIANTS)
+    rows = [(n, VARIANTS[n][0], VARIANTS[n][1]) for n in names]
+    rows += [(f"yfpo_dpo_chunk{c}", f"yfpo DPO (live ref, chunk {c})", dict(kind="yfpo", method="dpo", pre=False,
+                                                                           chunk_tokens=c)) for c in plan.chunks[1:]]
+    return [(name, label, {**plan.base, **spec, "seq_len": plan.seq_len, "steps": plan.steps, "warmup": plan.warmup})
+            for name, label, spec in rows]
+
+
+def run_parity(plan: Plan, variants: list[tuple[str, str, dict]], quick: bool) -> tuple[dict, list[dict] | None]:
+    """The parity worker's result, and (``--quick`` only) every variant's, all run at once with it;
+    a full run measures the variants one at a time later (None)."""
+    parity_spec = {**plan.base, "kind": "parity", "seq_len": plan.seq_len}
+    if not quick:
+        return run_worker(parity_spec), None
+    # The harness only: all workers at once, so nothing below is a measurement.
+    parity, *measured = run_workers([parity_spec] + [spec for _, _, spec in variants], jobs=len(variants) + 1)
+    print("\n--quick: the workers ran concurrently on a tiny model; the numbers below only show the harness works")
+    return parity, measured
+
+
+def check_parity(parity: dict) -> bool:
+    """Print whether both sides compute the same loss on the same ids (live and precomputed reference)."""
     ok = parity["live_abs_diff"] <= 1e-4 and parity["pre_abs_diff"] <= 1e-4
     print(f"\nparity (policy seed 0, reference seed 1, same ids): live ref: yfpo {parity['yfpo_live']:.6f}, "
           f"TRL {parity['trl_live']:.6f}, |diff| {parity['live_abs_diff']:.1e}; precomputed ref: yfpo "
@@ -537,14 +583,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{'OK (<= 1e-4)' if ok else 'MISMATCH'}")
     if not ok:
         print("the two sides do not compute the same loss: nothing timed")
-        return 1
+    return ok
 
-    # 2. The main table.
+
+def measure_variants(variants: list[tuple[str, str, dict]], measured: list[dict] | None) -> dict:
+    """Each variant's worker result with its label, by name: measured now, one fresh process at a time
+    in the order given, unless ``measured`` already holds them (``--quick``)."""
     results = {}
-    for i, (name, label, _spec) in enumerate(specs):
-        r = measured[i] if measured else run_worker(measure_specs[i])
+    for i, (name, label, spec) in enumerate(variants):
+        r = measured[i] if measured else run_worker(spec)
         results[name] = {"label": label, **r}
         print(f"  measured {label}: {r['step_s']:.2f} s, {fmt_peak(r)}; {r['optimizer']}", flush=True)
+    return results
+
+
+def print_variants(results: dict, warmup: int) -> None:
+    """The main table: each variant's step time, throughput and peak memory, and both against TRL's live DPO."""
     trl_live = results["trl_live"]
     rows = []
     for r in results.values():
@@ -565,8 +619,12 @@ def main(argv: list[str] | None = None) -> int:
           "on, plus the AdamW step's own temporaries.\nload: 1-min load average when the variant's steps started; "
           "cpu wait: share of its timed steps' wall time in which some task waited for a CPU (Linux PSI; ~0: the "
           "cores were not contended, the times are clean)")
+
+
+def ratios_of(results: dict) -> dict:
+    """The headline ratios between variants; None where a variant was not measured (``--quick``)."""
     get = lambda n, k: results[n][k] if n in results else None  # noqa: E731
-    ratios = {
+    return {
         "yfpo_dpo_vs_trl_time": ratio(get("yfpo_dpo", "step_s"), get("trl_live", "step_s")),
         "yfpo_dpo_vs_trl_memory": ratio(get("yfpo_dpo", "peak_growth_bytes"), get("trl_live", "peak_growth_bytes")),
         "yfpo_pre_vs_trl_pre_time": ratio(get("yfpo_dpo_pre", "step_s"), get("trl_pre", "step_s")),
@@ -577,6 +635,10 @@ def main(argv: list[str] | None = None) -> int:
         "yfpo_vs_dpo_time": ratio(get("yfpo_yfpo", "step_s"), get("yfpo_dpo", "step_s")),
         "fdt_vs_dpo_time": ratio(get("yfpo_fdt", "step_s"), get("yfpo_dpo", "step_s")),
     }
+
+
+def print_ratios(ratios: dict) -> None:
+    """The ratios, '-' where not measured."""
     print("\nratios:")
     print(f"  yfpo DPO / TRL DPO (live ref):        time {fmt_x(ratios['yfpo_dpo_vs_trl_time'])}, "
           f"peak memory {fmt_x(ratios['yfpo_dpo_vs_trl_memory'])}")
@@ -587,92 +649,164 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  step time vs yfpo DPO:                YFPO {fmt_x(ratios['yfpo_vs_dpo_time'])}, "
           f"FDT {fmt_x(ratios['fdt_vs_dpo_time'])}")
 
-    # 3. Memory vs sequence length.
-    sweep = {"lengths": lengths, "yfpo_dpo": {}, "trl": {}, "backbone": {}, "trl_skipped": {}}
-    logits_per_1k = 4 * 1000 * arch["vocab_size"] * 4  # fp32 [2B = 4, 1k, V]
-    if lengths:
-        print("\nmemory vs sequence length (DPO, live ref, 2 pairs, the longest row L tokens; one step per point, no "
-              "warm-up). Peak growth during the first forward + backward: activations, the LM head's buffers and "
-              "the gradients; AdamW state is not allocated yet, so what grows with L stands out.", flush=True)
-        last_trl = None
-        for L in lengths:
-            for key, spec in (("yfpo_dpo", dict(kind="yfpo", method="dpo", pre=False)),
-                              ("backbone", dict(kind="backbone"))):
-                sweep[key][L] = run_worker({**base, **spec, "seq_len": L, "steps": 1, "warmup": 0})
-            guess = None if last_trl is None else last_trl[1]["step_s"] * L / last_trl[0] * 1.2
-            if guess is not None and guess > args.max_step_s:
-                sweep["trl_skipped"][L] = (f"skipped: ~{guess:.0f} s/step expected ({last_trl[1]['step_s']:.0f} s at "
-                                           f"{last_trl[0]}) > --max-step-s {args.max_step_s:.0f}")
-            else:
-                sweep["trl"][L] = run_worker({**base, "kind": "trl", "pre": False, "seq_len": L, "steps": 1,
-                                              "warmup": 0}, timeout=max(300.0, 4 * args.max_step_s))
-                last_trl = (L, sweep["trl"][L])
-            print(f"  measured L={L}", flush=True)
-        fb = lambda r: r["peak_forward_backward_bytes"] if r["peak_forward_backward_bytes"] is not None \
-            else r["peak_growth_bytes"]  # noqa: E731
-        rows = []
-        for L in lengths:
-            y, t, bb = sweep["yfpo_dpo"][L], sweep["trl"].get(L), sweep["backbone"][L]
-            rows.append([str(L), fmt_gb(fb(y)), fmt_gb(fb(t)) if t else sweep["trl_skipped"][L], fmt_gb(fb(bb)),
-                         fmt_gb(logits_per_1k * L / 1000), f"{y['step_s']:.1f} s", f"{t['step_s']:.1f} s" if t else "-"])
-        print(table(["tokens L", "yfpo DPO", "TRL DPO", "backbone only (no LM head)", "fp32 [2B,L,V] logits",
-                     "yfpo 1st step", "TRL 1st step"], rows))
-        for key in ("yfpo_dpo", "trl", "backbone"):
-            sweep[f"{key}_slope_bytes_per_1k"] = slope([(L, fb(r)) for L, r in sweep[key].items()])
-        ys, ts, bs = (sweep[f"{k}_slope_bytes_per_1k"] for k in ("yfpo_dpo", "trl", "backbone"))
-        print(f"slope per 1k tokens of L (least squares): yfpo DPO {fmt_gb(ys)}, TRL DPO {fmt_gb(ts)}, backbone only "
-              f"{fmt_gb(bs)}; fp32 [2B,L,V] logits alone would add {fmt_gb(logits_per_1k)}. yfpo/TRL "
-              f"{fmt_x(ratio(ys, ts))}, yfpo/backbone {fmt_x(ratio(ys, bs))}, yfpo/logits {fmt_x(ratio(ys, logits_per_1k))}")
-    else:
-        print("\nmemory vs sequence length: skipped" + (" (--quick)" if args.quick else ""))
 
-    # 4. The targets.
-    def target(name: str, value, limit: float, higher: bool = False, share: bool = False, timed=()) -> dict:
-        status = "n/a" if value is None else ("PASS" if (value >= limit if higher else value <= limit) else "MISS")
-        shown = "-" if value is None else (f"{value:.2f}" if share else fmt_x(value))
-        waits = [results[n]["cpu_wait_share"] for n in timed if n in results and results[n]["cpu_wait_share"] is not None]
-        if value is not None and waits and max(waits) > 0.1:  # another process took CPU time during these steps
-            shown += f" (times contended: cpu wait up to {fmt_share(max(waits))}; re-run on an idle machine)"
-        return {"target": name, "value": value, "limit": limit, "status": status, "shown": shown}
+def memory_vs_length(plan: Plan, max_step_s: float, quick: bool) -> dict:
+    """The sweep over :attr:`Plan.lengths` (DPO, live reference, one step per point), printed: each
+    point's worker results by side, the TRL points skipped as too slow, and each side's slope."""
+    sweep = {"lengths": plan.lengths, "yfpo_dpo": {}, "trl": {}, "backbone": {}, "trl_skipped": {}}
+    if not plan.lengths:
+        print("\nmemory vs sequence length: skipped" + (" (--quick)" if quick else ""))
+        return sweep
+    print("\nmemory vs sequence length (DPO, live ref, 2 pairs, the longest row L tokens; one step per point, no "
+          "warm-up). Peak growth during the first forward + backward: activations, the LM head's buffers and "
+          "the gradients; AdamW state is not allocated yet, so what grows with L stands out.", flush=True)
+    measure_lengths(plan, max_step_s, sweep)
+    for key in ("yfpo_dpo", "trl", "backbone"):
+        sweep[f"{key}_slope_bytes_per_1k"] = slope([(L, fwd_bwd_bytes(r)) for L, r in sweep[key].items()])
+    print_sweep(sweep, plan.logits_bytes_per_1k)
+    return sweep
 
+
+def measure_lengths(plan: Plan, max_step_s: float, sweep: dict) -> None:
+    """Fill ``sweep`` with yfpo DPO, the decoder alone and TRL DPO at each length, in that order; a TRL
+    point whose step would take over ``max_step_s`` (extrapolated from the last TRL point) is skipped."""
+    last_trl = None
+    for L in plan.lengths:
+        for key, spec in (("yfpo_dpo", dict(kind="yfpo", method="dpo", pre=False)),
+                          ("backbone", dict(kind="backbone"))):
+            sweep[key][L] = run_worker({**plan.base, **spec, "seq_len": L, "steps": 1, "warmup": 0})
+        guess = None if last_trl is None else last_trl[1]["step_s"] * L / last_trl[0] * 1.2
+        if guess is not None and guess > max_step_s:
+            sweep["trl_skipped"][L] = (f"skipped: ~{guess:.0f} s/step expected ({last_trl[1]['step_s']:.0f} s at "
+                                       f"{last_trl[0]}) > --max-step-s {max_step_s:.0f}")
+        else:
+            sweep["trl"][L] = run_worker({**plan.base, "kind": "trl", "pre": False, "seq_len": L, "steps": 1,
+                                          "warmup": 0}, timeout=max(300.0, 4 * max_step_s))
+            last_trl = (L, sweep["trl"][L])
+        print(f"  measured L={L}", flush=True)
+
+
+def print_sweep(sweep: dict, logits_per_1k: int) -> None:
+    """The sweep's table and slopes, against fp32 ``[2B, L, V]`` logits (``logits_per_1k`` bytes per 1k tokens)."""
+    rows = []
+    for L in sweep["lengths"]:
+        y, t, bb = sweep["yfpo_dpo"][L], sweep["trl"].get(L), sweep["backbone"][L]
+        rows.append([str(L), fmt_gb(fwd_bwd_bytes(y)), fmt_gb(fwd_bwd_bytes(t)) if t else sweep["trl_skipped"][L],
+                     fmt_gb(fwd_bwd_bytes(bb)), fmt_gb(logits_per_1k * L / 1000), f"{y['step_s']:.1f} s",
+                     f"{t['step_s']:.1f} s" if t else "-"])
+    print(table(["tokens L", "yfpo DPO", "TRL DPO", "backbone only (no LM head)", "fp32 [2B,L,V] logits",
+                 "yfpo 1st step", "TRL 1st step"], rows))
+    ys, ts, bs = (sweep[f"{k}_slope_bytes_per_1k"] for k in ("yfpo_dpo", "trl", "backbone"))
+    print(f"slope per 1k tokens of L (least squares): yfpo DPO {fmt_gb(ys)}, TRL DPO {fmt_gb(ts)}, backbone only "
+          f"{fmt_gb(bs)}; fp32 [2B,L,V] logits alone would add {fmt_gb(logits_per_1k)}. yfpo/TRL "
+          f"{fmt_x(ratio(ys, ts))}, yfpo/backbone {fmt_x(ratio(ys, bs))}, yfpo/logits {fmt_x(ratio(ys, logits_per_1k))}")
+
+
+def target(results: dict, name: str, value, limit: float, higher: bool = False, share: bool = False,
+           timed=()) -> dict:
+    """One target: PASS if ``value`` is at most ``limit`` (``higher``: at least), n/a if not measured; its
+    shown value warns when the steps of the ``timed`` variants it compares were contended."""
+    status = "n/a" if value is None else ("PASS" if (value >= limit if higher else value <= limit) else "MISS")
+    shown = "-" if value is None else (f"{value:.2f}" if share else fmt_x(value))
+    waits = [results[n]["cpu_wait_share"] for n in timed if n in results and results[n]["cpu_wait_share"] is not None]
+    if value is not None and waits and max(waits) > 0.1:  # another process took CPU time during these steps
+        shown += f" (times contended: cpu wait up to {fmt_share(max(waits))}; re-run on an idle machine)"
+    return {"target": name, "value": value, "limit": limit, "status": status, "shown": shown}
+
+
+def targets_of(results: dict, ratios: dict, sweep: dict) -> list[dict]:
+    """The targets yfpo is held to, each with its status, from the ratios and the sweep's slopes."""
     targets = [
-        target("DPO peak memory <= 0.5x TRL's", ratios["yfpo_dpo_vs_trl_memory"], 0.5),
-        target("DPO step time <= 1.0x TRL's", ratios["yfpo_dpo_vs_trl_time"], 1.0, timed=("yfpo_dpo", "trl_live")),
-        target("precomputed-reference DPO >= 1.4x the throughput of live DPO",
+        target(results, "DPO peak memory <= 0.5x TRL's", ratios["yfpo_dpo_vs_trl_memory"], 0.5),
+        target(results, "DPO step time <= 1.0x TRL's", ratios["yfpo_dpo_vs_trl_time"], 1.0,
+               timed=("yfpo_dpo", "trl_live")),
+        target(results, "precomputed-reference DPO >= 1.4x the throughput of live DPO",
                ratios["yfpo_pre_throughput_vs_live"], 1.4, higher=True, timed=("yfpo_dpo", "yfpo_dpo_pre")),
-        target("YFPO <= 1.05x DPO step time", ratios["yfpo_vs_dpo_time"], 1.05, timed=("yfpo_dpo", "yfpo_yfpo")),
-        target("FDT <= 1.10x DPO step time", ratios["fdt_vs_dpo_time"], 1.10, timed=("yfpo_dpo", "yfpo_fdt")),
+        target(results, "YFPO <= 1.05x DPO step time", ratios["yfpo_vs_dpo_time"], 1.05, timed=("yfpo_dpo", "yfpo_yfpo")),
+        target(results, "FDT <= 1.10x DPO step time", ratios["fdt_vs_dpo_time"], 1.10, timed=("yfpo_dpo", "yfpo_fdt")),
     ]
     ys, bs = sweep.get("yfpo_dpo_slope_bytes_per_1k"), sweep.get("backbone_slope_bytes_per_1k")
     # "Dominated by the backbone": the decoder alone accounts for at least half of yfpo's growth per token.
     head_share = None if ys is None or bs is None else max(0.0, (ys - bs) / ys) if ys > 0 else 0.0
-    targets.append(target("memory growth with length dominated by the backbone: share of yfpo's slope not "
-                          "explained by the backbone alone <= 0.5", head_share, 0.5, share=True))
+    targets.append(target(results, "memory growth with length dominated by the backbone: share of yfpo's slope not "
+                                   "explained by the backbone alone <= 0.5", head_share, 0.5, share=True))
+    return targets
+
+
+def print_targets(targets: list[dict]) -> None:
+    """One line a target: its status, what it asks and the measured value."""
     print("\ntargets:")
     for t in targets:
         print(f"  [{t['status']}] {t['target']}: {t['shown']}")
+
+
+def closing_load(t_start: float) -> tuple[list[float], float]:
+    """The load averages after the run and its wall time in seconds since ``t_start``, printed."""
     load_after = list(os.getloadavg())
     wall = time.perf_counter() - t_start
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in load_after)}; wall time {wall / 60:.1f} min")
+    return load_after, wall
 
+
+def result_of(plan: Plan, command: str, machine: dict, parity: dict, results: dict, ratios: dict, sweep: dict,
+              targets: list[dict], wall: float) -> dict:
+    """The run as saved: its settings, every worker result, the ratios and targets."""
+    return {"date": dt.datetime.now().isoformat(timespec="seconds"), "command": command, "machine": machine,
+            "model": {**plan.arch, "tie_word_embeddings": True, "dtype": "float32", "params": plan.params},
+            "batch": {"pairs": pair_shapes(plan.seq_len), "seq_len": plan.seq_len, "beta": BETA, "lambda": LAMBDA,
+                      "neurons": NEURONS, "chunk_tokens": plan.chunks},
+            "timing": {"steps": plan.steps, "warmup": plan.warmup, "statistic": "median"},
+            "memory_method": "ru_maxrss after the steps - RSS before the first step, high-water mark reset "
+                             "via /proc/self/clear_refs before the first step",
+            "parity": parity, "variants": results, "ratios": ratios,
+            "sweep": {**sweep, "fp32_logits_bytes_per_1k": plan.logits_bytes_per_1k}, "targets": targets,
+            "wall_s": wall}
+
+
+def save_result(out: str, result: dict) -> None:
+    """Write ``result`` as JSON to ``out``, with its memory-vs-length plot beside it when it has a sweep."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    if result["sweep"]["lengths"]:
+        print(f"saved {plot_result(Path(out))}")
+    print(f"saved {Path(out).resolve().relative_to(ROOT) if Path(out).resolve().is_relative_to(ROOT) else out}")
+
+
+def plot_result(path: Path) -> Path:
+    """:func:`plot_memory_vs_length` of the result saved at ``path``, beside it as ``.png``."""
+    return plot_memory_vs_length(json.loads(path.read_text()), path.with_suffix(".png"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark, step by step (or only ``--plot``, or one ``--worker``); 1 if the two sides disagree."""
+    args = parse_args(argv)
+    if args.plot:
+        print(f"saved {plot_result(args.plot)}")
+        return 0
+    if args.worker:
+        worker_main(json.loads(args.worker))
+        return 0
+    t_start = time.perf_counter()
+    plan = plan_of(args)
+    machine = machine_info(args.threads)
+    print_setup(plan, machine)
+    variants = variants_of(plan, args.quick)
+    parity, measured = run_parity(plan, variants, args.quick)  # before anything is timed
+    if not check_parity(parity):
+        return 1
+    results = measure_variants(variants, measured)
+    print_variants(results, plan.warmup)
+    ratios = ratios_of(results)
+    print_ratios(ratios)
+    sweep = memory_vs_length(plan, args.max_step_s, args.quick)
+    targets = targets_of(results, ratios, sweep)
+    print_targets(targets)
+    load_after, wall = closing_load(t_start)
     out = args.out or (None if args.quick else str(RESULTS / f"{dt.date.today().isoformat()}.json"))
     if out:
-        payload = {"date": dt.datetime.now().isoformat(timespec="seconds"), "command": "python -m benchmarks.bench "
-                   + " ".join(sys.argv[1:] if argv is None else argv), "machine": {**info, "load_after": load_after},
-                   "model": {**arch, "tie_word_embeddings": True, "dtype": "float32", "params": params},
-                   "batch": {"pairs": shapes, "seq_len": seq_len, "beta": BETA, "lambda": LAMBDA, "neurons": NEURONS,
-                             "chunk_tokens": chunks},
-                   "timing": {"steps": steps, "warmup": warmup, "statistic": "median"},
-                   "memory_method": "ru_maxrss after the steps - RSS before the first step, high-water mark reset "
-                                    "via /proc/self/clear_refs before the first step",
-                   "parity": parity, "variants": results, "ratios": ratios,
-                   "sweep": {**sweep, "fp32_logits_bytes_per_1k": logits_per_1k}, "targets": targets,
-                   "wall_s": wall}
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(payload, indent=1, default=str) + "\n")
-        if lengths:
-            print(f"saved {plot_memory_vs_length(json.loads(Path(out).read_text()), Path(out).with_suffix('.png'))}")
-        print(f"saved {Path(out).resolve().relative_to(ROOT) if Path(out).resolve().is_relative_to(ROOT) else out}")
+        command = "python -m benchmarks.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+        save_result(out, result_of(plan, command, {**machine, "load_after": load_after}, parity, results, ratios,
+                                   sweep, targets, wall))
     return 0
 
 
