@@ -327,8 +327,8 @@ def test_documented_command_composes(name, line, words, run_root):
     ("python -m yfpo.train method=dpo lambda=0.5", "lambda=0.5"),             # a value the stage refuses
     ("python -m yfpo.train lambda=0.1,0.2 method=yfpo", "lambda=0.1,0.2"),    # a sweep without -m
     ("python -m yfpo.train -m +experiment=demo +variant=dpo,nosuch", "variant/nosuch"),  # a swept option
-    ("python -m yfpo.train -m +experiment=yfpo_2k lambda=0.1,abc", "lambda='abc'"),      # a swept value
-    ("python -m yfpo.evaluate run_dir=runs/x eval.backend=vlm", "eval.backend='vlm'"),
+    ("python -m yfpo.train -m +experiment=yfpo_2k lambda=0.1,abc", "Value 'abc'"),      # a swept value
+    ("python -m yfpo.evaluate run_dir=runs/x eval.backend=vlm", "eval.backend=vlm"),
     ("python -m yfpo.tables experiments/yfpo_table2.yaml --seed-for 0.01", "2"),         # argparse exits 2
     ("python -m yfpo.tables experiments/no_such_table.yaml", "no such table spec"),
     ("python -m yfpo.reproduce experiments/yfpo_table1.yaml --train-args optim.schedule=cosin", "optim.schedule"),

@@ -4,6 +4,7 @@
 import pytest
 import torch
 
+from yfpo.core.schema import YfpoForm
 from yfpo.train import losses
 
 
@@ -33,7 +34,7 @@ def _inputs(requires_grad=True):
     return [torch.randn(3, requires_grad=requires_grad) for _ in range(6)]
 
 
-@pytest.mark.parametrize("form", losses.YFPO_FORMS)
+@pytest.mark.parametrize("form", [f.value for f in YfpoForm])
 def test_yfpo_lambda_zero_is_exactly_dpo(form):
     pc, pr, rc, rr, sc, sr = _inputs()
     dpo, _ = losses.dpo_loss(pc, pr, rc, rr, 0.3)
@@ -65,7 +66,13 @@ def test_yfpo_sigmoid_form_gradient():
 
 
 def test_yfpo_rejects_unknown_form():
-    with pytest.raises(ValueError, match="method.form"):
+    """The config refuses it when composed, naming the key; a direct call gets the enum's ValueError."""
+    from yfpo.core.config import compose_config
+    from yfpo.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"Invalid value 'inside', expected one of \[margin, sigmoid\] \(key method.form\)"):
+        compose_config(["method=yfpo", "method.form=inside"])
+    with pytest.raises(ValueError, match="'inside' is not a valid YfpoForm"):
         losses.yfpo_loss(*_inputs(False), 0.1, 0.1, "inside")
 
 

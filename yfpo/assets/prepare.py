@@ -60,17 +60,16 @@ def synthetic_files(syn: DictConfig) -> dict[str, Path]:
     return paths
 
 
-def model_key(m: DictConfig, cache_dir: str, syn: DictConfig | None) -> dict:
+def model_key(m: DictConfig, syn: DictConfig | None = None, preparing: DictConfig | None = None) -> dict:
     """What a prepared model ``m`` (a ``model`` group) is made from (:mod:`yfpo.core.artefacts`): the
-    tiny model's architecture, seed and corpus (in ``syn.dir``); the identity of the training run that
-    exports it; the GGUF file and its package's version."""
+    tiny model's architecture, seed and corpus (``sft.jsonl`` in ``syn.dir``, which must be there); the
+    identity of the training run that exports it (``preparing``: that run's composed config); the GGUF
+    file and its package's version. It only computes: :func:`ensure_model` makes what it reads."""
     if m.prepare == "build_tiny":
-        corpus = synthetic_files(syn)["sft"]
         return {"prepare": m.prepare, "vocab_size": m.vocab_size, "corpus_rows": m.corpus_rows, "arch": dict(m.arch),
-                "init_seed": m.init_seed, "corpus": artefacts.file_fingerprint(corpus)}
+                "init_seed": m.init_seed, "corpus": artefacts.file_fingerprint(Path(syn.dir) / "sft.jsonl")}
     if m.prepare.startswith("train:"):
-        cache = str(Path(cache_dir).resolve())
-        return run_identity(compose_config([*preparing_run(m.prepare.removeprefix("train:"), cache, syn), f"cache_dir={cache}"]))
+        return run_identity(preparing)
     if m.prepare == "gguf":
         from importlib import metadata
 
@@ -122,8 +121,12 @@ def ensure_model(m: DictConfig, *, cache_dir: str, hub_cfg: DictConfig, syn: Dic
             made_by = f"; it is made by `{m.made_by}`" if m.made_by else ""
             raise UserError(f"model.path={m.path}: no HF model directory (config.json) there{made_by}")
         return Path(m.path)
-    path, key = Path(m.path), model_key(m, cache_dir, syn)
+    path, cache = Path(m.path), str(Path(cache_dir).resolve())
     experiment = prepare.removeprefix("train:") if prepare.startswith("train:") else None
+    args = preparing_run(experiment, cache, syn) if experiment else []
+    if prepare == "build_tiny":
+        synthetic_files(syn)  # the tokenizer's corpus, which the key reads
+    key = model_key(m, syn, compose_config([*args, f"cache_dir={cache}"]) if experiment else None)
     made_by = f" and the directory of the run `python -m yfpo.train +experiment={experiment}`" if experiment else ""
     fix = f"Delete {path}{made_by} to prepare it again, or give this model its own model.path."
 
@@ -141,8 +144,6 @@ def ensure_model(m: DictConfig, *, cache_dir: str, hub_cfg: DictConfig, syn: Dic
             return path
         if experiment:
             # the run exports to model.path and keys it (train.export); a finished run only exports again
-            cache = str(Path(cache_dir).resolve())
-            args = preparing_run(experiment, cache, syn)
             command = shlex.join(["python", "-m", "yfpo.train", *args])
             log.info(f"{path} not found: preparing it with `{command}`")
             env = {**os.environ, "YFPO_CACHE": cache}

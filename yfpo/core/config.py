@@ -1,6 +1,10 @@
 """The Hydra config's home: where ``conf/`` is, the resolvers (``yfpo.dirname`` of run directories,
 ``yfpo.model_tag`` of cached file names) and composing the config outside ``@hydra.main`` (for the stages that need no run directory).
 
+A run directory's name puts the keys the command sweeps first. A job sees only its own overrides, so the
+training entry point records its command's swept keys in ``YFPO_SWEPT`` (:func:`record_swept_keys`), which
+``conf/config.yaml`` hands to the resolver, and which launchers pass on to their jobs with the environment.
+
 Every entry point imports this module (for :data:`CONF_DIR`), which registers the resolver
 before Hydra resolves ``hydra.run.dir``.
 """
@@ -9,15 +13,15 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
-import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from yfpo.core import schema  # noqa: F401  (registers the typed schemas before any composition)
@@ -30,30 +34,34 @@ DIRNAME_LIMIT = 96  # characters; file systems refuse names over 255
 
 def swept_keys(argv: list[str]) -> list[str]:
     """The keys a command line sweeps (``seed=1,2,3``, ``+variant=a,b``, ``lambda=range(1,3)``), by Hydra's
-    own override grammar, plus those of the experiment's ``hydra.sweeper.params`` (when Hydra runs)."""
-    keys = []
+    own override grammar."""
     try:
         parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
-        keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
-    except OverrideParseException:  # not a Hydra command line (a test runner's, say): nothing is swept by it
-        pass
-    if HydraConfig.initialized():
-        keys += [k.lstrip("+~") for k in (HydraConfig.get().sweeper.get("params") or {})]
-    return list(dict.fromkeys(keys))
+    except OverrideParseException:  # Hydra reports its own grammar errors
+        return []
+    return list(dict.fromkeys(o.key_or_group for o in parsed if o.is_sweep_override()))
 
 
-def run_dirname(overrides: str, swept: list[str] | None = None) -> str:
+def record_swept_keys(argv: list[str]) -> None:
+    """For the training entry point: ``YFPO_SWEPT``, the keys its command line ``argv`` sweeps, which
+    name its run directories (:func:`run_dirname`)."""
+    os.environ["YFPO_SWEPT"] = ",".join(swept_keys(argv))
+
+
+def run_dirname(overrides: str, swept: str | list[str] = "") -> str:
     """A directory name for a run from Hydra's ``job.override_dirname``.
 
     Short override lists stay as Hydra writes them (``lambda=0.1,method=yfpo``); ``/`` in path values
-    is replaced. A long list puts the ``swept`` keys (default: this command's, :func:`swept_keys`)
-    first, keeps what fits and ends in a hash of the whole, so it stays unique and the swept values
-    stay readable.
+    is replaced. A long list puts the ``swept`` keys (comma-separated in the config: ``YFPO_SWEPT``),
+    and those of the experiment's ``hydra.sweeper.params``, first, keeps what fits and ends in a hash
+    of the whole, so it stays unique and the swept values stay readable.
     """
     name = overrides.replace("/", "_") or "defaults"
     if len(name) <= DIRNAME_LIMIT:
         return name
-    swept = swept_keys(sys.argv[1:]) if swept is None else swept
+    swept = [k for k in swept.split(",") if k] if isinstance(swept, str) else list(swept)
+    if HydraConfig.initialized():
+        swept += [k.lstrip("+~") for k in (HydraConfig.get().sweeper.get("params") or {})]
     items = re.split(r",(?=[+~]?[\w.@-]+=)", name)  # a comma that starts the next key=value
     items.sort(key=lambda item: item.split("=", 1)[0].lstrip("+~") not in swept)  # stable: Hydra's order otherwise
     return f"{','.join(items)[:DIRNAME_LIMIT - 12]}..{hashlib.sha1(name.encode()).hexdigest()[:10]}"
@@ -104,14 +112,26 @@ def refuse_added_keys(overrides: list[str], cfg: DictConfig) -> None:
                           f"{', '.join(sorted(set(known)))}). A '+' adds a key nothing would read; set an existing key without it")
 
 
+def composition_error(e: ConfigCompositionException) -> ConfigError:
+    """Hydra's refusal of an override (a value the schema refuses, a misspelt key) as one line naming the key."""
+    cause = e.__cause__
+    detail = str(getattr(cause, "msg", None) or cause or "").splitlines()[:1]  # OmegaConf adds the key and the object type
+    key = f" (key {cause.full_key})" if getattr(cause, "full_key", None) else ""
+    return ConfigError(f"{str(e).splitlines()[0]}{': ' + detail[0] if detail else ''}{key}")
+
+
 def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:
     """``conf/config.yaml`` with command-line style ``overrides`` (``hydra=True`` keeps the hydra node);
     inside a running Hydra app (``python -m yfpo.train``) it composes with that app's search path.
-    A ``+key`` that nothing reads is refused (:func:`refuse_added_keys`)."""
-    if GlobalHydra.instance().is_initialized():
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=hydra)
-    else:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    A value the schema refuses (:mod:`yfpo.core.schema`) and a ``+key`` that nothing reads
+    (:func:`refuse_added_keys`) are one :class:`ConfigError` naming the key."""
+    try:
+        if GlobalHydra.instance().is_initialized():
             cfg = compose("config", overrides=list(overrides), return_hydra_config=hydra)
+        else:
+            with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+                cfg = compose("config", overrides=list(overrides), return_hydra_config=hydra)
+    except ConfigCompositionException as e:
+        raise composition_error(e) from e
     refuse_added_keys(list(overrides), cfg)
     return cfg

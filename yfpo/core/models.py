@@ -11,7 +11,6 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from yfpo.core.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -41,8 +40,6 @@ def load_model(m: DictConfig, path: Path | str, autocast: bool = False, training
     up for training, with ``model.gradient_checkpointing`` and no KV cache; an inference load
     (evaluation, pair sampling, neuron selection) keeps the model's own settings.
     """
-    if m.dtype not in DTYPES:
-        raise ConfigError(f"model.dtype={m.dtype!r}: choose one of {list(DTYPES)}")
     half = autocast or DTYPES[m.dtype] != torch.float32
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=DTYPES[m.dtype], attn_implementation=attention(m.attn_implementation, half),

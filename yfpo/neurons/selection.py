@@ -15,12 +15,12 @@ from omegaconf import DictConfig
 
 from yfpo.core import artefacts
 from yfpo.core.config import compose_config
-from yfpo.core.errors import ConfigError, run_cli
+from yfpo.core.errors import run_cli
 from yfpo.core.models import device_for, load_model, load_tokenizer, weights_fingerprint
 from yfpo.assets.prepare import ensure_model, ensure_synthetic
 from yfpo.neurons import io
 from yfpo.neurons.attribution import ActivationStats
-from yfpo.neurons.selectors import SELECTORS, math_samples, scores_for
+from yfpo.neurons.selectors import math_samples, scores_for
 from yfpo.core.log import log
 
 
@@ -44,8 +44,6 @@ def select(cfg: DictConfig, overrides: list[str] = ()) -> Path:
     with the same key (:func:`io.neuron_key`) is kept, one made with another is refused."""
     n = cfg.neurons
     out = Path(n.path)
-    if n.selector not in SELECTORS:
-        raise ConfigError(f"neurons.selector={n.selector!r}: choose one of {SELECTORS}")
     ensure_synthetic(cfg.synthetic, n.data)
     path = ensure_model(cfg.model, cache_dir=cfg.cache_dir, hub_cfg=cfg.hub, syn=cfg.synthetic, overrides=list(overrides))
     model = load_model(cfg.model, path)

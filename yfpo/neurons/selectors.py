@@ -17,7 +17,6 @@ from yfpo.data.rows import load_rows, subset
 from yfpo.neurons.attribution import ActivationStats, activation_scores, lrp_scores
 from yfpo.neurons.io import NeuronSet, top_k
 
-SELECTORS = ("attnlrp", "activation", "random")
 
 
 def random_scores(num_layers: int, intermediate_size: int, seed: int) -> torch.Tensor:

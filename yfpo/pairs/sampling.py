@@ -38,7 +38,7 @@ from yfpo.evaluate import vllm_worker
 from yfpo.core.config import compose_config
 from yfpo.data.rows import DataError, load_rows, sft_fields, validate_rows, write_jsonl
 from yfpo.core.errors import ConfigError, run_cli
-from yfpo.evaluate.generation import BACKENDS, generate
+from yfpo.evaluate.generation import generate
 from yfpo.evaluate.grading import gold_answer, grade
 from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.core.models import device_for
@@ -46,7 +46,6 @@ from yfpo.assets.prepare import ensure_model, ensure_synthetic
 from yfpo.data.prompts import LEAD, default_stops, format_prompt, stop_token_ids
 from yfpo.core.log import log
 
-PAIR_MODES = ("full", "step")  # full solutions, or Step-DPO pairs (shared correct prefix, first differing step)
 # Step checkers: (question, completion) -> index of the first wrong line, or None when all are right.
 CHECKERS: dict[str, Callable[[str, str], int | None]] = {"synthetic": synthetic.first_wrong_step}
 
@@ -100,12 +99,8 @@ def pairs_for_question(question: str, completions: list[str], correct: list[bool
 
 def check_pairs_config(p: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the ``pairs`` value that cannot work, before anything loads."""
-    if p.mode not in PAIR_MODES:
-        raise ConfigError(f"pairs.mode={p.mode!r}: choose one of {PAIR_MODES}")
     if p.checker is not None and p.checker not in CHECKERS:
         raise ConfigError(f"pairs.checker={p.checker!r}: choose null or one of {sorted(CHECKERS)}")
-    if p.backend not in BACKENDS:
-        raise ConfigError(f"pairs.backend={p.backend!r}: choose one of {BACKENDS}")
     if p.mode == "step" and p.checker is None:
         raise ConfigError("pairs.mode=step needs a step checker (pairs.checker) to find the first wrong step")
 

@@ -33,18 +33,22 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
-from yfpo.core.config import CONF_DIR
+from yfpo.core.config import CONF_DIR, composition_error
 from yfpo.core.errors import ConfigError, MissingError, run_cli
 from yfpo.core.schema import role
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
-    if GlobalHydra.instance().is_initialized():  # inside main(): one initialisation for all jobs
-        return compose(config_name, overrides=overrides, return_hydra_config=True)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name, overrides=overrides, return_hydra_config=True)
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside main(): one initialisation for all jobs
+            return compose(config_name, overrides=overrides, return_hydra_config=True)
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name, overrides=overrides, return_hydra_config=True)
+    except ConfigCompositionException as e:
+        raise composition_error(e) from e
 
 
 def sweep_jobs(config_name: str, overrides: list[str]) -> list[DictConfig]:

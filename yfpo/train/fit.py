@@ -31,9 +31,9 @@ from yfpo.core.locks import exclusive
 from yfpo.train.loggers import finish, make_loggers
 from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.assets.prepare import ensure_model, ensure_synthetic
-from yfpo.train.module import PreferenceModule, check_module_config
+from yfpo.train.module import PreferenceModule
 from yfpo.neurons import io as neuron_io
-from yfpo.core.schema import role
+from yfpo.core.schema import check_method, role
 from yfpo.core.inputs import run_identity, training_inputs
 from yfpo.train.reference import ReferenceCache, declared_identity, tokens_fingerprint
 from yfpo.train.strategies import build_strategy
@@ -90,33 +90,25 @@ def check_resume(cfg: DictConfig, run_dir: Path, finished: bool = False) -> None
         )
 
 
-def _number(value, key: str, fix: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}={value!r}: give a number ({fix})")
-    return float(value)
-
-
 def check_training_config(cfg: DictConfig, warn: bool = True) -> None:
     """Refuse, before anything loads, a setting that cannot work or would do nothing: each error
-    names the key and the fix. ``lambda`` on a method that ignores it would train plain DPO in a
-    directory named after it; ``lambda=0`` with YFPO is DPO, which is allowed (the paper's
-    control) but said."""
-    lam = _number(cfg["lambda"], "lambda", "the YFPO strength, >= 0, e.g. lambda=0.2")
+    names the key and the fix (types and choices are the schema's: yfpo/core/schema.py). ``lambda`` on a
+    method that ignores it would train plain DPO in a directory named after it; ``lambda=0`` with YFPO
+    is DPO, which is allowed (the paper's control) but said."""
+    lam = cfg["lambda"]
     if lam < 0:
-        raise ConfigError(f"lambda={cfg['lambda']}: give a strength >= 0 (a negative one rewards the neuron margin's opposite)")
+        raise ConfigError(f"lambda={lam:g}: give a strength >= 0 (a negative one rewards the neuron margin's opposite)")
     if lam and cfg.method.loss != "yfpo":
-        raise ConfigError(f"lambda={cfg['lambda']} is read only by method=yfpo or yfpo_fdt; method={cfg.method.name} "
+        raise ConfigError(f"lambda={lam:g} is read only by method=yfpo or yfpo_fdt; method={cfg.method.name} "
                           "ignores it: drop the override, or choose method=yfpo")
-    check_module_config(cfg.method, cfg.optim, cfg.reference.mode, cfg.reference.dtype)
+    check_method(cfg.method)
     if warn and cfg.method.loss == "yfpo" and lam == 0:
         log.warning(f"method={cfg.method.name} with lambda=0 trains exactly DPO"
                     f"{' with FDT' if cfg.method.fdt else ''} (set lambda=0.2, say, for the neuron reward)")
-    if _number(cfg.beta, "beta", "the DPO temperature, e.g. beta=0.1") <= 0:
-        raise ConfigError(f"beta={cfg.beta}: give a temperature > 0 (e.g. beta=0.1)")
-    if _number(cfg.optim.lr, "optim.lr", "e.g. optim.lr=5e-7") <= 0:
-        raise ConfigError(f"optim.lr={cfg.optim.lr}: give a learning rate > 0 (e.g. optim.lr=5e-7)")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise ConfigError(f"seed={cfg.seed!r}: give an integer (e.g. seed=1)")
+    if cfg.beta <= 0:
+        raise ConfigError(f"beta={cfg.beta:g}: give a temperature > 0 (e.g. beta=0.1)")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr={cfg.optim.lr:g}: give a learning rate > 0 (e.g. optim.lr=5e-7)")
     steps = cfg.trainer.get("max_steps", -1)
     if isinstance(steps, bool) or not isinstance(steps, int) or (steps != -1 and steps < 1):
         raise ConfigError(f"trainer.max_steps={steps!r}: give a number of optimizer steps >= 1, or -1 for trainer.max_epochs")

@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from yfpo.core.errors import ConfigError
-from yfpo.core.schema import YFPO_FORMS
+from yfpo.core.schema import YfpoForm
 
 Metrics = dict[str, torch.Tensor]
 
@@ -91,8 +90,7 @@ def yfpo_loss(
     ``form="sigmoid"``: ``-log sigmoid(h + lam * Delta_N)``, the margin inside the sigmoid.
     ``lam = 0`` returns exactly the DPO loss in both forms.
     """
-    if form not in YFPO_FORMS:
-        raise ConfigError(f"method.form={form!r}: choose one of {YFPO_FORMS}")
+    form = YfpoForm(form)  # composition refuses another value; a direct call gets ValueError
     delta = score_chosen - score_rejected
     if form == "margin":
         dpo, metrics = dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)

@@ -17,32 +17,18 @@ from torch import nn
 
 from yfpo.train import losses
 from yfpo.core.errors import ConfigError
+from yfpo.core.models import DTYPES
 from yfpo.core.schema import check_method
 from yfpo.neurons.hooks import NeuronRecorder
 from yfpo.train.loggers import logs_this_step
 from yfpo.train.logprobs import model_logps
-from yfpo.core.models import DTYPES
 from yfpo.neurons.io import NeuronSet
-from yfpo.train.reference import MODES as REFERENCE_MODES, ReferenceCache, compute_table
-
-SCHEDULES = ("cosine", "linear", "constant")
-
-
-def check_module_config(method: DictConfig, optim: DictConfig, reference: str, reference_dtype: str | None) -> None:
-    """Raise :class:`ConfigError` naming the ``method``/``optim``/``reference`` value that cannot work
-    (called before anything loads by ``yfpo.train`` and ``make reproduce-tables DRY_RUN=1``)."""
-    check_method(method)
-    if optim.schedule not in SCHEDULES:
-        raise ConfigError(f"optim.schedule={optim.schedule!r}: choose one of {SCHEDULES}")
-    if reference not in REFERENCE_MODES:
-        raise ConfigError(f"reference.mode={reference!r}: choose one of {REFERENCE_MODES}")
-    if reference_dtype is not None and reference_dtype not in DTYPES:
-        raise ConfigError(f"reference.dtype={reference_dtype!r}: choose null or one of {list(DTYPES)}")
+from yfpo.train.reference import ReferenceCache, compute_table
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, min_ratio: float):
-    """Linear warmup over ``warmup_steps``, then ``schedule`` decay (one of :data:`SCHEDULES`, checked by
-    :func:`check_module_config`) to ``min_ratio`` at ``total_steps``."""
+    """Linear warmup over ``warmup_steps``, then ``schedule`` decay (``optim.schedule``:
+    :class:`yfpo.core.schema.Schedule`) to ``min_ratio`` at ``total_steps``."""
 
     def f(step: int) -> float:
         if step < warmup_steps:
@@ -94,7 +80,7 @@ class PreferenceModule(L.LightningModule):
                  neurons: NeuronSet | None = None, reference: str = "live", reference_dtype: str | None = None,
                  reference_cache: ReferenceCache | None = None, chunk_tokens: int = 512):
         super().__init__()
-        check_module_config(method, optim, reference, reference_dtype)
+        check_method(method)
         if method.loss == "yfpo" and neurons is None:
             raise ConfigError("method.loss=yfpo needs a neuron file (neurons.path)")
         self.policy = policy.train()  # from_pretrained returns eval mode, and Lightning keeps modes as they are

@@ -25,7 +25,6 @@ from yfpo.data.encode import to_device
 from yfpo.core.errors import UserError
 
 FORMAT = "yfpo-reference-logps/1"
-MODES = ("live", "precompute")
 # The config fields a cached table depends on (besides the observed fingerprints).
 DATA_KEYS = ("path", "split", "hub_config", "subset_size", "subset_seed", "pair_mode", "template",
              "max_length", "max_prompt_length", "add_bos", "append_eos")
