@@ -68,3 +68,11 @@ def test_stop_token_ids(tokenizer, tmp_path):
     assert stop_token_ids("chat", tokenizer) == expected and vocab["<|im_end|>"] in expected
     (tmp_path / "generation_config.json").write_text('{"eos_token_id": [7, 9]}')
     assert {7, 9} <= set(stop_token_ids("alpaca", tokenizer, tmp_path))
+
+
+def test_the_fewshot_sets_are_the_choices_the_schema_accepts():
+    """eval.fewshot_set is refused at composition outside FewshotSet: a set added to FEWSHOT needs its name there."""
+    from yfpo.core.schema import FewshotSet, Template
+
+    assert set(prompts.FEWSHOT) == set(prompts.FEWSHOT_LAYOUTS) == {f.value for f in FewshotSet}
+    assert prompts.TEMPLATES == tuple(t.value for t in Template)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from yfpo.core.errors import ConfigError
+from yfpo.core.schema import Template
 
 # Step-DPO's prompt for base models; its evaluation prompt starts the response with LEAD.
 ALPACA = (
@@ -27,7 +28,7 @@ ALPACA = (
 )
 BOXED = "{instruction}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 LEAD = "Let's think step by step.\n"
-TEMPLATES = ("alpaca", "chat")
+TEMPLATES = tuple(t.value for t in Template)  # model.template, data.template, eval.template
 
 # Where a zero-shot completion is over (used when eval.stop is null). A base model given the
 # alpaca prompt answers, then keeps writing the format it has seen: a new "### Instruction:"

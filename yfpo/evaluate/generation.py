@@ -9,7 +9,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-BACKENDS = ("hf", "vllm")  # transformers' generate here, or the vLLM engine (yfpo/evaluate/vllm_worker.py)
+from yfpo.core.schema import Backend
+
+# transformers' generate here, or the vLLM engine (yfpo/evaluate/vllm_worker.py): eval.backend and pairs.backend
+BACKENDS = tuple(b.value for b in Backend)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,6 @@ from yfpo.data.rows import load_rows
 from yfpo.evaluate import vllm_worker
 from yfpo.evaluate.backends import compare_backends
 from yfpo.evaluate.discovery import check_finished, find_checkpoints, runs_synthetic_draw, training_step
-from yfpo.evaluate.generation import BACKENDS
 from yfpo.evaluate.job import conflicts, prepare_job
 from yfpo.evaluate.predictions import evaluate_checkpoint
 from yfpo.evaluate.problems import dirname, problems_of, source
@@ -67,8 +66,6 @@ def run_settings(cfg: DictConfig, root: Path) -> DictConfig:
 
 def check_eval_config(e: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the ``eval.*`` key that cannot work, and its fix (before anything loads)."""
-    if e.backend not in BACKENDS:
-        raise ConfigError(f"eval.backend={e.backend!r}: choose one of {BACKENDS}")
     for key in ("num_fewshot", "compare_backends"):
         if not isinstance(e[key], int) or e[key] < 0:
             raise ConfigError(f"eval.{key}={e[key]!r}: give an integer >= 0 (0 turns it off)")
