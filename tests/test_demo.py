@@ -22,6 +22,7 @@ def check_demo_outputs(out):
     assert (out / "demo_curves.png").stat().st_size > 0
     mech = (out / "mechanisms.md").read_text()
     check_headroom(mech)
+    check_by_range(mech)
     assert all(f"| {arm} |" in mech for arm in ("DPO", "DPO+NLL", "YFPO (AttnLRP)", "YFPO (random)", "FDT"))
     versus = mech.split("Arms against each other")[1]
     assert "| YFPO (AttnLRP) |" in versus, "the arms tested against each other"
@@ -32,13 +33,25 @@ def check_demo_outputs(out):
 def check_headroom(mech: str):
     """The start model's own report: it solves what SFT taught (starts <= 20), it does much worse beyond
     that range (headroom), and it samples right answers there, which every pair comes from."""
-    lines = mech.split("What the start model leaves to learn:")[1].split("What training did")[0].strip().splitlines()
+    lines = mech.split("What the start model leaves to learn:")[1].split("Greedy test accuracy by range")[0].strip().splitlines()
     cells = {l.split("|")[1].strip().split(",")[0]: [c.strip() for c in l.strip(" |").split("|")[1:]] for l in lines[2:]}
     value = lambda cell: float(cell.split()[0])  # noqa: E731
     greedy, sampled, pairs = cells["SFT greedy accuracy"], cells[next(k for k in cells if k.startswith("SFT pass@"))], cells["pairs"]
     assert value(greedy[1]) >= 0.9, f"SFT within its range: {greedy[1]}"
     assert value(greedy[2]) <= value(greedy[1]) - 0.2, f"headroom beyond SFT's range: {greedy[2]} vs {greedy[1]}"
     assert 0.02 <= value(sampled[2]) < 1.0 and value(pairs[2]) > 0, f"pass@k beyond {sampled[2]}, pairs {pairs}"
+
+
+def check_by_range(mech: str):
+    """Every arm's accuracy within SFT's range and beyond it, each seed's too, beside the start model's,
+    whose cells are the headroom table's greedy accuracies."""
+    table = mech.split("Greedy test accuracy by range")[1].split("What training did")[0].splitlines()
+    rows = {l.split("|")[1].strip(): [c.strip() for c in l.strip(" |").split("|")[1:]]
+            for l in table if l.startswith("| ") and not l.startswith("| arm ")}
+    assert set(rows) == {"SFT (the start model)", "DPO", "DPO+NLL", "YFPO (AttnLRP)", "YFPO (random)", "FDT"}, rows
+    head = mech.split("SFT greedy accuracy, test |")[1].splitlines()[0].split("|")
+    assert [float(c) for c in rows["SFT (the start model)"]] == [float(head[1].split()[0]), float(head[2].split()[0])]
+    assert all(cells[0].count(" / ") == 2 and cells[1].count(" / ") == 2 for arm, cells in rows.items() if arm != "SFT (the start model)")
 
 
 def fake_run(sweep, name, overrides, done=True):

@@ -182,6 +182,22 @@ def test_a_long_run_dirname_starts_with_the_swept_keys():
     assert run_dirname(long, swept=[]).startswith("+experiment=yfpo_2k,")  # Hydra's order when nothing is swept
 
 
+def test_the_run_directory_reads_the_swept_keys_the_entry_point_recorded(monkeypatch):
+    """`python -m yfpo.train` records its command's swept keys in YFPO_SWEPT (the launchers' jobs inherit it);
+    the config hands them to the resolver, which reads no command line of its own."""
+    from omegaconf import OmegaConf
+
+    from yfpo.core.config import record_swept_keys
+
+    monkeypatch.delenv("YFPO_SWEPT", raising=False)
+    record_swept_keys(["-m", "+experiment=yfpo_2k", "lambda=0.1,0.2", "seed=1,2,3", "data.path=x"])
+    assert __import__("os").environ["YFPO_SWEPT"] == "lambda,seed"
+    long = ("+experiment=yfpo_2k,data.path=.cache/pairs/qwen2-0.5b-abcdef-full-q1600-k4-T1.0-s0-hf.jsonl,"
+            "data.subset_file=/scratch/a/long/path.jsonl,lambda=0.2,seed=3")
+    hydra_dir = __import__("yaml").safe_load(open("conf/config.yaml"))["hydra"]["sweep"]["subdir"].replace("hydra:job.override_dirname", "o")
+    assert OmegaConf.create({"o": long, "d": hydra_dir}).d.startswith("lambda=0.2,seed=3,")
+
+
 @pytest.mark.parametrize("overrides,match", [
     (["method=dpo", "lambda=0.5"], "lambda=0.5 is read only by method=yfpo or yfpo_fdt; method=dpo ignores it"),
     (["method=yfpo", "lambda=-1"], r"lambda=-1: give a strength >= 0"),

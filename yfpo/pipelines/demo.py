@@ -181,6 +181,28 @@ def headroom(cfg, runs: dict[str, list[str]]) -> str:
     return "What the start model leaves to learn:\n\n" + "\n".join(lines) + "\n"
 
 
+def by_range(cfg, runs: dict[str, list[str]]) -> str:
+    """Markdown: each arm's greedy test accuracy within SFT's range of start amounts and beyond it (mean
+    over the seeds, each seed's in brackets) beside the start model's: where training gained and where it lost."""
+    def accuracy(predictions: Path) -> tuple[float, float]:
+        graded = [(beyond_sft(cfg, r["prompt"]), r["correct"]) for r in map(json.loads, predictions.read_text().splitlines())]
+        return tuple(sum(ok for b, ok in graded if b == side) / max(sum(b == side for b, _ in graded), 1) for side in (False, True))
+
+    def cell(values: list[float]) -> str:
+        return f"{sum(values) / len(values):.3f}" + (f" ({' / '.join(f'{v:.3f}' for v in values)})" if len(values) > 1 else "")
+
+    evals = lambda run: sorted((Path(run) / "eval" / cfg.eval.task).glob("ckpt-*/predictions.jsonl"))  # noqa: E731
+    top, held = cfg.synthetic.max_start, cfg.synthetic.heldout_max_start
+    lines = [f"| arm | start <= {top} (SFT's range) | start {top + 1}..{held} (beyond it) |", "|---|---|---|"]
+    sft = accuracy(evals(runs[cfg.demo.variants[0]][0])[0])
+    lines.append(f"| SFT (the start model) | {sft[0]:.3f} | {sft[1]:.3f} |")
+    for v in cfg.demo.variants:
+        last = [accuracy(evals(r)[-1]) for r in runs[v]]  # each run's last checkpoint
+        lines.append(f"| {label(v)} | {cell([w for w, _ in last])} | {cell([b for _, b in last])} |")
+    return ("Greedy test accuracy by range of start amounts (each arm's last checkpoint; mean over the seeds, "
+            "each seed's in brackets):\n\n" + "\n".join(lines) + "\n")
+
+
 def main(argv: list[str]) -> None:
     start = time.perf_counter()
     base = ["+experiment=demo", *argv]
@@ -200,7 +222,7 @@ def main(argv: list[str]) -> None:
     spec_path = sweep / f"{cfg.name}_spec.yaml"
     spec_path.write_text(yaml.safe_dump(table_spec(cfg, runs), sort_keys=False))
     paper_style = make_tables(spec_path, out=sweep)
-    text = headroom(cfg, runs) + "\n" + mechanisms(cfg, runs) + "\n" + versus(cfg, runs)
+    text = headroom(cfg, runs) + "\n" + by_range(cfg, runs) + "\n" + mechanisms(cfg, runs) + "\n" + versus(cfg, runs)
     (sweep / "mechanisms.md").write_text(text)
     print(f"\n{paper_style}\n{text}\n[demo] tables, curves and spec under {sweep}; "
           f"total {time.perf_counter() - start:.0f} s")
