@@ -301,8 +301,8 @@ def test_compare_backends_writes_agreement(run, tmp_path, monkeypatch):
     ("eval.num_fewshot=-1", "eval.num_fewshot=-1"),
     ("eval.compare_backends=-2", "eval.compare_backends=-2"),
     ("eval.stop_token_ids=[a]", "eval.stop_token_ids"),
-    ("eval.template=vicuna", "eval.template='vicuna'"),
-    ("eval.backend=tgi", "eval.backend='tgi'"),
+    ("eval.template=vicuna", r"Invalid value 'vicuna', expected one of \[alpaca, chat\] \(key eval.template\)"),
+    ("eval.backend=tgi", r"Invalid value 'tgi', expected one of \[hf, vllm\] \(key eval.backend\)"),
 ])
 def test_bad_eval_settings_name_the_key(tmp_path, override, match):
     # checked before any data or model is loaded (a wrong type already by the schema, when composed)
