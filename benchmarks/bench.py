@@ -14,7 +14,7 @@ never includes another's. A step is forward + backward + an AdamW step, each sid
 optimizer its trainer builds by default (TRL: ``trainer.create_optimizer()``, transformers'
 ``adamw_torch_fused``; yfpo: ``yfpo.train.module.build_optimizer``, fused AdamW): TRL's
 ``trainer.compute_loss(model, batch)`` on ``trainer.data_collator``'s batch, and
-yfpo's ``PreferenceModule.compute_loss`` on ``yfpo.data.encode.collate``'s batch, both built from the
+yfpo's ``PolicyModule.compute_loss`` on ``yfpo.data.encode.collate``'s batch, both built from the
 same ids (TRL tokenizes the rows with a word-level tokenizer whose token ``t<i>`` is id ``i``;
 the worker asserts that the ids TRL trains on are exactly yfpo's). Before anything is timed, a
 parity worker checks that both sides give the same loss (live and precomputed reference).
@@ -198,13 +198,13 @@ def trl_rows(pairs, vocab: int) -> list[dict]:
 
 def make_yfpo(policy, method: str, pre: bool, chunk_tokens: int, arch: dict, pairs: list, reference=None):
     """yfpo's module as training sets it up: with ``pre``, the reference table of ``pairs`` comes from
-    ``PreferenceModule.reference_table``, the production path (from ``reference``'s weights when given,
+    ``PolicyModule.reference_table``, the production path (from ``reference``'s weights when given,
     for the parity check, else from the policy before its first step), before ``setup("fit")``, which
     then only registers the neuron hooks (YFPO)."""
     import torch
 
     from yfpo.core.config import compose_config
-    from yfpo.train.module import PreferenceModule
+    from yfpo.train.module import PolicyModule
     from yfpo.neurons.io import NeuronSet
 
     cfg = compose_config([f"method={method}", f"optim.lr={LR}"])
@@ -214,13 +214,13 @@ def make_yfpo(policy, method: str, pre: bool, chunk_tokens: int, arch: dict, pai
         k = min(NEURONS, width * layers // 4)
         flat = torch.randperm(width * layers, generator=torch.Generator().manual_seed(0))[:k]
         neurons = NeuronSet(flat // width, flat % width, torch.ones(k))
-    module = PreferenceModule(policy, cfg.method, cfg.optim, beta=BETA, lam=LAMBDA if method == "yfpo" else 0.0,
-                              neurons=neurons, reference="precompute" if pre else "live", chunk_tokens=chunk_tokens)
+    module = PolicyModule(policy, cfg.method, cfg.optim, beta=BETA, lam=LAMBDA if method == "yfpo" else 0.0,
+                          neurons=neurons, reference="precompute" if pre else "live", chunk_tokens=chunk_tokens)
     if pre:
         from yfpo.data.encode import collate
 
-        scorer = module if reference is None else PreferenceModule(reference, cfg.method, cfg.optim, beta=BETA, lam=0.0,
-                                                                   reference="precompute", chunk_tokens=chunk_tokens)
+        scorer = module if reference is None else PolicyModule(reference, cfg.method, cfg.optim, beta=BETA, lam=0.0,
+                                                               reference="precompute", chunk_tokens=chunk_tokens)
         rows = yfpo_rows(pairs)
         module.ref_table = scorer.reference_table(rows, lambda b: collate(b, eos_id(arch["vocab_size"])), len(rows),
                                                   next(policy.parameters()).device)  # what setup("fit") assigns

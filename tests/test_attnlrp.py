@@ -100,21 +100,21 @@ def test_planted_neuron_is_ranked_first(tokenizer, samples):
 
 def test_selection_leaves_training_bit_identical(tmp_path, cache):
     cfg = compose_cfg(*FAST, "method=dpo")
-    from yfpo.data.datamodule import PreferenceDataModule
+    from yfpo.data.datamodule import TrainingDataModule
     from yfpo.core.models import load_model, load_tokenizer
     from yfpo.assets.prepare import synthetic_files
-    from yfpo.train.module import PreferenceModule
+    from yfpo.train.module import PolicyModule
 
     synthetic_files(cfg.synthetic)
     path = model_dir(cfg)
     tok = load_tokenizer(cfg.model, path)
-    dm = PreferenceDataModule(cfg.data, tok, "pairs", cfg.seed)
+    dm = TrainingDataModule(cfg.data, tok, "pairs", cfg.seed)
     dm.setup()
     batch = collate(dm.train_set[:2], tok.pad_token_id)
 
     def grads():
         torch.manual_seed(0)
-        module = PreferenceModule(load_model(cfg.model, path), cfg.method, cfg.optim, cfg.beta, 0.0)
+        module = PolicyModule(load_model(cfg.model, path), cfg.method, cfg.optim, cfg.beta, 0.0)
         module.compute_loss(batch)[0].backward()
         return [p.grad.clone() for p in module.policy.parameters()]
 

@@ -42,20 +42,20 @@ def logged_keys(synth_dir, tokenizer) -> set[str]:
     """The metric names one training step of DPO+YFPO with an NLL term logs (a tiny model, one batch)."""
     from yfpo.data.encode import Encoder, collate
     from yfpo.neurons.io import NeuronSet
-    from yfpo.train.module import PreferenceModule
+    from yfpo.train.module import PolicyModule
 
     cfg = compose_cfg("method=yfpo", "method.nll_weight=0.5")
     rows = [json.loads(l) for l in (synth_dir / "preference.jsonl").read_text().splitlines()[:2]]
     batch = collate(Encoder(cfg.data, tokenizer).encode_all(rows, "pairs", "pairs"), tokenizer.pad_token_id)
     neurons = NeuronSet(torch.tensor([0, 1]), torch.tensor([3, 7]), torch.ones(2))
-    mod = PreferenceModule(make_model(tokenizer), cfg.method, cfg.optim, beta=0.1, lam=0.1, neurons=neurons)
+    mod = PolicyModule(make_model(tokenizer), cfg.method, cfg.optim, beta=0.1, lam=0.1, neurons=neurons)
     mod.setup("fit")
     try:
         with torch.no_grad():
             _, metrics = mod.compute_loss(batch)
     finally:
         mod.teardown("fit")
-    step = inspect.getsource(PreferenceModule.training_step)  # adds the loss (and lr, throughput) itself
+    step = inspect.getsource(PolicyModule.training_step)  # adds the loss (and lr, throughput) itself
     return set(metrics) | {k for k in ("train/loss", "train/lr") if f'metrics["{k}"]' in step}
 
 

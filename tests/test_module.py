@@ -13,7 +13,7 @@ from tests.conftest import compose_cfg, make_model
 from yfpo.train import losses
 from yfpo.data.encode import Encoder, collate
 from yfpo.neurons.hooks import NeuronRecorder
-from yfpo.train.module import PreferenceModule
+from yfpo.train.module import PolicyModule
 from yfpo.neurons.io import NeuronSet
 
 
@@ -29,7 +29,7 @@ NEURONS = NeuronSet(torch.tensor([0, 0, 1, 1, 1]), torch.tensor([3, 40, 0, 7, 47
 
 def module(tokenizer, method, lam=0.0, tied=True, neurons=NEURONS, nll_weight=None):
     cfg = compose_cfg(f"method={method}", *([f"method.nll_weight={nll_weight}"] if nll_weight is not None else []))
-    return PreferenceModule(make_model(tokenizer, tied=tied), cfg.method, cfg.optim, beta=0.1, lam=lam, neurons=neurons)
+    return PolicyModule(make_model(tokenizer, tied=tied), cfg.method, cfg.optim, beta=0.1, lam=lam, neurons=neurons)
 
 
 def loss_and_grads(mod, batch):
@@ -154,10 +154,10 @@ def test_recorder_hooks_are_removed(tokenizer):
 def test_module_rejects_bad_method_combinations(tokenizer):
     cfg = compose_cfg("method=yfpo")
     with pytest.raises(ValueError, match="neuron file"):
-        PreferenceModule(make_model(tokenizer), cfg.method, cfg.optim, 0.1, 0.1, neurons=None)
+        PolicyModule(make_model(tokenizer), cfg.method, cfg.optim, 0.1, 0.1, neurons=None)
     bad = OmegaConf.merge(compose_cfg("method=sft").method, {"fdt": True})
     with pytest.raises(ValueError, match="pairwise"):
-        PreferenceModule(make_model(tokenizer), bad, cfg.optim, 0.1, 0.0)
+        PolicyModule(make_model(tokenizer), bad, cfg.optim, 0.1, 0.0)
 
 
 class _HostSyncs(TorchDispatchMode):
@@ -191,7 +191,7 @@ def test_normalised_neuron_score_uses_the_files_statistics(tokenizer, batch):
     mean, std = torch.tensor([0.1, -0.2, 0.0, 0.3, 0.05]), torch.tensor([2.0, 0.5, 1.0, 4.0, 0.25])
     stats = NeuronSet(NEURONS.layers, NEURONS.indices, NEURONS.scores, mean=mean, std=std)
     cfg = compose_cfg("method=yfpo", "method.neuron_score=normalised")
-    mod = PreferenceModule(make_model(tokenizer), cfg.method, cfg.optim, beta=0.1, lam=0.5, neurons=stats)
+    mod = PolicyModule(make_model(tokenizer), cfg.method, cfg.optim, beta=0.1, lam=0.5, neurons=stats)
     _, m_norm, _ = loss_and_grads(mod, batch)
     model = make_model(tokenizer)
     with torch.no_grad(), NeuronRecorder(model, NEURONS.by_layer()) as rec:
@@ -205,7 +205,7 @@ def test_sft_loss_is_the_token_mean_cross_entropy_of_the_response(synth_dir, tok
     rows = [json.loads(l) for l in (synth_dir / "sft.jsonl").read_text().splitlines()[:4]]
     cfg = compose_cfg("method=sft", "data=synthetic_sft")
     b = collate(Encoder(cfg.data, tokenizer).encode_all(rows, "sft", "sft"), tokenizer.pad_token_id)
-    mod = PreferenceModule(make_model(tokenizer), cfg.method, cfg.optim, beta=0.1, lam=0.0)
+    mod = PolicyModule(make_model(tokenizer), cfg.method, cfg.optim, beta=0.1, lam=0.0)
     loss, _ = mod.compute_loss(b)
     logits = mod.policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
     mask = b["response_mask"][:, 1:]

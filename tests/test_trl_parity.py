@@ -8,7 +8,7 @@ import torch
 from tests.conftest import compose_cfg, make_model
 from yfpo.data.encode import Encoder, collate
 from yfpo.data.prompts import format_prompt
-from yfpo.train.module import PreferenceModule
+from yfpo.train.module import PolicyModule
 
 trl = pytest.importorskip("trl", reason="trl is in the dev extra (make install adds it)")
 datasets = pytest.importorskip("datasets")
@@ -22,7 +22,7 @@ def test_dpo_loss_matches_trl(tmp_path, synth_dir, tokenizer):
     rows = unequal[:3] + [r for r in rows if r not in unequal][:1]
     policy, reference = make_model(tokenizer, seed=0), make_model(tokenizer, seed=1)  # a reference that differs
 
-    ours = PreferenceModule(policy, cfg.method, cfg.optim, beta=cfg.beta, lam=0.0)
+    ours = PolicyModule(policy, cfg.method, cfg.optim, beta=cfg.beta, lam=0.0)
     ours.reference.load_state_dict(reference.state_dict())
     encoded = Encoder(cfg.data, tokenizer).encode_all(rows, "pairs", "pairs")
     # unequal lengths everywhere: chosen vs rejected, and prompts across rows

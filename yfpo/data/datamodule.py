@@ -15,8 +15,8 @@ from yfpo.core.errors import UserError
 from yfpo.data.rows import DataError, read_rows
 
 
-class PreferenceDataModule(L.LightningDataModule):
-    """Rows of ``cfg.data`` as pairs (``kind="pairs"``) or SFT examples (``kind="sft"``).
+class TrainingDataModule(L.LightningDataModule):
+    """The training rows of ``cfg.data``: SFT examples (``kind="sft"``) or preference pairs (``kind="pairs"``).
 
     Batches are drawn by :class:`GlobalBatchSampler`: the same global batches for any number
     of processes, so a 1-GPU and an 8-GPU run with one global batch size see the same data.

@@ -54,7 +54,7 @@ class DiskFullError(UserError, OSError):
 def resume_point(path: Path) -> tuple[int, dict | None]:
     """The optimizer step a Lightning checkpoint (``last.ckpt``) was saved at, and the metrics row
     of that step's batch when it is one the loggers write (``yfpo_log_row``, see
-    :meth:`yfpo.train.module.PreferenceModule.on_save_checkpoint`). Memory-mapped and tensors-only, so
+    :meth:`yfpo.train.module.PolicyModule.on_save_checkpoint`). Memory-mapped and tensors-only, so
     neither the weights are read nor anything is unpickled."""
     try:
         ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)

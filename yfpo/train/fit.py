@@ -25,13 +25,13 @@ from yfpo.core import artefacts
 from yfpo.train.checkpoints import (DONE, HFCheckpoints, ResumePoints, StreamedCheckpointIO, ckpt_name, fsync, is_complete,
                                    resume_point, written)
 from yfpo.core.config import CONF_DIR, refuse_added_keys
-from yfpo.data.datamodule import PreferenceDataModule
+from yfpo.data.datamodule import TrainingDataModule
 from yfpo.core.errors import EXIT_USER_ERROR, ConfigError, Stopped, UserError, run_cli
 from yfpo.core.locks import exclusive
 from yfpo.train.loggers import finish, make_loggers
 from yfpo.core.models import load_model, load_tokenizer, weights_fingerprint
 from yfpo.assets.prepare import ensure_model, ensure_synthetic
-from yfpo.train.module import PreferenceModule
+from yfpo.train.module import PolicyModule
 from yfpo.neurons import io as neuron_io
 from yfpo.core.schema import check_method, role
 from yfpo.core.inputs import run_identity, training_inputs
@@ -192,7 +192,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
     tokenizer = load_tokenizer(run.model, path)
     policy = load_model(run.model, path, autocast=str(run.trainer.precision).startswith(("bf16", "16")), training=True)
     kind = "sft" if run.method.loss == "sft" else "pairs"
-    data = PreferenceDataModule(run.data, tokenizer, kind=kind, seed=run.seed, hub=where.hub)
+    data = TrainingDataModule(run.data, tokenizer, kind=kind, seed=run.seed, hub=where.hub)
     data.setup("fit")  # the rows are needed now to identify a reference cache
     r = run.reference
     cache = None
@@ -201,9 +201,9 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
         cache = ReferenceCache.for_run(r, declared, where.model_tag, weights_fingerprint(policy),
                                        tokens_fingerprint(data.train_set), len(data.train_set))
         cache.check()  # a stale cache is refused before any work starts
-    module = PreferenceModule(policy, run.method, run.optim, run.beta, run["lambda"], load_neurons(run, where, policy),
-                              reference=r.mode, reference_dtype=r.dtype, reference_cache=cache,
-                              chunk_tokens=run.logprobs.chunk_tokens)
+    module = PolicyModule(policy, run.method, run.optim, run.beta, run["lambda"], load_neurons(run, where, policy),
+                          reference=r.mode, reference_dtype=r.dtype, reference_cache=cache,
+                          chunk_tokens=run.logprobs.chunk_tokens)
     callbacks = [
         data.position,  # before the checkpoint callbacks (Lightning runs those last): the loader's position
         HFCheckpoints(ckpt_dir, run.checkpoints.count, tokenizer),

@@ -1,4 +1,5 @@
-"""The LightningModule: a policy, its frozen reference (live or precomputed), and the losses of :mod:`yfpo.train.losses`."""
+"""The LightningModule: the policy, trained with ``method.loss`` (SFT, DPO, YFPO, with or without FDT), and the
+frozen reference (live or precomputed) of the pairwise losses."""
 
 from __future__ import annotations
 
@@ -57,9 +58,10 @@ def frozen_copy(model: nn.Module, dtype: str | None) -> nn.Module:
     return copy_.to(DTYPES[dtype]) if dtype is not None else copy_
 
 
-class PreferenceModule(L.LightningModule):
-    """Trains ``policy`` with ``method.loss`` (sft | dpo | yfpo), optionally with FDT on the LM head
-    and the NLL term ``method.nll_weight`` on the chosen responses.
+class PolicyModule(L.LightningModule):
+    """Trains ``policy`` with ``method.loss``: SFT on examples, or DPO / YFPO on pairs, optionally with
+    FDT on the LM head and the NLL term ``method.nll_weight`` on the chosen responses. The pairwise
+    losses also hold the frozen reference (or its precomputed log-probs); SFT has none.
 
     Args:
         policy: a causal LM with ``.model`` (decoder returning ``last_hidden_state``) and an
