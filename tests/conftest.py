@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -53,6 +54,12 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 def compose_cfg(*overrides: str):
     return compose_config(list(overrides))
+
+
+def job_of(cls, cfg):
+    """The job ``cls`` of a stage (``SelectionJob``, ``AblationJob``, ``PairsJob``) from a composed config,
+    each field the ``cfg`` key of its name, as the stage's ``main`` builds it."""
+    return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
 
 
 def model_dir(cfg, **kw) -> Path:

@@ -7,14 +7,14 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tests.conftest import FAST, compose_cfg, make_model, model_dir
+from tests.conftest import FAST, compose_cfg, job_of, make_model, model_dir
 from yfpo.data.encode import Encoder, collate
 from yfpo.neurons import io
 from yfpo.neurons.hooks import zeroed
-from yfpo.evaluate.ablation import ablate, loglik_per_token
+from yfpo.evaluate.ablation import AblationJob, ablate, loglik_per_token
 from yfpo.neurons.attribution import lrp_scores, target_logits
 from yfpo.neurons.lxt_compat import lrp_patched
-from yfpo.neurons.selection import select
+from yfpo.neurons.selection import SelectionJob, select
 from yfpo.train.fit import fit
 
 pytest.importorskip("lxt", reason="lxt is installed by `make install` (pip install --no-deps lxt==2.1)")
@@ -120,7 +120,7 @@ def test_selection_leaves_training_bit_identical(tmp_path, cache):
 
     before = grads()
     forwards = {c: vars(c)["forward"] for c in (nn.Dropout, type(load_model(cfg.model, path).model.layers[0].mlp))}
-    select(compose_cfg(*FAST, "neurons=attnlrp", "neurons.num_samples=8"))
+    select(job_of(SelectionJob, compose_cfg(*FAST, "neurons=attnlrp", "neurons.num_samples=8")))
     after = grads()
     assert all(torch.equal(a, b) for a, b in zip(before, after))
     assert all(vars(c)["forward"] is f for c, f in forwards.items())
@@ -132,10 +132,10 @@ def test_selection_is_deterministic_and_baselines_share_the_format(tmp_path, cac
     for selector in ("attnlrp", "activation", "random"):
         sized = [] if selector == "random" else ["neurons.num_samples=8"]
         cfg = compose_cfg(*FAST, f"neurons={selector}", *sized, f"neurons.path={tmp_path}/{selector}.safetensors")
-        files[selector] = io.load(select(cfg))
+        files[selector] = io.load(select(job_of(SelectionJob, cfg)))
         assert (tmp_path / f"{selector}.png").is_file() and (tmp_path / f"{selector}.txt").is_file()
-    again = io.load(select(compose_cfg(*FAST, "neurons=attnlrp", "neurons.num_samples=8", "neurons.overwrite=true",
-                                       f"neurons.path={tmp_path}/again.safetensors")))
+    again = io.load(select(job_of(SelectionJob, compose_cfg(*FAST, "neurons=attnlrp", "neurons.num_samples=8",
+                                                            "neurons.overwrite=true", f"neurons.path={tmp_path}/again.safetensors"))))
     assert torch.equal(again.indices, files["attnlrp"].indices) and torch.equal(again.scores, files["attnlrp"].scores)
     for selector, n in files.items():
         assert len(n) == 8 and n.meta["selector"] == selector
@@ -149,8 +149,8 @@ def test_selection_is_deterministic_and_baselines_share_the_format(tmp_path, cac
 def test_ablation_report(tmp_path, cache):
     cfg = compose_cfg(*FAST, "neurons=attnlrp", "neurons.num_samples=8", "ablate.num_samples=8",
                       "ablate.accuracy_problems=4", "ablate.random_draws=2", "ablate.max_new_tokens=8")
-    select(cfg)
-    report = ablate(cfg)
+    select(job_of(SelectionJob, cfg))
+    report = ablate(job_of(AblationJob, cfg))
     results = report["results"]
     assert list(results) == ["none", "selected (attnlrp)", "random #0", "random #1"]
     assert results["none"]["delta_loglik"] == 0 and "accuracy" in results["random #1"]
@@ -168,7 +168,7 @@ def test_attnlrp_on_real_smollm2_weights(tmp_path, cache):
     overrides = ["model=smollm2-135m", "neurons=attnlrp", "neurons.num_samples=16", "neurons.batch_size=8",
                  "synthetic.num_sft=200", "synthetic.num_preference=16", "synthetic.num_test=10"]
     start = time.perf_counter()
-    path = select(compose_cfg(*overrides))
+    path = select(job_of(SelectionJob, compose_cfg(*overrides)))
     neurons = io.load(path)
     print(f"SmolLM2-135M AttnLRP selection incl. conversion: {time.perf_counter() - start:.1f} s")
     assert (neurons.meta["num_layers"], neurons.meta["intermediate_size"]) == ("30", "1536")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import FAST, compose_cfg, model_dir, neurons_for
+from tests.conftest import FAST, compose_cfg, job_of, model_dir, neurons_for
 from yfpo.core.artefacts import StaleArtefactError
 from yfpo.neurons import io
 from yfpo.neurons.selectors import random_neurons
@@ -48,11 +48,11 @@ def test_a_training_seed_sweep_shares_one_neuron_set(selector):
 def test_a_file_for_another_model_or_other_weights_is_refused_with_the_command_that_makes_it(tmp_path, cache):
     """The smoke model and tiny_base share model.name: the file names and the key tell them apart."""
     from yfpo.core.models import load_model, weights_fingerprint
-    from yfpo.neurons.selection import select
+    from yfpo.neurons.selection import SelectionJob, select
 
     smoke, base = compose_cfg(*FAST), compose_cfg("model=tiny_base")
     assert smoke.model.name == base.model.name and smoke.neurons.path != base.neurons.path
-    path = select(smoke)
+    path = select(job_of(SelectionJob, smoke))
     model = load_model(smoke.model, model_dir(smoke))
     weights, c = weights_fingerprint(model), model.config
     neurons_for(smoke, c, weights, "training", FAST)  # it fits what made it
@@ -64,7 +64,7 @@ def test_a_file_for_another_model_or_other_weights_is_refused_with_the_command_t
     with pytest.raises(io.NeuronFileError, match=r"num_samples: made with '256', now '9'"):
         neurons_for(compose_cfg(*FAST, "neurons.num_samples=9"), c, weights, "training", FAST)
     with pytest.raises(StaleArtefactError, match=r"num_samples.*neurons.num_samples=9 neurons.overwrite=true"):  # so does the CLI
-        select(compose_cfg(*FAST, "neurons.num_samples=9"), [*FAST, "neurons.num_samples=9"])
+        select(job_of(SelectionJob, compose_cfg(*FAST, "neurons.num_samples=9")), [*FAST, "neurons.num_samples=9"])
 
 
 @pytest.mark.slow  # real processes: the printed command runs as pasted
@@ -146,9 +146,9 @@ def test_a_cached_neuron_file_is_reused_only_for_the_same_weights(cache, monkeyp
     from yfpo.neurons import selection as stage
 
     args = [*FAST, "neurons=random", "neurons.num_samples=4"]
-    first = io.load(stage.select(compose_cfg(*args)))
+    first = io.load(stage.select(job_of(stage.SelectionJob, compose_cfg(*args))))
     assert len(first.meta["weights"]) == 40
-    stage.select(compose_cfg(*args))
+    stage.select(job_of(stage.SelectionJob, compose_cfg(*args)))
     assert "keeping it" in capsys.readouterr().out
 
     load = stage.load_model
@@ -161,8 +161,8 @@ def test_a_cached_neuron_file_is_reused_only_for_the_same_weights(cache, monkeyp
 
     monkeypatch.setattr(stage, "load_model", retrained)
     with pytest.raises(StaleArtefactError, match=r"weights: made with .*neurons.overwrite=true"):
-        stage.select(compose_cfg(*args), args)
-    again = io.load(stage.select(compose_cfg(*args, "neurons.overwrite=true")))
+        stage.select(job_of(stage.SelectionJob, compose_cfg(*args)), args)
+    again = io.load(stage.select(job_of(stage.SelectionJob, compose_cfg(*args, "neurons.overwrite=true"))))
     assert again.meta["weights"] != first.meta["weights"]
     assert not torch.equal(again.mean, first.mean)  # the statistics are those of the new weights
 

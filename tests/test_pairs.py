@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import FAST, compose_cfg, job_of
 from yfpo.core.artefacts import StaleArtefactError
 from yfpo.pairs import sampling as pairs_mod
 from yfpo.data.rows import PAIR_FIELDS, read_rows
@@ -77,7 +77,7 @@ def test_pairs_are_training_rows_and_a_crashed_run_resumes_identically(tmp_path,
     calls = []
     monkeypatch.setattr(pairs_mod, "generate", _canned(calls))
     args = [*FAST, "pairs.num_questions=24", "pairs.chunk_questions=8", "pairs.samples=4", "pairs.mode=step"]
-    straight = pairs_mod.make_pairs(compose_cfg(*args, f"pairs.out={tmp_path / 'a.jsonl'}"))
+    straight = pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, compose_cfg(*args, f"pairs.out={tmp_path / 'a.jsonl'}")))
 
     real = _canned(calls)
 
@@ -89,10 +89,10 @@ def test_pairs_are_training_rows_and_a_crashed_run_resumes_identically(tmp_path,
     monkeypatch.setattr(pairs_mod, "generate", crash_on_third_chunk)
     cfg_b = compose_cfg(*args, f"pairs.out={tmp_path / 'b.jsonl'}")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        pairs_mod.make_pairs(cfg_b)
+        pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, cfg_b))
     assert not (tmp_path / "b.jsonl").exists() and (tmp_path / "b.jsonl.partial.jsonl").exists()
     monkeypatch.setattr(pairs_mod, "generate", real)
-    resumed = pairs_mod.make_pairs(cfg_b)
+    resumed = pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, cfg_b))
     assert len(calls) == 6  # the resumed run sampled only the chunk that was missing
     assert resumed.read_text() == straight.read_text()
 
@@ -110,7 +110,8 @@ def test_pairs_are_training_rows_and_a_crashed_run_resumes_identically(tmp_path,
 
 
 def test_sampling_from_the_real_model_runs(tmp_path, cache):
-    out = pairs_mod.make_pairs(compose_cfg(*FAST, "pairs.num_questions=6", "pairs.samples=2", f"pairs.out={tmp_path / 'p.jsonl'}"))
+    cfg = compose_cfg(*FAST, "pairs.num_questions=6", "pairs.samples=2", f"pairs.out={tmp_path / 'p.jsonl'}")
+    out = pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, cfg))
     meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
     assert meta["questions"] == 6 and meta["settings"]["temperature"] == 1.0
     assert sum(meta["skipped"].values()) + meta["pairs"] == 6  # every question accounted for (1 pair at most each)
@@ -121,12 +122,12 @@ def test_sampling_from_the_real_model_runs(tmp_path, cache):
 
 def test_more_questions_than_the_file_holds_are_refused(cache):
     with pytest.raises(pairs_mod.ConfigError, match=r"pairs.num_questions=1600, but .*questions.jsonl has 40 rows: set pairs.num_questions=40"):
-        pairs_mod.make_pairs(compose_cfg(*FAST, "pairs.num_questions=1600"))
+        pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, compose_cfg(*FAST, "pairs.num_questions=1600")))
 
 
 def test_step_mode_needs_a_checker(cache):
     with pytest.raises(pairs_mod.ConfigError, match="pairs.mode=step needs a step checker"):
-        pairs_mod.make_pairs(compose_cfg(*FAST, "pairs.mode=step", "pairs.checker=null"))
+        pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, compose_cfg(*FAST, "pairs.mode=step", "pairs.checker=null")))
 
 
 def test_a_cached_pairs_file_is_reused_only_for_the_same_weights(tmp_path, cache, monkeypatch, capsys):
@@ -134,8 +135,8 @@ def test_a_cached_pairs_file_is_reused_only_for_the_same_weights(tmp_path, cache
     calls = []
     monkeypatch.setattr(pairs_mod, "generate", _canned(calls))
     cfg = compose_cfg(*FAST, "pairs.num_questions=8", "pairs.samples=4", f"pairs.out={tmp_path / 'p.jsonl'}")
-    pairs_mod.make_pairs(cfg)
-    pairs_mod.make_pairs(cfg)
+    pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, cfg))
+    pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, cfg))
     assert len(calls) == 1 and "keeping it" in capsys.readouterr().out
     before = json.loads((tmp_path / "p.jsonl.meta.json").read_text())["weights"]
 
@@ -149,8 +150,8 @@ def test_a_cached_pairs_file_is_reused_only_for_the_same_weights(tmp_path, cache
 
     monkeypatch.setattr(pairs_mod, "load_model", retrained)
     with pytest.raises(StaleArtefactError, match=r"pairs file .*\(weights: made with .*Delete .* to sample again"):
-        pairs_mod.make_pairs(cfg)
+        pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, cfg))
     (tmp_path / "p.jsonl").unlink()
-    pairs_mod.make_pairs(cfg)
+    pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, cfg))
     assert len(calls) == 2
     assert json.loads((tmp_path / "p.jsonl.meta.json").read_text())["weights"] != before

@@ -8,12 +8,12 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import CONF, FAST, compose_cfg
+from tests.conftest import CONF, FAST, compose_cfg, job_of
 from yfpo.train import checkpoints as ck
 from yfpo.core.config import run_dirname
 from yfpo.neurons import NeuronFileError, io
 from yfpo.neurons.selectors import random_neurons
-from yfpo.neurons.selection import select
+from yfpo.neurons.selection import SelectionJob, select
 from yfpo.core.errors import UserError
 from yfpo.train.fit import fit
 
@@ -259,6 +259,6 @@ def test_the_readme_pipeline_trains_on_the_attnlrp_file_it_made(tmp_path, cache,
     train_cfg = compose_cfg(*shlex.split(trained)[3:])
     assert train_cfg.neurons.path == made_cfg.neurons.path and train_cfg.neurons.selector == "attnlrp"
     cfg = compose_cfg(*FAST, "method=yfpo", "lambda=0.1", "trainer.max_steps=1", "checkpoints.count=1")
-    select(cfg)
+    select(job_of(SelectionJob, cfg))
     fit(cfg, tmp_path / "run")
     assert f"[yfpo] neurons (rewarded): {cfg.neurons.path} (selector random" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import FAST, compose_cfg, job_of
 from yfpo.core import artefacts
 from yfpo.evaluate import run as ev
 from yfpo.core.errors import ConfigError
@@ -110,7 +110,7 @@ def test_onpolicy_pairs_through_vllm_are_seeded_and_resume_to_the_same_file(tmp_
     monkeypatch.setattr(pairs_mod.vllm_worker, "sample", count)
     args = [*HEAD32, "pairs.backend=vllm", "vllm.dtype=float32", "pairs.num_questions=8", "pairs.chunk_questions=4",
             "pairs.samples=4", "pairs.max_new_tokens=16"]
-    straight = pairs_mod.make_pairs(compose_cfg(*args, f"pairs.out={tmp_path / 'a.jsonl'}"))
+    straight = pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, compose_cfg(*args, f"pairs.out={tmp_path / 'a.jsonl'}")))
     assert engines == [[0, 4]] and len(seen) == 8 and all(len(c) == 4 for c in seen)
     assert sum(len(set(c)) > 1 for c in seen) >= 6  # temperature 1: the n samples of a question differ
 
@@ -122,9 +122,9 @@ def test_onpolicy_pairs_through_vllm_are_seeded_and_resume_to_the_same_file(tmp_
     monkeypatch.setattr(pairs_mod, "pairs_for_question", crash_in_second_chunk)
     cfg_b = compose_cfg(*args, f"pairs.out={tmp_path / 'b.jsonl'}")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        pairs_mod.make_pairs(cfg_b)
+        pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, cfg_b))
     monkeypatch.setattr(pairs_mod, "pairs_for_question", record)
-    resumed = pairs_mod.make_pairs(cfg_b)
+    resumed = pairs_mod.make_pairs(job_of(pairs_mod.PairsJob, cfg_b))
     assert engines[-1] == [4]  # only the chunk that was missing
     assert resumed.read_text() == straight.read_text()
     meta = json.loads((tmp_path / "a.jsonl.meta.json").read_text())

@@ -8,6 +8,7 @@ layer) and ``<path>.txt`` (a summary with throughput).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,44 +40,63 @@ def plot_counts(neurons: io.NeuronSet, num_layers: int, title: str, out: Path) -
     plt.close(fig)
 
 
-def select(cfg: DictConfig, overrides: list[str] = ()) -> Path:
-    """Select neurons for ``cfg.model`` with ``cfg.neurons.selector`` and save them; a file already made
+@dataclass(frozen=True)
+class SelectionJob:
+    """What the selection reads: its config groups, and where the model is found and what it is called."""
+
+    neurons: DictConfig    # the neurons group: selector, samples, output path
+    model: DictConfig      # the model group: the model to select in
+    data: DictConfig       # the data group: the samples' prompt template and encoding
+    synthetic: DictConfig  # the synthetic group: made first when the samples or the model come from it
+    hub: DictConfig        # the hub group: where models and data are read
+    cache_dir: str
+    model_tag: str
+
+
+def select(job: SelectionJob, overrides: list[str] = ()) -> Path:
+    """Select neurons for ``job.model`` with ``job.neurons.selector`` and save them; a file already made
     with the same key (:func:`io.neuron_key`) is kept, one made with another is refused."""
-    n = cfg.neurons
-    out = Path(n.path)
-    ensure_synthetic(cfg.synthetic, n.data)
-    path = ensure_model(cfg.model, cache_dir=cfg.cache_dir, hub_cfg=cfg.hub, syn=cfg.synthetic, overrides=list(overrides))
-    model = load_model(cfg.model, path)
+    neurons = job.neurons
+    out = Path(neurons.path)
+    ensure_synthetic(job.synthetic, neurons.data)
+    path = ensure_model(job.model, cache_dir=job.cache_dir, hub_cfg=job.hub, syn=job.synthetic, overrides=list(overrides))
+    model = load_model(job.model, path)
     num_layers, width = model.config.num_hidden_layers, model.config.intermediate_size
-    key = io.neuron_key(n, cfg.model_tag, weights_fingerprint(model), model.config, cfg.data.template, cfg.hub.mirror)
+    key = io.neuron_key(neurons, job.model_tag, weights_fingerprint(model), model.config, job.data.template, job.hub.mirror)
     fix = f"Recompute it with: {io.command(list(overrides), 'neurons.overwrite=true')}"
-    if out.is_file() and not n.overwrite and artefacts.kept(out, key, f"neuron file {out}", fix,
-                                                            "neurons.overwrite=true recomputes it", io.load(out).meta):
+    if out.is_file() and not neurons.overwrite and artefacts.kept(out, key, f"neuron file {out}", fix,
+                                                                  "neurons.overwrite=true recomputes it", io.load(out).meta):
         return out
     start = time.perf_counter()
-    tokenizer = load_tokenizer(cfg.model, path)
-    model = model.to(device_for(n.device)).eval()
-    samples = math_samples(cfg.data, cfg.hub, tokenizer, n.data, n.num_samples, n.seed)
+    tokenizer = load_tokenizer(job.model, path)
+    model = model.to(device_for(neurons.device)).eval()
+    samples = math_samples(job.data, job.hub, tokenizer, neurons.data, neurons.num_samples, neurons.seed)
     # Every selector also measures the activation statistics of the normalised score
     # (docs/methods.md, "YFPO: the neuron margin").
     stats = ActivationStats(num_layers, width)
-    scores = scores_for(model, samples, n, tokenizer.pad_token_id, stats)
-    neurons = io.NeuronSet(*io.top_k(scores, n.top_k))
+    scores = scores_for(model, samples, neurons, tokenizer.pad_token_id, stats)
+    selected = io.NeuronSet(*io.top_k(scores, neurons.top_k))
     mean, std = stats.mean_std()
-    neurons.mean, neurons.std = mean[neurons.layers, neurons.indices].float(), std[neurons.layers, neurons.indices].float()
+    selected.mean, selected.std = mean[selected.layers, selected.indices].float(), std[selected.layers, selected.indices].float()
     rate = f"{len(samples) / (time.perf_counter() - start):.2f} samples/s on {model.device}"
     meta = {**key, "samples_used": len(samples)}
-    io.save(out, neurons, **meta)
-    counts = {l: len(i) for l, i in neurons.by_layer().items()}
-    top = ", ".join(f"({l},{i}) {s:.3g}" for l, i, s in zip(neurons.layers[:10].tolist(), neurons.indices[:10].tolist(), neurons.scores[:10].tolist()))
+    io.save(out, selected, **meta)
+    counts = {l: len(i) for l, i in selected.by_layer().items()}
+    top = ", ".join(f"({l},{i}) {s:.3g}" for l, i, s in zip(selected.layers[:10].tolist(), selected.indices[:10].tolist(),
+                                                            selected.scores[:10].tolist()))
     summary = "\n".join([*(f"{k}: {v}" for k, v in meta.items()), f"throughput: {rate}",
                          f"per layer: {counts}", f"top 10 (layer,channel) score: {top}"])
     out.with_suffix(".txt").write_text(summary + "\n")
-    plot_counts(neurons, num_layers, f"{cfg.model.name}: top-{n.top_k} {n.selector}", out.with_suffix(".png"))
-    log.info(f"wrote {len(neurons)} {n.selector} neurons to {out}\n{summary}")
+    plot_counts(selected, num_layers, f"{job.model.name}: top-{neurons.top_k} {neurons.selector}", out.with_suffix(".png"))
+    log.info(f"wrote {len(selected)} {neurons.selector} neurons to {out}\n{summary}")
     return out
 
 
 def main(argv: list[str]) -> None:
-    run_cli(lambda: select(compose_config(argv), argv))
+    def run() -> Path:
+        cfg = compose_config(argv)  # the one place that sees the whole config: the job gets the groups it reads
+        job = SelectionJob(neurons=cfg.neurons, model=cfg.model, data=cfg.data, synthetic=cfg.synthetic, hub=cfg.hub,
+                           cache_dir=cfg.cache_dir, model_tag=cfg.model_tag)
+        return select(job, argv)
 
+    run_cli(run)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -97,25 +98,25 @@ def pairs_for_question(question: str, completions: list[str], correct: list[bool
     return rows[:per_question], None
 
 
-def check_pairs_config(p: DictConfig) -> None:
+def check_pairs_config(pairs: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the ``pairs`` value that cannot work, before anything loads."""
-    if p.checker is not None and p.checker not in CHECKERS:
-        raise ConfigError(f"pairs.checker={p.checker!r}: choose null or one of {sorted(CHECKERS)}")
-    if p.mode == "step" and p.checker is None:
+    if pairs.checker is not None and pairs.checker not in CHECKERS:
+        raise ConfigError(f"pairs.checker={pairs.checker!r}: choose null or one of {sorted(CHECKERS)}")
+    if pairs.mode == "step" and pairs.checker is None:
         raise ConfigError("pairs.mode=step needs a step checker (pairs.checker) to find the first wrong step")
 
 
-def grade_and_pair(p: DictConfig, chunk: list[dict], texts: list[str], fields: tuple[str, str], start: int,
+def grade_and_pair(pairs: DictConfig, chunk: list[dict], texts: list[str], fields: tuple[str, str], start: int,
                    counts: Counter, correct_per_question: list[int], model_name: str) -> list[dict]:
-    """The pair rows of one chunk of questions, from their ``p.samples`` completions each (``texts``,
+    """The pair rows of one chunk of questions, from their ``pairs.samples`` completions each (``texts``,
     question by question); tallies ``counts`` and appends each question's number of right samples."""
     q_field, a_field = fields
-    check = CHECKERS[p.checker] if p.checker else None
+    check = CHECKERS[pairs.checker] if pairs.checker else None
     new_rows = []
     for j, r in enumerate(chunk):
-        completions = texts[j * p.samples : (j + 1) * p.samples]
-        gold = gold_answer(p.task, r[a_field])
-        answer_ok = [grade(p.task, c, gold) for c in completions]
+        completions = texts[j * pairs.samples : (j + 1) * pairs.samples]
+        gold = gold_answer(pairs.task, r[a_field])
+        answer_ok = [grade(pairs.task, c, gold) for c in completions]
         first_wrong = [check(r[q_field], LEAD + c) if check else None for c in completions]
         correct = [ok and w is None for ok, w in zip(answer_ok, first_wrong)]
         counts["samples"] += len(completions)
@@ -123,21 +124,21 @@ def grade_and_pair(p: DictConfig, chunk: list[dict], texts: list[str], fields: t
         counts["correct"] += sum(correct)
         correct_per_question.append(sum(correct))
         counts["right_answer_wrong_step"] += sum(ok and not c for ok, c in zip(answer_ok, correct))
-        pairs, why = pairs_for_question(r[q_field], completions, correct, first_wrong, p.mode, p.per_question,
-                                        random.Random(p.seed + start + j))
+        made, why = pairs_for_question(r[q_field], completions, correct, first_wrong, pairs.mode, pairs.per_question,
+                                       random.Random(pairs.seed + start + j))
         counts[f"skipped: {why}"] += why is not None
-        for pair in pairs:
-            new_rows.append({"dataset": p.dataset_name, "prompt": r[q_field], **pair, "answer": gold, "model": model_name})
+        for pair in made:
+            new_rows.append({"dataset": pairs.dataset_name, "prompt": r[q_field], **pair, "answer": gold, "model": model_name})
     return new_rows
 
 
-def summary_of(p: DictConfig, n: int, counts: Counter, correct_per_question: list[int]) -> dict:
+def summary_of(pairs: DictConfig, n: int, counts: Counter, correct_per_question: list[int]) -> dict:
     """The ``.meta.json`` figures of a pairs file made from ``n`` questions."""
     return {
-        "questions": n, "samples_per_question": p.samples, "pairs": counts["pairs"],
+        "questions": n, "samples_per_question": pairs.samples, "pairs": counts["pairs"],
         "pairs_per_question": counts["pairs"] / max(n, 1),
         "sampled_accuracy": counts["answer_correct"] / max(counts["samples"], 1),
-        "sampled_accuracy_all_steps_right": counts["correct"] / max(counts["samples"], 1) if p.checker else None,
+        "sampled_accuracy_all_steps_right": counts["correct"] / max(counts["samples"], 1) if pairs.checker else None,
         "pass_at_k": sum(k > 0 for k in correct_per_question) / max(n, 1),  # k = samples_per_question
         "correct_per_question": correct_per_question,
         "right_answer_wrong_step": counts["right_answer_wrong_step"],
@@ -145,40 +146,54 @@ def summary_of(p: DictConfig, n: int, counts: Counter, correct_per_question: lis
     }
 
 
-def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
-    """Sample, grade and pair as ``cfg.pairs`` says; returns the pairs file (skipped when it exists).
+@dataclass(frozen=True)
+class PairsJob:
+    """What pair sampling reads: its config groups, and where the model is found and what it is called."""
+
+    pairs: DictConfig      # the pairs group: questions, sampling, grading, output path
+    model: DictConfig      # the model group: the policy the pairs are sampled from
+    data: DictConfig       # the data group: its template lays out the prompts
+    vllm: DictConfig       # the vllm group: the engine of pairs.backend=vllm
+    synthetic: DictConfig  # the synthetic group: made first when the questions or the model come from it
+    hub: DictConfig        # the hub group: where models and questions are read
+    cache_dir: str
+    model_tag: str
+
+
+def make_pairs(job: PairsJob, overrides: list[str] | None = None) -> Path:
+    """Sample, grade and pair as ``job.pairs`` says; returns the pairs file (skipped when it exists).
     Resumable: each chunk of ``pairs.chunk_questions`` questions is sampled with its own seed and
     appended to ``<out>.partial.jsonl``, its progress to ``<out>.progress.json``."""
-    p = cfg.pairs
-    check_pairs_config(p)
-    out = Path(p.out)
-    ensure_synthetic(cfg.synthetic, p.questions)
-    path = ensure_model(cfg.model, cache_dir=cfg.cache_dir, hub_cfg=cfg.hub, syn=cfg.synthetic, overrides=overrides)
-    model = load_model(cfg.model, path)
+    pairs = job.pairs
+    check_pairs_config(pairs)
+    out = Path(pairs.out)
+    ensure_synthetic(job.synthetic, pairs.questions)
+    path = ensure_model(job.model, cache_dir=job.cache_dir, hub_cfg=job.hub, syn=job.synthetic, overrides=overrides)
+    model = load_model(job.model, path)
     weights = weights_fingerprint(model)
-    engine = OmegaConf.to_container(cfg.vllm, resolve=True) if p.backend == "vllm" else None
+    engine = OmegaConf.to_container(job.vllm, resolve=True) if pairs.backend == "vllm" else None
     # on-policy: pairs are made from these weights, this prompt layout and these questions
-    key = {"model": cfg.model_tag, "weights": weights, "template": cfg.data.template,
-           "questions": artefacts.source_fingerprint(p.questions, cfg.hub.get("mirror")),
-           "config": OmegaConf.to_container(p, resolve=True),
+    key = {"model": job.model_tag, "weights": weights, "template": job.data.template,
+           "questions": artefacts.source_fingerprint(pairs.questions, job.hub.get("mirror")),
+           "config": OmegaConf.to_container(pairs, resolve=True),
            "engine": engine}
     if artefacts.kept(out, key, f"pairs file {out}", f"Delete {out} (and {out.name}.meta.json) to sample again.",
                       "delete it to sample again"):
         return out
-    tokenizer = load_tokenizer(cfg.model, path)
-    if p.backend == "hf":
-        model = model.to(device_for(p.device)).eval()
+    tokenizer = load_tokenizer(job.model, path)
+    if pairs.backend == "hf":
+        model = model.to(device_for(pairs.device)).eval()
     else:
         del model  # vLLM loads its own copy, in its own process (on a GPU, two copies would not fit)
-    q_field, a_field = sft_fields(p)
-    rows = load_rows(p.questions, hub=cfg.hub, key="pairs.questions")
-    validate_rows(rows, (q_field, a_field), p.questions)
-    if p.num_questions > len(rows):  # the file name records num_questions: it must be what was sampled
-        raise ConfigError(f"pairs.num_questions={p.num_questions}, but {p.questions} has {len(rows)} rows: "
+    q_field, a_field = sft_fields(pairs)
+    rows = load_rows(pairs.questions, hub=job.hub, key="pairs.questions")
+    validate_rows(rows, (q_field, a_field), pairs.questions)
+    if pairs.num_questions > len(rows):  # the file name records num_questions: it must be what was sampled
+        raise ConfigError(f"pairs.num_questions={pairs.num_questions}, but {pairs.questions} has {len(rows)} rows: "
                           f"set pairs.num_questions={len(rows)} or fewer")
-    rows = rows[: p.num_questions]
-    stop = default_stops(cfg.data.template)
-    stop_ids = stop_token_ids(cfg.data.template, tokenizer, path)
+    rows = rows[: pairs.num_questions]
+    stop = default_stops(job.data.template)
+    stop_ids = stop_token_ids(job.data.template, tokenizer, path)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial, progress = out.with_name(out.name + ".partial.jsonl"), out.with_name(out.name + ".progress.json")
@@ -190,35 +205,37 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     if state["done"] == 0:
         partial.unlink(missing_ok=True)
     counts = Counter(state["counts"])
-    starts = range(state["done"], len(rows), p.chunk_questions)
-    prompts = {start: [format_prompt(cfg.data.template, r[q_field], None, tokenizer) for r in rows[start : start + p.chunk_questions]]
+    starts = range(state["done"], len(rows), pairs.chunk_questions)
+    prompts = {start: [format_prompt(job.data.template, r[q_field], None, tokenizer)
+                       for r in rows[start : start + pairs.chunk_questions]]
                for start in starts}
     sampled = {}
-    if p.backend == "vllm":  # one engine for every chunk left; each chunk keeps its own seed, so a resumed run matches
-        batches = [{"prompts": prompts[start], "n": p.samples, "temperature": p.temperature, "top_p": p.top_p,
-                    "seed": p.seed + start, "max_tokens": p.max_new_tokens, "stop": stop, "stop_token_ids": stop_ids}
+    if pairs.backend == "vllm":  # one engine for every chunk left; each chunk keeps its own seed, so a resumed run matches
+        batches = [{"prompts": prompts[start], "n": pairs.samples, "temperature": pairs.temperature,
+                    "top_p": pairs.top_p, "seed": pairs.seed + start, "max_tokens": pairs.max_new_tokens, "stop": stop,
+                    "stop_token_ids": stop_ids}
                    for start in starts]
-        _, outputs = vllm_worker.sample(path, engine, cfg.model.trust_remote_code, batches)
+        _, outputs = vllm_worker.sample(path, engine, job.model.trust_remote_code, batches)
         sampled = {start: [c["text"] for per_prompt in out for c in per_prompt] for start, out in zip(starts, outputs)}
-    for start in tqdm(starts, desc="sampling pairs", unit="chunk", initial=state["done"] // p.chunk_questions,
-                      total=-(-len(rows) // p.chunk_questions)):
-        chunk = rows[start : start + p.chunk_questions]
+    for start in tqdm(starts, desc="sampling pairs", unit="chunk", initial=state["done"] // pairs.chunk_questions,
+                      total=-(-len(rows) // pairs.chunk_questions)):
+        chunk = rows[start : start + pairs.chunk_questions]
         if start in sampled:
             texts = sampled[start]
         else:
-            torch.manual_seed(p.seed + start)  # this chunk's samples do not depend on earlier chunks
-            texts = [c.text for c in generate(model, tokenizer, [q for q in prompts[start] for _ in range(p.samples)],
-                                              p.max_new_tokens, p.batch_size, stop, stop_ids, progress=False,
-                                              temperature=p.temperature, top_p=p.top_p)]
-        new_rows = grade_and_pair(p, chunk, texts, (q_field, a_field), start, counts, state["correct_per_question"],
-                                  cfg.model.name)
+            torch.manual_seed(pairs.seed + start)  # this chunk's samples do not depend on earlier chunks
+            texts = [c.text for c in generate(model, tokenizer, [q for q in prompts[start] for _ in range(pairs.samples)],
+                                              pairs.max_new_tokens, pairs.batch_size, stop, stop_ids, progress=False,
+                                              temperature=pairs.temperature, top_p=pairs.top_p)]
+        new_rows = grade_and_pair(pairs, chunk, texts, (q_field, a_field), start, counts, state["correct_per_question"],
+                                  job.model.name)
         with open(partial, "a") as f:
             f.write("".join(json.dumps(row) + "\n" for row in new_rows))
         counts["pairs"] += len(new_rows)
         state.update(done=start + len(chunk), counts=dict(counts))
         progress.write_text(json.dumps(state))
-    summary = {**summary_of(p, len(rows), counts, state["correct_per_question"]),
-               "model": cfg.model.name, "weights": weights, "settings": key["config"]}
+    summary = {**summary_of(pairs, len(rows), counts, state["correct_per_question"]),
+               "model": job.model.name, "weights": weights, "settings": key["config"]}
     rows_out = [json.loads(l) for l in partial.read_text().splitlines()]
     write_jsonl(out, rows_out, summary)  # the summary goes to <out>.meta.json
     artefacts.commit(out, key)
@@ -229,10 +246,10 @@ def make_pairs(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     return out
 
 
-def pairs_for_training(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
+def pairs_for_training(job: PairsJob, overrides: list[str] | None = None) -> Path:
     """:func:`make_pairs`, refusing a result that training cannot use: a file with no pairs (every
     sample of every question right, or every one wrong), with the counts and what to change."""
-    out = make_pairs(cfg, overrides)
+    out = make_pairs(job, overrides)
     meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
     if not meta["pairs"]:
         raise DataError(f"{out}: no pairs from {meta['questions']} questions x {meta['samples_per_question']} samples "
@@ -242,5 +259,11 @@ def pairs_for_training(cfg: DictConfig, overrides: list[str] | None = None) -> P
 
 
 def main(argv: list[str]) -> None:
-    run_cli(lambda: pairs_for_training(compose_config(argv), argv))
+    def run() -> Path:
+        cfg = compose_config(argv)  # the one place that sees the whole config: the job gets the groups it reads
+        job = PairsJob(pairs=cfg.pairs, model=cfg.model, data=cfg.data, vllm=cfg.vllm, synthetic=cfg.synthetic, hub=cfg.hub,
+                       cache_dir=cfg.cache_dir, model_tag=cfg.model_tag)
+        return pairs_for_training(job, argv)
+
+    run_cli(run)
 
