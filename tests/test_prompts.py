@@ -76,3 +76,11 @@ def test_the_fewshot_sets_are_the_choices_the_schema_accepts():
 
     assert set(prompts.FEWSHOT) == set(prompts.FEWSHOT_LAYOUTS) == {f.value for f in FewshotSet}
     assert prompts.TEMPLATES == tuple(t.value for t in Template)
+
+
+def test_the_dtypes_are_the_choices_the_schema_accepts():
+    """model.dtype and reference.dtype are refused at composition outside Dtype; each choice maps to a torch dtype."""
+    from yfpo.core.models import DTYPES
+    from yfpo.core.schema import Dtype
+
+    assert set(DTYPES) == {d.value for d in Dtype}

@@ -132,7 +132,7 @@ def atomic_write(path: Path, text: str) -> None:
 
 def stringify(key: Mapping) -> dict[str, str]:
     """A key's values as strings (how safetensors metadata stores them, and how keys are compared)."""
-    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in key.items()}
+    return {k: str(v) if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in key.items()}  # str(): a Choice is its value
 
 
 def refuse_changes(what: str, saved: Mapping, now: Mapping, fix: str) -> None:
