@@ -110,15 +110,15 @@ def load(path: str | Path) -> NeuronSet:
                               f"move it aside (mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.damaged')})") from None
 
 
-def neuron_key(n, model_tag: str, weights: str, model_config, template: str, mirror: str | None) -> dict:
-    """What the neuron file of ``n`` (the ``neurons`` group) is made from (:mod:`yfpo.core.artefacts`):
+def neuron_key(settings, model_tag: str, weights: str, model_config, template: str, mirror: str | None) -> dict:
+    """What the neuron file of ``settings`` (the ``neurons`` group) is made from (:mod:`yfpo.core.artefacts`):
     the model (its tag, weights and MLP shape), the selection settings, the prompt ``template`` and the
     content of the samples' source (read through the hub ``mirror``)."""
     return {"model": model_tag, "weights": weights, "num_layers": model_config.num_hidden_layers,
             "intermediate_size": model_config.intermediate_size,
-            "selector": n.selector, "top_k": n.top_k, "seed": n.seed, "num_samples": n.num_samples,
-            "lrp_variant": n.lrp_variant or "", "template": template,
-            "data": artefacts.source_fingerprint(n.data, mirror)}
+            "selector": settings.selector, "top_k": settings.top_k, "seed": settings.seed, "num_samples": settings.num_samples,
+            "lrp_variant": settings.lrp_variant or "", "template": template,
+            "data": artefacts.source_fingerprint(settings.data, mirror)}
 
 
 def command(overrides: list[str] | None, *extra: str) -> str:
@@ -130,23 +130,23 @@ def command(overrides: list[str] | None, *extra: str) -> str:
     return shlex.join(["python", "-m", "yfpo.neurons", *(o for o in overrides if not o.startswith("hydra.")), *extra])
 
 
-def load_for(n, key: dict, user: str, overrides: list[str] | None) -> NeuronSet:
-    """The neuron set of ``n.path`` (``n``: the ``neurons`` group), refused unless it was made by
+def load_for(settings, key: dict, user: str, overrides: list[str] | None) -> NeuronSet:
+    """The neuron set of ``settings.path`` (``settings``: the ``neurons`` group), refused unless it was made by
     ``python -m yfpo.neurons`` with these ``overrides`` and this :func:`neuron_key`: a missing file,
     one for another model or one made with other settings raises :class:`NeuronFileError` saying that
     ``user`` needs it and the command that makes it."""
     try:
-        neurons = load(n.path)
+        neurons = load(settings.path)
     except NeuronFileError as e:
         raise NeuronFileError(f"{e}. {user} needs it; create it with: {command(overrides)}") from None
     try:
-        artefacts.refuse_metadata_changes(f"neuron file {n.path}", neurons.meta, key, f"{user} needs one made for this "
+        artefacts.refuse_metadata_changes(f"neuron file {settings.path}", neurons.meta, key, f"{user} needs one made for this "
                                           f"model; make it with: {command(overrides, 'neurons.overwrite=true')}")
     except artefacts.StaleArtefactError as e:
         raise NeuronFileError(str(e)) from None
     for name, values, size in (("layer", neurons.layers, key["num_layers"]), ("index", neurons.indices, key["intermediate_size"])):
         bad = values[(values < 0) | (values >= size)]
         if bad.numel():  # a file edited by hand or by another tool: caught here, not as an IndexError mid-step
-            raise NeuronFileError(f"neuron file {n.path} holds {name} {int(bad[0])}, outside this model's 0..{size - 1}; "
+            raise NeuronFileError(f"neuron file {settings.path} holds {name} {int(bad[0])}, outside this model's 0..{size - 1}; "
                                   f"make it again with: {command(overrides, 'neurons.overwrite=true')}")
     return neurons

@@ -24,9 +24,9 @@ def random_scores(num_layers: int, intermediate_size: int, seed: int) -> torch.T
     return torch.rand(num_layers, intermediate_size, generator=torch.Generator().manual_seed(int(seed)))
 
 
-def random_neurons(num_layers: int, intermediate_size: int, n: DictConfig) -> NeuronSet:
-    """K neurons drawn uniformly without replacement, reproducible from ``n.seed`` (``n``: the ``neurons`` group)."""
-    return NeuronSet(*top_k(random_scores(num_layers, intermediate_size, n.seed), int(n.top_k)))
+def random_neurons(num_layers: int, intermediate_size: int, neurons: DictConfig) -> NeuronSet:
+    """K neurons drawn uniformly without replacement, reproducible from ``neurons.seed`` (``neurons``: the ``neurons`` group)."""
+    return NeuronSet(*top_k(random_scores(num_layers, intermediate_size, neurons.seed), int(neurons.top_k)))
 
 
 def math_samples(data: DictConfig, hub: DictConfig, tokenizer, source: str, count: int, seed: int,
@@ -51,16 +51,16 @@ def batches(samples: list[Encoded], batch_size: int, pad_id: int, device: torch.
         yield to_device(collate(ordered[i : i + batch_size], pad_id), device)
 
 
-def scores_for(model, samples: list[Encoded], n: DictConfig, pad_id: int,
+def scores_for(model, samples: list[Encoded], neurons: DictConfig, pad_id: int,
                stats: ActivationStats | None = None) -> torch.Tensor:
-    """``[num_layers, intermediate_size]`` scores of ``n.selector`` (``n``: the ``neurons`` group;
+    """``[num_layers, intermediate_size]`` scores of ``neurons.selector`` (``neurons``: the ``neurons`` group;
     ``attnlrp``, ``activation``, or ``random``, whose scores are seeded noise); ``stats`` collects
     the activations' mean and std."""
-    selector = n.selector
+    selector = neurons.selector
     device = next(model.parameters()).device
-    total = -(-len(samples) // n.batch_size)
-    data = batches(samples, n.batch_size, pad_id, device)
+    total = -(-len(samples) // neurons.batch_size)
+    data = batches(samples, neurons.batch_size, pad_id, device)
     if selector == "attnlrp":
-        return lrp_scores(model, data, n.lrp_variant, total, stats)
+        return lrp_scores(model, data, neurons.lrp_variant, total, stats)
     scores = activation_scores(model, data, total, stats)  # activation, or random (checked by selection.select)
-    return random_scores(*scores.shape, n.seed) if selector == "random" else scores
+    return random_scores(*scores.shape, neurons.seed) if selector == "random" else scores

@@ -54,17 +54,17 @@ def load_neurons(run: DictConfig, where: DictConfig, policy):
     needed = use == "rewarded"
     if use is None or (not needed and not Path(run.neurons.path).is_file()):
         return None
-    n = run.neurons
-    key = neuron_io.neuron_key(n, where.model_tag, weights_fingerprint(policy), policy.config, run.data.template,
+    settings = run.neurons
+    key = neuron_io.neuron_key(settings, where.model_tag, weights_fingerprint(policy), policy.config, run.data.template,
                                where.hub.mirror)
     try:
-        neurons = neuron_io.load_for(n, key, f"method={run.method.name}", task_overrides())
+        neurons = neuron_io.load_for(settings, key, f"method={run.method.name}", task_overrides())
     except neuron_io.NeuronFileError as e:
         if needed:
             raise
         log.warning(f"not tracking neurons: {e}")
         return None
-    log.info(f"neurons ({'rewarded' if needed else 'tracked, not optimised'}): {n.path} (selector {n.selector}; recorded in run_config.yaml as neurons.*)")
+    log.info(f"neurons ({'rewarded' if needed else 'tracked, not optimised'}): {settings.path} (selector {settings.selector}; recorded in run_config.yaml as neurons.*)")
     return neurons
 
 
