@@ -7,6 +7,7 @@ is skipped.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import warnings
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
@@ -174,7 +176,21 @@ def fit(cfg: DictConfig, run_dir: Path) -> Path:
     # One writer per run directory; the DDP ranks a launcher starts share their rank 0's.
     first = rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
     with exclusive(run_dir / LOCK, f"run directory {run_dir}") if first else nullcontext():
-        return _train(cfg, run_dir, ckpt_dir)
+        try:
+            return _train(cfg, run_dir, ckpt_dir)
+        finally:
+            release_memory()
+
+
+def release_memory() -> None:
+    """Free a finished run's model, optimizer and reference now. A ``-m`` sweep runs its jobs one after
+    another in one process, and these sit in reference cycles (Lightning's trainer and module point at
+    each other) that only Python's cycle collector frees, whenever its allocation counters next say so:
+    otherwise the next job can allocate its own beside them (two Qwen2-0.5B jobs on a CPU: over
+    22.9 GB instead of 13.9 GB)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _train(cfg: DictConfig, run_dir: Path, ckpt_dir: Path) -> Path:
