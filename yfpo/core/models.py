@@ -11,8 +11,9 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from yfpo.core.schema import Dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {d.value: getattr(torch, d.value) for d in Dtype}  # model.dtype, reference.dtype -> the torch dtype
 
 
 def load_tokenizer(m: DictConfig, path: Path | str):
