@@ -156,12 +156,17 @@ def beyond_sft(cfg, question: str) -> bool:
     return plan is not None and plan[0] > cfg.synthetic.max_start
 
 
+def graded(cfg, predictions: Path) -> list[tuple[bool, bool]]:
+    """``(beyond SFT's range, correct)`` of each problem in an evaluation's ``predictions.jsonl``."""
+    return [(beyond_sft(cfg, r["prompt"]), r["correct"]) for r in map(json.loads, predictions.read_text().splitlines())]
+
+
 def headroom(cfg, runs: dict[str, list[str]]) -> str:
     """Markdown: what the start model leaves to learn. Its greedy test accuracy, and on the pairs'
     questions its pass@k (k = ``pairs.samples``, at least one sample right at every step) and the
     pairs made, within SFT's range of start amounts and beyond it."""
     start = Path(runs[cfg.demo.variants[0]][0]) / "eval" / cfg.eval.task / "ckpt-0" / "predictions.jsonl"
-    greedy = [(beyond_sft(cfg, r["prompt"]), r["correct"]) for r in map(json.loads, start.read_text().splitlines())]
+    greedy = graded(cfg, start)
     pairs_file = Path(cfg.pairs.out)
     meta = json.loads(pairs_file.with_name(pairs_file.name + ".meta.json").read_text())
     questions = [json.loads(l)[cfg.pairs.question_field] for l in Path(cfg.pairs.questions).read_text().splitlines()]
@@ -185,8 +190,8 @@ def by_range(cfg, runs: dict[str, list[str]]) -> str:
     """Markdown: each arm's greedy test accuracy within SFT's range of start amounts and beyond it (mean
     over the seeds, each seed's in brackets) beside the start model's: where training gained and where it lost."""
     def accuracy(predictions: Path) -> tuple[float, float]:
-        graded = [(beyond_sft(cfg, r["prompt"]), r["correct"]) for r in map(json.loads, predictions.read_text().splitlines())]
-        return tuple(sum(ok for b, ok in graded if b == side) / max(sum(b == side for b, _ in graded), 1) for side in (False, True))
+        rows = graded(cfg, predictions)
+        return tuple(sum(ok for b, ok in rows if b == side) / max(sum(b == side for b, _ in rows), 1) for side in (False, True))
 
     def cell(values: list[float]) -> str:
         return f"{sum(values) / len(values):.3f}" + (f" ({' / '.join(f'{v:.3f}' for v in values)})" if len(values) > 1 else "")
