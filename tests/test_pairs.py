@@ -53,6 +53,19 @@ def test_a_completion_that_stops_before_its_answer_gives_no_step_pair():
         [], "no shared correct prefix")
 
 
+def test_an_empty_sample_is_never_a_response():
+    """A sample that ends at once (EOS first) is wrong, but no row to train on: training refuses an
+    empty response, so such a pair would stop the next stage."""
+    completions = [RIGHT, "", "  \n"]
+    correct, first = _judge(completions)
+    assert correct == [True, False, False]
+    assert pairs_mod.pairs_for_question(Q, completions, correct, first, "full", 5, random.Random(0)) == (
+        [], "no incorrect sample")
+    rows, why = pairs_mod.pairs_for_question(Q, [*completions, WRONG_STEP_1], [*correct, False], [*first, 1], "full", 5,
+                                             random.Random(0))
+    assert why is None and [r["full_rejected"] for r in rows] == [WRONG_STEP_1]
+
+
 def _canned(calls):
     """A stand-in sampler: per prompt, a right or a wrong worked solution drawn from the torch RNG."""
 

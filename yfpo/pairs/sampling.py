@@ -60,11 +60,11 @@ def pairs_for_question(question: str, completions: list[str], correct: list[bool
     """Up to ``per_question`` pair rows for one question, or the reason there are none.
 
     ``first_wrong[i]`` is the checker's first wrong line of completion ``i`` (None: all right, or
-    no checker). Duplicate completions count once.
+    no checker). Duplicate completions count once; empty ones not at all.
     """
     seen, kept = set(), []
     for i in range(len(completions)):
-        if completions[i] not in seen:
+        if completions[i].strip() and completions[i] not in seen:  # an empty sample is no response to train on
             seen.add(completions[i])
             kept.append(i)
     good = [i for i in kept if correct[i]]
