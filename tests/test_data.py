@@ -166,6 +166,19 @@ def test_a_careless_solver_forgets_the_carry_and_the_slip_propagates():
     assert synthetic.crosses_ten(17, 5) and synthetic.crosses_ten(23, -5) and not synthetic.crosses_ten(22, 3)
 
 
+def test_a_share_of_sft_demonstrations_states_the_answer_alone(tmp_path):
+    """direct_share: that share of SFT rows is "#### N" with the right N; no other file and no question changes."""
+    plain = synthetic.generate(tmp_path / "a", num_sft=1000, num_preference=5, num_test=5, num_dev=5, num_questions=5, seed=2)
+    mixed = synthetic.generate(tmp_path / "b", num_sft=1000, num_preference=5, num_test=5, num_dev=5, num_questions=5,
+                               direct_share=0.3, seed=2)
+    assert all(plain[k].read_text() == mixed[k].read_text() for k in plain if k != "sft")
+    before, after = ([json.loads(l) for l in files["sft"].read_text().splitlines()] for files in (plain, mixed))
+    assert [r["question"] for r in before] == [r["question"] for r in after]
+    direct = [(b, a) for b, a in zip(before, after) if a["answer"] != b["answer"]]
+    assert 0.25 < len(direct) / len(after) < 0.35
+    assert all(a["answer"] == "#### " + b["answer"].rsplit("#### ", 1)[1] for b, a in direct)
+
+
 def test_cached_synthetic_data_follows_its_settings(cache):
     """The directory is named by no setting: a changed synthetic.* (e.g. slip_rate) is refused, since
     runs made from the old files would silently change under it; the same settings reuse the files,

@@ -10,7 +10,8 @@ are written in the field layouts of the real datasets:
 - ``sft.jsonl``: GSM8K layout, ``question`` and ``answer`` (a worked solution ending in ``#### N``).
   With ``slip_rate > 0`` the SFT demonstrations are those of a careless solver: a step whose
   result crosses a multiple of ten forgets the carry or borrow with that probability
-  (``17 + 5 = 12``), and the slip propagates to the final answer;
+  (``17 + 5 = 12``), and the slip propagates to the final answer. With ``direct_share > 0``, that
+  share of them states the answer alone (``#### N``), as answer-only rows in a real SFT mix do;
 - ``test.jsonl`` and ``dev.jsonl`` (for choosing checkpoints): GSM8K layout, the whole held-out
   range (what SFT taught and what lies beyond it), always right;
 - ``questions.jsonl``: training questions for on-policy pairs, from the range beyond SFT's only,
@@ -193,6 +194,7 @@ def generate(
     sft_beyond: float = 0.0,
     max_delta: int = 9,
     slip_rate: float = 0.0,
+    direct_share: float = 0.0,
     seed: int = 0,
 ) -> dict[str, Path]:
     """Write ``sft.jsonl``, ``preference.jsonl``, ``test.jsonl``, ``dev.jsonl`` and ``questions.jsonl``
@@ -201,7 +203,8 @@ def generate(
     2..``heldout_max_start`` (None: ``max_start``); the questions for on-policy pairs beyond SFT's
     range, at ``max_start``+1..``heldout_max_start`` (at 2..``max_start`` when there is no such range).
     ``slip_rate``: the share of ten-crossing steps whose carry the SFT demonstrations forget (see
-    :func:`slipped`).
+    :func:`slipped`). ``direct_share``: the share of SFT demonstrations that state the answer alone
+    (``#### N``), with no worked steps.
 
     Returns the five paths. Writing is atomic per file, so an interrupted run leaves no
     half-written file behind.
@@ -229,9 +232,15 @@ def generate(
     test = fresh(num_test, 2, heldout)  # drawn first so that training files can never contain them
     sft, pref = fresh(num_sft, 2, max_start, beyond=sft_beyond), fresh(num_preference, 2, max_start)
     slips = random.Random(seed + 1)  # its own stream: slip_rate changes no question
+    styles = random.Random(seed + 2)  # likewise for direct_share
+
+    def demonstration(p: Problem) -> str:
+        shown = slipped(p, slips, slip_rate)
+        return f"#### {shown.answer}" if styles.random() < direct_share else shown.solution
+
     files = {
         "test": [{"question": p.question, "answer": p.solution} for p in test],
-        "sft": [{"question": p.question, "answer": slipped(p, slips, slip_rate).solution} for p in sft],
+        "sft": [{"question": p.question, "answer": demonstration(p)} for p in sft],
         "preference": [preference_row(rng, p) for p in pref],
         "dev": [{"question": p.question, "answer": p.solution} for p in fresh(num_dev, 2, heldout)],
         "questions": [{"question": p.question, "answer": p.solution} for p in fresh(num_questions, *beyond_range)],
