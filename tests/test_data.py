@@ -147,6 +147,8 @@ def test_step_checker_rejects_a_right_answer_reached_through_a_wrong_step(synth_
     assert first_wrong_step(q, "20 + 5 = 25 books.\n25 - 7 = 18 books.\n#### 17") == 2
     assert first_wrong_step(q, "20 + 5 = 25 books.\n#### 25") == 1  # a step left out
     assert first_wrong_step(q, "20 + 5 = 25 books.\n25 - 7 = 18 books.") == 2  # never states the answer
+    assert first_wrong_step(q, "Let's think step by step.\n#### 18") is None  # the answer alone: no step to be wrong
+    assert first_wrong_step(q, "#### 17") == 0 and first_wrong_step(q, "#### 18\n20 + 5 = 25 books.") == 0
     rows = [json.loads(l) for l in (synth_dir / "preference.jsonl").read_text().splitlines()]
     for r in rows:  # the generator's own pairs: chosen all right, rejected wrong exactly at its step
         assert first_wrong_step(r["prompt"], r["initial_reason_steps"] + r["full_chosen"]) is None

@@ -127,6 +127,7 @@ def first_wrong_step(question: str, solution: str) -> int | None:
     the previous result), ``op b`` the question's ``k``-th event, and ``a op b == c``; the last line
     ``#### N`` must repeat the last result. A line that fits none of these counts as wrong. So a
     right final answer reached through a wrong step (``20 + 5 = 27``, ``27 - 7 = 20``) is caught.
+    The answer alone (``#### N``, no steps written) has nothing wrong but its answer.
     The leading "Let's think step by step." line is skipped."""
     plan = question_plan(question)
     if plan is None:
@@ -136,7 +137,9 @@ def first_wrong_step(question: str, solution: str) -> int | None:
     for i, line in enumerate(lines):
         final = FINAL.match(line.strip())
         if final:
-            right = i == len(deltas) == len(lines) - 1 and int(final.group(1)) == expected
+            alone = i == 0  # the answer without steps
+            target = expected + sum(deltas) if alone else expected
+            right = (alone or i == len(deltas)) and i == len(lines) - 1 and int(final.group(1)) == target
             return None if right else i
         m = STEP.match(line)
         if not m or i >= len(deltas):

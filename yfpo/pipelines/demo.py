@@ -27,7 +27,6 @@ from pathlib import Path
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from yfpo.data import synthetic
 from yfpo.pipelines import stats
 from yfpo.core.config import compose_config
 from yfpo.core.errors import ConfigError, MissingError
@@ -149,63 +148,69 @@ def versus(cfg, runs: dict[str, list[str]]) -> str:
             + "\n".join(lines) + "\n")
 
 
-def beyond_sft(cfg, question: str) -> bool:
-    """Whether a synthetic question starts above ``synthetic.max_start``: a range SFT did not demonstrate
-    (or, with ``synthetic.sft_beyond``, rarely did)."""
-    plan = synthetic.question_plan(question)
-    return plan is not None and plan[0] > cfg.synthetic.max_start
+def worked(completion: str) -> bool:
+    """Whether a completion works the problem (writes a step) rather than stating the answer alone (``#### N``)."""
+    return not completion.strip().startswith("####")
 
 
-def graded(cfg, predictions: Path) -> list[tuple[bool, bool]]:
-    """``(beyond SFT's range, correct)`` of each problem in an evaluation's ``predictions.jsonl``."""
-    return [(beyond_sft(cfg, r["prompt"]), r["correct"]) for r in map(json.loads, predictions.read_text().splitlines())]
+def graded(predictions: Path) -> list[tuple[bool, bool]]:
+    """``(worked, correct)`` of each problem in an evaluation's ``predictions.jsonl``."""
+    return [(worked(r["completion"]), r["correct"]) for r in map(json.loads, predictions.read_text().splitlines())]
 
 
 def headroom(cfg, runs: dict[str, list[str]]) -> str:
-    """Markdown: what the start model leaves to learn. Its greedy test accuracy, and on the pairs'
-    questions its pass@k (k = ``pairs.samples``, at least one sample right at every step) and the
-    pairs made, within SFT's range of start amounts and beyond it."""
+    """Markdown: what the start model leaves to learn. Its greedy test accuracy, overall and by how it
+    answers (worked solution or the answer alone); on the pairs' questions its pass@k (k = ``pairs.samples``,
+    at least one sample right at every step); and how the pairs' chosen and rejected responses answer."""
     start = Path(runs[cfg.demo.variants[0]][0]) / "eval" / cfg.eval.task / "ckpt-0" / "predictions.jsonl"
-    greedy = graded(cfg, start)
+    greedy = graded(start)
     pairs_file = Path(cfg.pairs.out)
     meta = json.loads(pairs_file.with_name(pairs_file.name + ".meta.json").read_text())
-    questions = [json.loads(l)[cfg.pairs.question_field] for l in Path(cfg.pairs.questions).read_text().splitlines()]
-    solved = [(beyond_sft(cfg, q), k > 0) for q, k in zip(questions, meta["correct_per_question"])]
-    made = [beyond_sft(cfg, json.loads(l)["prompt"]) for l in pairs_file.read_text().splitlines()]
+    solved = sum(k > 0 for k in meta["correct_per_question"])
+    pairs = [json.loads(l) for l in pairs_file.read_text().splitlines()]
 
-    def share(items, where) -> str:
-        sel = [ok for b, ok in items if where is None or b == where]
-        return f"{sum(sel) / len(sel):.3f} ({sum(sel)}/{len(sel)})" if sel else "-"
+    def accuracy(rows) -> str:
+        return f"{sum(ok for _, ok in rows) / len(rows):.3f} ({sum(ok for _, ok in rows)}/{len(rows)})" if rows else "-"
 
-    top, held = cfg.synthetic.max_start, cfg.synthetic.heldout_max_start
-    lines = [f"| | all | start <= {top} (SFT's range) | start {top + 1}..{held} (beyond it) |", "|---|---|---|---|",
-             f"| SFT greedy accuracy, test | {share(greedy, None)} | {share(greedy, False)} | {share(greedy, True)} |",
+    def answers(way: bool) -> str:
+        rows = [r for r in greedy if r[0] == way]
+        return f"{len(rows) / len(greedy):.3f} of answers; accuracy {accuracy(rows)}"
+
+    def contrast(way: bool) -> str:
+        chosen, rejected = (sum(worked(r[f"full_{side}"]) == way for r in pairs) for side in ("chosen", "rejected"))
+        return f"chosen {chosen}, rejected {rejected}"
+
+    lines = ["| | all | worked solution | answer alone |", "|---|---|---|---|",
+             f"| SFT greedy, test | accuracy {accuracy(greedy)} | {answers(True)} | {answers(False)} |",
              f"| SFT pass@{meta['samples_per_question']} (T={cfg.pairs.temperature}), pairs' questions | "
-             f"{share(solved, None)} | {share(solved, False)} | {share(solved, True)} |",
-             f"| pairs | {len(made)} | {len(made) - sum(made)} | {sum(made)} ({sum(made) / max(len(made), 1):.0%}) |"]
+             f"{solved / len(meta['correct_per_question']):.3f} ({solved}/{len(meta['correct_per_question'])}) | | |",
+             f"| pairs | {len(pairs)} | {contrast(True)} | {contrast(False)} |"]
     return "What the start model leaves to learn:\n\n" + "\n".join(lines) + "\n"
 
 
-def by_range(cfg, runs: dict[str, list[str]]) -> str:
-    """Markdown: each arm's greedy test accuracy within SFT's range of start amounts and beyond it (mean
-    over the seeds, each seed's in brackets) beside the start model's: where training gained and where it lost."""
-    def accuracy(predictions: Path) -> tuple[float, float]:
-        rows = graded(cfg, predictions)
-        return tuple(sum(ok for b, ok in rows if b == side) / max(sum(b == side for b, _ in rows), 1) for side in (False, True))
+def by_style(cfg, runs: dict[str, list[str]]) -> str:
+    """Markdown: how often each arm works the problem (greedy, last checkpoint) and how right it is each way
+    (mean over the seeds, each seed's in brackets), beside the start model: what training changed."""
+    def shares(predictions: Path) -> tuple[float, float, float]:
+        rows = graded(predictions)
+        worked_rows, alone = [ok for w, ok in rows if w], [ok for w, ok in rows if not w]
+        mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
+        return len(worked_rows) / len(rows), mean(worked_rows), mean(alone)
 
     def cell(values: list[float]) -> str:
-        return f"{sum(values) / len(values):.3f}" + (f" ({' / '.join(f'{v:.3f}' for v in values)})" if len(values) > 1 else "")
+        seen = [v for v in values if v == v]  # nan: that run never answered that way
+        text = f"{sum(seen) / len(seen):.3f}" if seen else "-"
+        return text if len(values) == 1 else f"{text} ({' / '.join(f'{v:.3f}' if v == v else '-' for v in values)})"
 
     evals = lambda run: sorted((Path(run) / "eval" / cfg.eval.task).glob("ckpt-*/predictions.jsonl"))  # noqa: E731
-    top, held = cfg.synthetic.max_start, cfg.synthetic.heldout_max_start
-    lines = [f"| arm | start <= {top} (SFT's range) | start {top + 1}..{held} (beyond it) |", "|---|---|---|"]
-    sft = accuracy(evals(runs[cfg.demo.variants[0]][0])[0])
-    lines.append(f"| SFT (the start model) | {sft[0]:.3f} | {sft[1]:.3f} |")
+    lines = ["| arm | worked solutions (share) | their accuracy | answers alone: accuracy |", "|---|---|---|---|"]
+    sft = shares(evals(runs[cfg.demo.variants[0]][0])[0])
+    lines.append("| SFT (the start model) | " + " | ".join(cell([v]) for v in sft) + " |")
     for v in cfg.demo.variants:
-        last = [accuracy(evals(r)[-1]) for r in runs[v]]  # each run's last checkpoint
-        lines.append(f"| {label(v)} | {cell([w for w, _ in last])} | {cell([b for _, b in last])} |")
-    return ("Greedy test accuracy by range of start amounts (each arm's last checkpoint; mean over the seeds, "
-            "each seed's in brackets):\n\n" + "\n".join(lines) + "\n")
+        last = [shares(evals(r)[-1]) for r in runs[v]]  # each run's last checkpoint
+        lines.append(f"| {label(v)} | " + " | ".join(cell([x[j] for x in last]) for j in range(3)) + " |")
+    return ("How each arm answers (greedy, test, last checkpoint; mean over the seeds, each seed's in brackets; "
+            "-: never answered that way):\n\n" + "\n".join(lines) + "\n")
 
 
 def main(argv: list[str]) -> None:
@@ -227,7 +232,7 @@ def main(argv: list[str]) -> None:
     spec_path = sweep / f"{cfg.name}_spec.yaml"
     spec_path.write_text(yaml.safe_dump(table_spec(cfg, runs), sort_keys=False))
     paper_style = make_tables(spec_path, out=sweep)
-    text = headroom(cfg, runs) + "\n" + by_range(cfg, runs) + "\n" + mechanisms(cfg, runs) + "\n" + versus(cfg, runs)
+    text = headroom(cfg, runs) + "\n" + by_style(cfg, runs) + "\n" + mechanisms(cfg, runs) + "\n" + versus(cfg, runs)
     (sweep / "mechanisms.md").write_text(text)
     print(f"\n{paper_style}\n{text}\n[demo] tables, curves and spec under {sweep}; "
           f"total {time.perf_counter() - start:.0f} s")
