@@ -1,11 +1,12 @@
 """Synthetic GSM8K-style word problems, so the whole pipeline runs with no network.
 
 Each problem is a start amount followed by ``num_steps`` add/subtract events. SFT sees start
-amounts up to ``max_start``; the held-out problems (test, dev and the questions pairs are sampled
-on) go up to ``heldout_max_start``, so part of them lies beyond anything SFT demonstrated: the
-start model half-solves them, and what it gets right there is what on-policy pairs can teach it
-(the self-improvement setting of STaR, rejection-sampling fine-tuning and Step-DPO). Five files
-are written in the field layouts of the real datasets:
+amounts up to ``max_start``. The held-out problems (test, dev and the questions pairs are sampled
+on) go up to ``heldout_max_start``: equal to it by default, or above it for a slice beyond anything
+SFT demonstrated. With ``direct_share``, part of the SFT demonstrations states the answer alone; a
+small model cannot add several numbers in one token, so its answers alone are mostly wrong where
+its worked solutions are right, and its own verified samples can teach it to work the problem
+(the demo's design, docs/demo.md). Five files are written in the field layouts of the real datasets:
 
 - ``sft.jsonl``: GSM8K layout, ``question`` and ``answer`` (a worked solution ending in ``#### N``).
   With ``slip_rate > 0`` the SFT demonstrations are those of a careless solver: a step whose
@@ -13,9 +14,10 @@ are written in the field layouts of the real datasets:
   (``17 + 5 = 12``), and the slip propagates to the final answer. With ``direct_share > 0``, that
   share of them states the answer alone (``#### N``), as answer-only rows in a real SFT mix do;
 - ``test.jsonl`` and ``dev.jsonl`` (for choosing checkpoints): GSM8K layout, the whole held-out
-  range (what SFT taught and what lies beyond it), always right;
-- ``questions.jsonl``: training questions for on-policy pairs, from the range beyond SFT's only,
-  with worked solutions (GSM8K layout) that no stage trains on: the pairs stage grades against them;
+  range (with what lies beyond SFT's, when there is such a slice), always right;
+- ``questions.jsonl``: training questions for on-policy pairs (from the range beyond SFT's only,
+  when there is one), with worked solutions (GSM8K layout) that no stage trains on: the pairs stage
+  grades against them;
 - ``preference.jsonl``: Math-Step-DPO-10K layout (``dataset``, ``prompt``,
   ``initial_reason_steps``, ``chosen``, ``rejected``, ``full_chosen``, ``full_rejected``,
   ``answer``). The rejected step has exactly one arithmetic error; ``full_rejected`` carries the
