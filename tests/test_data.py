@@ -181,6 +181,23 @@ def test_a_share_of_sft_demonstrations_states_the_answer_alone(tmp_path):
     assert all(a["answer"] == "#### " + b["answer"].rsplit("#### ", 1)[1] for b, a in direct)
 
 
+def test_the_answer_alone_share_can_depend_on_the_item(tmp_path):
+    """direct_item_skew: problems about the first half of the items are answered alone at direct_share +
+    skew/2, the others at direct_share - skew/2; the questions do not change; a share outside 0..1 is refused."""
+    sizes = dict(num_sft=4000, num_preference=5, num_test=5, num_dev=5, num_questions=5, seed=3)
+    plain = synthetic.generate(tmp_path / "a", **sizes)
+    skewed = synthetic.generate(tmp_path / "b", direct_share=0.4, direct_item_skew=0.7, **sizes)
+    before, after = ([json.loads(l) for l in files["sft"].read_text().splitlines()] for files in (plain, skewed))
+    assert [r["question"] for r in before] == [r["question"] for r in after]
+    item = lambda q: next(i for i in synthetic.ITEMS if f" {i}." in q)  # noqa: E731  ("has 5 pens.")
+    for direct, share in ((True, 0.75), (False, 0.05)):
+        rows = [r for r in after if (item(r["question"]) in synthetic.DIRECT_ITEMS) == direct]
+        alone = sum(r["answer"].startswith("####") for r in rows) / len(rows)
+        assert abs(alone - share) < 0.04, (direct, alone)
+    with pytest.raises(ValueError, match=r"direct_share=0.4 with direct_item_skew=0.9 gives the second half .* -0.05, outside 0..1"):
+        synthetic.generate(tmp_path / "c", direct_share=0.4, direct_item_skew=0.9, **sizes)
+
+
 def test_cached_synthetic_data_follows_its_settings(cache):
     """The directory is named by no setting: a changed synthetic.* (e.g. slip_rate) is refused, since
     runs made from the old files would silently change under it; the same settings reuse the files,

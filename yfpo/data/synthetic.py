@@ -41,6 +41,7 @@ NAMES = ["Mia", "Tom", "Ana", "Sam", "Leo", "Zoe", "Max", "Ivy", "Ben", "Eva"]
 ITEMS = ["apples", "coins", "books", "shells", "cards", "pens", "stamps", "marbles"]
 GAIN = ["finds {n} more", "buys {n} more", "gets {n} more"]
 LOSS = ["gives away {n}", "loses {n}", "sells {n}"]
+DIRECT_ITEMS = frozenset(ITEMS[: len(ITEMS) // 2])  # answered alone more often with direct_item_skew > 0
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ def generate(
     max_delta: int = 9,
     slip_rate: float = 0.0,
     direct_share: float = 0.0,
+    direct_item_skew: float = 0.0,
     seed: int = 0,
 ) -> dict[str, Path]:
     """Write ``sft.jsonl``, ``preference.jsonl``, ``test.jsonl``, ``dev.jsonl`` and ``questions.jsonl``
@@ -209,12 +211,18 @@ def generate(
     range, at ``max_start``+1..``heldout_max_start`` (at 2..``max_start`` when there is no such range).
     ``slip_rate``: the share of ten-crossing steps whose carry the SFT demonstrations forget (see
     :func:`slipped`). ``direct_share``: the share of SFT demonstrations that state the answer alone
-    (``#### N``), with no worked steps.
+    (``#### N``), with no worked steps. ``direct_item_skew``: how much more often problems about the
+    first half of :data:`ITEMS` are answered alone than the others (their shares are ``direct_share``
+    plus and minus half of it), as when answer-only rows come mostly from sources on some topics.
 
     Returns the five paths. Writing is atomic per file, so an interrupted run leaves no
     half-written file behind.
     """
     heldout = max_start if heldout_max_start is None else heldout_max_start
+    for half, share in (("first", direct_share + direct_item_skew / 2), ("second", direct_share - direct_item_skew / 2)):
+        if not 0 <= share <= 1:
+            raise ValueError(f"direct_share={direct_share} with direct_item_skew={direct_item_skew} gives the {half} "
+                             f"half of the items an answer-alone share of {share:g}, outside 0..1")
     if heldout < max_start:
         raise ValueError(f"heldout_max_start={heldout} is below max_start={max_start}: the held-out range contains SFT's")
     beyond_range = (max_start + 1, heldout) if heldout > max_start else (2, max_start)
@@ -241,7 +249,8 @@ def generate(
 
     def demonstration(p: Problem) -> str:
         shown = slipped(p, slips, slip_rate)
-        return f"#### {shown.answer}" if styles.random() < direct_share else shown.solution
+        share = direct_share + (1 if p.item in DIRECT_ITEMS else -1) * direct_item_skew / 2
+        return f"#### {shown.answer}" if styles.random() < share else shown.solution
 
     files = {
         "test": [{"question": p.question, "answer": p.solution} for p in test],
