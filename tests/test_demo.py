@@ -1,5 +1,5 @@
-"""The whole embedded pipeline, as `make demo` runs it (slow: 13 min alone on 2 threads, about 24 min on one
-thread beside another worker)."""
+"""The whole embedded pipeline, as `make demo` runs it (slow: 7 min alone on 2 threads, about twice that on
+one thread beside another worker)."""
 
 import subprocess
 import sys
@@ -34,20 +34,21 @@ def check_demo_outputs(out):
 
 
 def check_headroom(mech: str):
-    """The start model's own report, in the band its runs reach (greedy 0.244 to 0.502 and worked solutions
-    on 0.138 to 0.450 of the test on three runs, docs/demo.md): low greedy accuracy because it states the
-    answer alone on much of the test and is mostly wrong that way, while its worked solutions are mostly
-    right; pass@k well above greedy; most pairs prefer a worked solution to an answer alone."""
+    """The start model's own report, in the band its runs reach (greedy 0.5 and worked solutions on about half
+    the test on three runs, docs/demo.md): it states the answer alone on one topic half and is mostly wrong
+    that way, while its worked solutions are mostly right; pass@k well above greedy; most chosen responses
+    are worked solutions, and answers alone are rejected far more often than chosen."""
     lines = mech.split("What the start model leaves to learn:")[1].split("How each arm answers")[0].strip().splitlines()
     cells = {l.split("|")[1].strip().split(",")[0]: [c.strip() for c in l.strip(" |").split("|")[1:]] for l in lines[2:]}
     number = lambda cell, after: float(cell.split(after)[1].split()[0].rstrip(","))  # noqa: E731
     greedy, sampled, pairs = cells["SFT greedy"], cells[next(k for k in cells if k.startswith("SFT pass@"))], cells["pairs"]
     accuracy = number(greedy[0], "accuracy ")
-    assert 0.2 <= accuracy <= 0.8, f"SFT greedy accuracy {accuracy}: outside the band"
-    assert 0.1 <= float(greedy[1].split()[0]) <= 0.9, f"worked solutions on {greedy[1]}"
+    assert 0.4 <= accuracy <= 0.8, f"SFT greedy accuracy {accuracy}: outside the band"
+    assert 0.3 <= float(greedy[1].split()[0]) <= 0.7, f"worked solutions on {greedy[1]}"
     assert number(greedy[1], "accuracy ") >= number(greedy[2], "accuracy ") + 0.4, f"worked {greedy[1]} vs alone {greedy[2]}"
     assert float(sampled[0].split()[0]) >= accuracy + 0.2, f"pass@k {sampled[0]} vs greedy {accuracy}"
-    assert number(pairs[1], "chosen ") > 0.6 * int(pairs[0]) and number(pairs[2], "rejected ") > 0.6 * int(pairs[0]), pairs
+    assert number(pairs[1], "chosen ") > 0.6 * int(pairs[0]), f"chosen worked solutions: {pairs}"
+    assert number(pairs[2], "rejected ") > 2 * number(pairs[2], "chosen "), f"answers alone, rejected vs chosen: {pairs}"
 
 
 def check_by_style(mech: str):
