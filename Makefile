@@ -16,7 +16,7 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## create .venv with yfpo, its dev extras, vLLM and lxt (torch pinned by constraints.txt)
-install-core: $(CORE)  ## what the demo needs (yfpo and lxt, no vLLM): half the install's time
+install-core: $(CORE)  ## what the demo needs: yfpo and lxt, without vLLM and the dev tools
 $(CORE): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e .

@@ -35,7 +35,7 @@ def check_demo_outputs(out):
 
 def check_headroom(mech: str):
     """The start model's own report, in the band its runs reach (greedy 0.5 and worked solutions on about half
-    the test on three runs, docs/demo.md): it states the answer alone on one topic half and is mostly wrong
+    the test on four runs, docs/demo.md): it states the answer alone on one topic half and is mostly wrong
     that way, while its worked solutions are mostly right; pass@k well above greedy; most chosen responses
     are worked solutions, and answers alone are rejected far more often than chosen."""
     lines = mech.split("What the start model leaves to learn:")[1].split("How each arm answers")[0].strip().splitlines()

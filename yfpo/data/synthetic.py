@@ -3,10 +3,11 @@
 Each problem is a start amount followed by ``num_steps`` add/subtract events. SFT sees start
 amounts up to ``max_start``. The held-out problems (test, dev and the questions pairs are sampled
 on) go up to ``heldout_max_start``: equal to it by default, or above it for a slice beyond anything
-SFT demonstrated. With ``direct_share``, part of the SFT demonstrations states the answer alone; a
-small model cannot add several numbers in one token, so its answers alone are mostly wrong where
-its worked solutions are right, and its own verified samples can teach it to work the problem
-(the demo's design, docs/demo.md). Five files are written in the field layouts of the real datasets:
+SFT demonstrated. With ``direct_share``, part of the SFT demonstrations states the answer alone
+(with ``direct_item_skew``, more of those about some items than others). A small model cannot add
+several numbers in one token, so its answers alone are mostly wrong where its worked solutions are
+right, and its own verified samples can teach it to work the problem (the demo's design,
+docs/demo.md). Five files are written in the field layouts of the real datasets:
 
 - ``sft.jsonl``: GSM8K layout, ``question`` and ``answer`` (a worked solution ending in ``#### N``).
   With ``slip_rate > 0`` the SFT demonstrations are those of a careless solver: a step whose
