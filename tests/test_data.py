@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import compose_cfg
+from yfpo.core.errors import ConfigError
 from yfpo.data import synthetic
 from yfpo.data.rows import DataError, load_rows, subset
 from yfpo.data.encode import Encoder, collate, truncate
@@ -73,7 +74,7 @@ def test_the_held_out_slice_lies_beyond_sft_and_its_questions_are_graded_by_step
                               max_start=20, heldout_max_start=30, sft_beyond=0.05, seed=5)
     beyond = [start(json.loads(l)["question"]) > 20 for l in some["sft"].read_text().splitlines()]
     assert 0.03 < sum(beyond) / len(beyond) < 0.07
-    with pytest.raises(ValueError, match="heldout_max_start=10 is below max_start=20"):
+    with pytest.raises(ConfigError, match="heldout_max_start=10 is below max_start=20"):  # one line from a CLI
         synthetic.generate(tmp_path / "c", max_start=20, heldout_max_start=10)
 
 
@@ -194,7 +195,7 @@ def test_the_answer_alone_share_can_depend_on_the_item(tmp_path):
         rows = [r for r in after if (item(r["question"]) in synthetic.DIRECT_ITEMS) == direct]
         alone = sum(r["answer"].startswith("####") for r in rows) / len(rows)
         assert abs(alone - share) < 0.04, (direct, alone)
-    with pytest.raises(ValueError, match=r"direct_share=0.4 with direct_item_skew=0.9 gives the second half .* -0.05, outside 0..1"):
+    with pytest.raises(ConfigError, match=r"direct_share=0.4 with direct_item_skew=0.9 gives the second half .* -0.05, outside 0..1"):
         synthetic.generate(tmp_path / "c", direct_share=0.4, direct_item_skew=0.9, **sizes)
 
 

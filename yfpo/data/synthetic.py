@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from yfpo.core.artefacts import atomic_write
+from yfpo.core.errors import ConfigError
 from yfpo.data.prompts import LEAD
 
 NAMES = ["Mia", "Tom", "Ana", "Sam", "Leo", "Zoe", "Max", "Ivy", "Ben", "Eva"]
@@ -220,12 +221,14 @@ def generate(
     half-written file behind.
     """
     heldout = max_start if heldout_max_start is None else heldout_max_start
-    for half, share in (("first", direct_share + direct_item_skew / 2), ("second", direct_share - direct_item_skew / 2)):
-        if not 0 <= share <= 1:
-            raise ValueError(f"direct_share={direct_share} with direct_item_skew={direct_item_skew} gives the {half} "
-                             f"half of the items an answer-alone share of {share:g}, outside 0..1")
+    # the answer-alone share of problems about DIRECT_ITEMS (True) and about the other items (False)
+    alone_share = {True: direct_share + direct_item_skew / 2, False: direct_share - direct_item_skew / 2}
+    for direct, half in ((True, "first"), (False, "second")):
+        if not 0 <= alone_share[direct] <= 1:
+            raise ConfigError(f"direct_share={direct_share} with direct_item_skew={direct_item_skew} gives the {half} "
+                              f"half of the items an answer-alone share of {alone_share[direct]:g}, outside 0..1")
     if heldout < max_start:
-        raise ValueError(f"heldout_max_start={heldout} is below max_start={max_start}: the held-out range contains SFT's")
+        raise ConfigError(f"heldout_max_start={heldout} is below max_start={max_start}: the held-out range contains SFT's")
     beyond_range = (max_start + 1, heldout) if heldout > max_start else (2, max_start)
     rng = random.Random(seed)
     out = Path(out_dir)
@@ -250,8 +253,7 @@ def generate(
 
     def demonstration(p: Problem) -> str:
         shown = slipped(p, slips, slip_rate)
-        share = direct_share + (1 if p.item in DIRECT_ITEMS else -1) * direct_item_skew / 2
-        return f"#### {shown.answer}" if styles.random() < share else shown.solution
+        return f"#### {shown.answer}" if styles.random() < alone_share[p.item in DIRECT_ITEMS] else shown.solution
 
     files = {
         "test": [{"question": p.question, "answer": p.solution} for p in test],
