@@ -207,6 +207,21 @@ def test_a_plus_key_that_nothing_reads_is_refused_by_name(overrides, match):
     compose_config([*FAST, "+trainer.profiler=simple", "+variant=dpo"])  # passed on to Lightning; a config group
 
 
+def test_a_plus_on_a_key_yfpo_reads_names_the_override_without_it():
+    """A schema key the group's YAML leaves out (``data.group_by_length``) is set with ``key=value``;
+    the error's advice, followed, composes."""
+    import re
+
+    from yfpo.core.config import compose_config
+    from yfpo.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.group_by_length is a key yfpo reads already; set it without") as e:
+        compose_config([*FAST, "+data.group_by_length=64"])
+    advice = re.search(r"\(([^()]+)\)$", str(e.value)).group(1)
+    assert advice == "data.group_by_length=64"
+    assert compose_config([*FAST, advice]).data.group_by_length == 64
+
+
 @pytest.mark.slow  # real processes: Hydra's own advice, followed
 def test_hydras_suggested_plus_override_is_refused_in_one_line_and_leaves_no_run_directory(tmp_path):
     run = tmp_path / "run"

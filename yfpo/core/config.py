@@ -11,6 +11,7 @@ before Hydra resolves ``hydra.run.dir``.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import os
@@ -103,6 +104,11 @@ def refuse_added_keys(overrides: list[str], cfg: DictConfig) -> None:
             continue
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
+        typed = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if dataclasses.is_dataclass(typed) and leaf in {f.name for f in dataclasses.fields(typed)}:
+            # a typed key the group's YAML leaves to its schema default: Hydra lets '+' set it too
+            raise ConfigError(f"{o.input_line}: {key} is a key yfpo reads already; set it without the '+' "
+                              f"({o.input_line.removeprefix('+')})")
         known = [k for k in (node.keys() if isinstance(node, DictConfig) else []) if k != leaf]
         if not parent:
             known += [p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()]
