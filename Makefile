@@ -37,7 +37,7 @@ test-all: install smollm2  ## the complete tier CI runs (~35-45 min): the fast t
 	$(BIN)/ruff check yfpo tests benchmarks
 	YFPO_TEST_TIER=complete $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
-demo: install-core  ## the whole pipeline on the embedded tiny model (~8.5 min on a fresh clone, install included): SFT -> neurons -> pairs -> DPO/YFPO/FDT -> evaluation -> tables
+demo: install-core  ## the whole pipeline on the embedded tiny model (~9 min on a fresh clone, install included): SFT -> neurons -> pairs -> DPO/YFPO/FDT -> evaluation -> tables
 	$(BIN)/python -m yfpo.demo $(ARGS)
 
 prepare: install  ## python -m yfpo.prepare $(ARGS): the model the other stages load (the tiny SFT model by default)

@@ -1,4 +1,4 @@
-"""The whole embedded pipeline, as `make demo` runs it (slow: 6 to 7.5 min alone on 2 threads, about twice that on
+"""The whole embedded pipeline, as `make demo` runs it (slow: 7.5 to 8 min alone on 2 threads, about twice that on
 one thread beside another worker)."""
 
 import subprocess
