@@ -91,7 +91,8 @@ PASSED_ON = ("trainer", "hydra")  # groups whose every key goes to a library (Li
 
 
 def refuse_added_keys(overrides: list[str], cfg: DictConfig) -> None:
-    """Refuses ``+key=value`` for a key that is not a config group and that no part of yfpo reads.
+    """Refuses ``+key=value`` for a key that is not a config group: one that no part of yfpo reads, and
+    one of a schema dataclass that the group's YAML leaves to its default (set it without the ``+``).
     Hydra suggests ``+`` when a key is not in the config (``data.batchsize=4`` -> ``+data.batchsize=4``),
     which would then be recorded, name the run directory and be ignored. ``cfg``: the composed config."""
     try:
